@@ -1,0 +1,61 @@
+"""The Flask application factory: the one place that wires settings, services, blueprints,
+error handling, metrics and the OpenAPI document together.
+
+gunicorn entry: ``gunicorn -c api/gunicorn_conf.py 'api.app:create_app()'``.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint, Flask, Response, g, request
+
+from api import errors, metrics, openapi
+from api.auth import authenticate_request, ratelimit_headers
+from api.routes import executions, health, tasks
+from api.services import Services
+from api.tokens import StreamTokens
+from shared import logs
+from shared.celery_app import make_celery
+from shared.config import Settings, load_settings
+from shared.db import Database
+from shared.redis_client import RedisHandle
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    logs.configure(settings.log_level, settings.log_json)
+    app = Flask("warden", static_folder=None)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    svc = Services(
+        settings=settings,
+        db=Database(settings.database_url, minconn=settings.db_pool_min, maxconn=settings.db_pool_max),
+        redis=RedisHandle(settings.redis_url),
+        tokens=StreamTokens(settings.secret_key, settings.ws_token_ttl_s),
+        celery=make_celery(settings, main="warden-api"),
+    )
+    app.extensions["warden"] = svc
+
+    @app.before_request
+    def _request_id() -> None:
+        rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        g.request_id = rid[:64]
+        logs.request_id_var.set(g.request_id)
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return ratelimit_headers(response)
+
+    api_v1 = Blueprint("api_v1", __name__, url_prefix="/api/v1")
+    api_v1.before_request(authenticate_request)
+    for bp in (tasks.bp, executions.bp):
+        api_v1.register_blueprint(bp)
+    app.register_blueprint(api_v1)
+    app.register_blueprint(health.bp)
+    errors.register(app)
+    metrics.init_app(app, svc)
+    openapi.init_app(app)
+    return app
+

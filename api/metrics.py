@@ -1,0 +1,90 @@
+"""Prometheus metrics: request counts and latency per route, plus gauges read at scrape time
+(executions by status, outbox backlog, queue depth) so they are right across processes.
+
+Under gunicorn with several workers set PROMETHEUS_MULTIPROC_DIR (``warden dev`` does) and the
+request metrics are aggregated across worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from shared.celery_app import QUEUES
+
+REQUESTS = Counter("warden_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram("warden_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+
+class StateCollector:
+    """Reads shared state on scrape: the same answer from every API process."""
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from shared.outbox import pending_count
+        from shared.store.executions import STATUSES, count_by_status
+
+        svc = self.services
+        by_status = GaugeMetricFamily("warden_executions", "Executions by status", labels=["status"])
+        backlog = GaugeMetricFamily("warden_outbox_backlog", "Outbox rows not yet published to the broker")
+        depth = GaugeMetricFamily("warden_queue_depth", "Messages waiting in each broker queue", labels=["queue"])
+        try:
+            counts = count_by_status(svc.db)
+            for status in STATUSES:
+                by_status.add_metric([status], counts.get(status, 0))
+            backlog.add_metric([], pending_count(svc.db))
+        except Exception:  # noqa: S110 - a scrape must not fail because one source is down
+            pass
+        try:
+            if svc.settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+                client = svc.redis.client
+                for q in QUEUES:
+                    depth.add_metric([q], client.llen(q))
+        except Exception:  # noqa: S110
+            pass
+        yield by_status
+        yield backlog
+        yield depth
+
+
+def init_app(app: Flask, services: Any) -> None:
+    state = StateCollector(services)
+
+    @app.before_request
+    def _start() -> None:
+        g._t0 = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        t0 = g.pop("_t0", None)
+        if t0 is not None:
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            LATENCY.labels(request.method, route).observe(time.perf_counter() - t0)
+            REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        registry = CollectorRegistry()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            MultiProcessCollector(registry)
+        else:
+            registry.register(_Default())
+        registry.register(state)
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class _Default:
+    def collect(self):  # type: ignore[no-untyped-def]
+        from prometheus_client import REGISTRY
+
+        yield from REGISTRY.collect()

@@ -1,0 +1,60 @@
+"""OpenAPI 3 document generated from the marshmallow schemas and the views' docstrings
+(apispec), served at /api/v1/openapi.json, with a rendered docs page at /api/v1/docs."""
+
+from __future__ import annotations
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec_webframeworks.flask import FlaskPlugin
+from flask import Flask, Response, jsonify
+
+from api import schemas
+
+_DOCS_HTML = """<!doctype html>
+<html><head><title>Warden API</title><meta charset="utf-8"/>
+<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"/></head>
+<body><div id="ui"></div>
+<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/api/v1/openapi.json", dom_id: "#ui"});</script>
+<noscript>The machine-readable document is at <a href="/api/v1/openapi.json">/api/v1/openapi.json</a>.</noscript>
+</body></html>"""
+
+SCHEMAS = ("AgentTaskRequest", "TaskResponse", "ErrorResponse", "ExecutionSchema", "ExecutionList",
+           "EventSchema", "EventList")
+
+
+def build_spec(app: Flask) -> dict:
+    spec = APISpec(title="Warden API", version="1.0.0", openapi_version="3.0.3",
+                   plugins=[FlaskPlugin(), MarshmallowPlugin()],
+                   info={"description": "Governed agent executions and intent-compiled monitoring tasks."},
+                   servers=[{"url": "/"}])
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    for name in SCHEMAS:
+        spec.components.schema(name, schema=getattr(schemas, name))
+    for name in getattr(app, "extra_openapi_schemas", {}):
+        spec.components.schema(name, schema=app.extra_openapi_schemas[name])  # type: ignore[attr-defined]
+    with app.test_request_context():
+        for rule_name, view in app.view_functions.items():
+            if view.__doc__ and "---" in view.__doc__ and not rule_name.startswith("static"):
+                spec.path(view=view)
+    doc = spec.to_dict()
+    for path, ops in doc.get("paths", {}).items():
+        if path.startswith("/api/v1/"):
+            for op in ops.values():
+                if isinstance(op, dict):
+                    op.setdefault("security", [{"bearer": []}])
+    return doc
+
+
+def init_app(app: Flask) -> None:
+    cache: dict[str, dict] = {}
+
+    @app.get("/api/v1/openapi.json")
+    def openapi_json() -> Response:
+        if "doc" not in cache:
+            cache["doc"] = build_spec(app)
+        return jsonify(cache["doc"])
+
+    @app.get("/api/v1/docs")
+    def docs() -> Response:
+        return Response(_DOCS_HTML, mimetype="text/html")

@@ -1,0 +1,73 @@
+"""POST /api/v1/tasks: the one entry for both kinds of work.
+
+The body discriminates: ``task`` → a governed agent execution (seed 000); ``intent`` → a
+monitoring Task (seed 002). Exactly one of the two must be present.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from api.auth import workspace_id
+from api.body import json_object
+from api.intake import submit_execution
+from shared.errors import BadRequest, WardenError
+
+bp = Blueprint("tasks", __name__)
+
+monitoring_handlers: dict[str, Any] = {}
+
+
+@bp.post("/tasks")
+def create_task() -> Response:
+    """Submit an agent task (body with `task`) or create a monitoring Task (body with `intent`).
+    ---
+    post:
+      tags: [tasks]
+      summary: Submit a governed agent task, or create a monitoring Task from an intent
+      parameters:
+        - in: header
+          name: Idempotency-Key
+          schema: {type: string, maxLength: 255}
+          required: false
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: AgentTaskRequest
+      responses:
+        201:
+          description: Execution queued
+          headers:
+            Location: {schema: {type: string}}
+          content:
+            application/json:
+              schema: TaskResponse
+        400: {description: Invalid compliance policy or request shape, content: {application/json: {schema: ErrorResponse}}}
+        401: {description: Missing or invalid API key, content: {application/json: {schema: ErrorResponse}}}
+        403: {description: No effective permissions after the policy ceiling, content: {application/json: {schema: ErrorResponse}}}
+        422: {description: Field validation failed, content: {application/json: {schema: ErrorResponse}}}
+        429: {description: Rate limited, content: {application/json: {schema: ErrorResponse}}}
+    """
+    body = json_object()
+    has_task, has_intent = "task" in body, "intent" in body
+    if has_task and has_intent:
+        raise BadRequest("Body must contain either 'task' (agent execution) or 'intent' (monitoring task), "
+                         "not both", code="invalid_request_shape")
+    if not has_task and not has_intent:
+        raise BadRequest("Body must contain 'task' (agent execution) or 'intent' (monitoring task)",
+                         code="invalid_request_shape")
+    if has_intent:
+        handler = monitoring_handlers.get("create")
+        if handler is None:
+            raise WardenError("Monitoring tasks (intent) are not available on this server yet",
+                              code="not_implemented", status=501)
+        return handler(body)  # type: ignore[no-any-return]
+    status, payload, headers = submit_execution(workspace_id(), body, request.headers.get("Idempotency-Key"))
+    resp = jsonify(payload)
+    resp.status_code = status
+    for k, v in headers.items():
+        resp.headers[k] = v
+    return resp

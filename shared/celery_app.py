@@ -1,0 +1,64 @@
+"""The Celery application object: broker, routes, limits. Tasks live in workers/.
+
+Routes are configuration, not call-site arguments: the task name's module decides the queue
+(``workers.executions.*`` → ``executions``, …). One worker pool per queue.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.config import Settings
+
+QUEUES = ("executions", "compiler", "evaluation", "delivery")
+
+TASK_ROUTES = {
+    "workers.executions.*": {"queue": "executions"},
+    "workers.workflows.*": {"queue": "executions"},
+    "workers.compiler.*": {"queue": "compiler"},
+    "workers.evaluation.*": {"queue": "evaluation"},
+    "workers.delivery.*": {"queue": "delivery"},
+    "workers.maintenance.*": {"queue": "delivery"},
+}
+
+
+def queue_for(task_name: str) -> str:
+    for pattern, route in TASK_ROUTES.items():
+        if task_name.startswith(pattern[:-1]):
+            return route["queue"]
+    raise ValueError(f"no route for task {task_name!r}")
+
+
+def make_celery(settings: Settings, *, main: str = "warden") -> Celery:
+    app = Celery(main, broker=settings.broker_url, backend=settings.redis_url)
+    app.conf.update(
+        task_routes=TASK_ROUTES,
+        task_default_queue="executions",
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_expires=3600,
+        # Long agent runs: take one message at a time so a busy worker does not hoard others.
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_connect_timeout": 3,
+        },
+        result_backend_transport_options={"socket_connect_timeout": 3},
+        # Flower and `celery events` see task state changes.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "sweep-outbox": {
+                "task": "workers.maintenance.sweep_outbox",
+                "schedule": settings.outbox_sweep_s,
+                "options": {"expires": max(settings.outbox_sweep_s * 2, 10)},
+            },
+        },
+    )
+    app.conf.warden_settings = settings
+    return app

@@ -1,0 +1,110 @@
+"""PostgreSQL access: one psycopg2 connection pool per process.
+
+The pool is created lazily and re-created after a fork (gunicorn and Celery prefork both fork
+after import), so no connection is ever shared between processes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+import psycopg2.pool
+
+from shared.errors import ServiceUnavailable
+
+psycopg2.extras.register_default_jsonb(globally=True, loads=__import__("json").loads)
+
+Json = psycopg2.extras.Json
+
+
+class Database:
+    def __init__(self, url: str, *, minconn: int = 1, maxconn: int = 20) -> None:
+        self.url = url
+        self.minconn = minconn
+        self.maxconn = maxconn
+        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+        pid = os.getpid()
+        if self._pool is None or self._pid != pid:
+            with self._lock:
+                if self._pool is None or self._pid != pid:
+                    try:
+                        self._pool = psycopg2.pool.ThreadedConnectionPool(
+                            self.minconn, self.maxconn, self.url, connect_timeout=5,
+                            application_name="warden")
+                    except psycopg2.OperationalError as exc:
+                        raise ServiceUnavailable(f"database unavailable: {exc}".strip(),
+                                                 code="database_unavailable") from None
+                    self._pid = pid
+        return self._pool
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A pooled connection; the caller manages transactions."""
+        pool = self._get_pool()
+        try:
+            conn = pool.getconn()
+        except psycopg2.pool.PoolError as exc:
+            raise ServiceUnavailable(f"database pool exhausted: {exc}", code="database_unavailable") from None
+        broken = False
+        try:
+            yield conn
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            broken = True
+            raise
+        finally:
+            if not broken and not conn.closed:
+                try:
+                    if conn.status != psycopg2.extensions.STATUS_READY:
+                        conn.rollback()
+                except psycopg2.Error:
+                    broken = True
+            pool.putconn(conn, close=broken or bool(conn.closed))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A cursor (rows as dicts) inside one transaction: commit on success, rollback on error."""
+        with self.connection() as conn:
+            try:
+                with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                    yield cur
+                conn.commit()
+            except BaseException:
+                if not conn.closed:
+                    conn.rollback()
+                raise
+
+    def fetchone(self, sql: str, params: Any = None) -> dict[str, Any] | None:
+        with self.transaction() as cur:
+            cur.execute(sql, params)
+            return cur.fetchone()
+
+    def fetchall(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        with self.transaction() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+
+    def execute(self, sql: str, params: Any = None) -> int:
+        with self.transaction() as cur:
+            cur.execute(sql, params)
+            return cur.rowcount
+
+    def ping(self) -> bool:
+        try:
+            return self.fetchone("SELECT 1 AS ok") is not None
+        except (psycopg2.Error, ServiceUnavailable):
+            return False
+
+    def close(self) -> None:
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.closeall()
+        self._pool = None

@@ -1,0 +1,158 @@
+"""Agent executions: the record, its outbox row and its first event, written together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from shared.db import Database, Json
+from shared.events import event_dict, list_events
+
+TERMINAL = frozenset({"succeeded", "blocked", "error", "cancelled"})
+STATUSES = ("queued", "running", *sorted(TERMINAL))
+
+RUN_TASK = "workers.executions.run"
+
+_COLUMNS = (
+    "id, workspace_id, task, status, compliance_policy, policy_version, provider, model, budget_cents,"
+    " spent_cents, requested_permissions, effective_permissions, denied_permissions, webhook_url, result,"
+    " error, usage, counts, event_count, cancel_requested, created_at, started_at, finished_at, updated_at"
+)
+
+
+@dataclass(frozen=True)
+class NewExecution:
+    id: str
+    workspace_id: str
+    task: str
+    compliance_policy: str
+    policy_version: str
+    provider: str | None
+    model: str | None
+    budget_cents: int
+    requested_permissions: list[str] | None
+    effective_permissions: list[str]
+    denied_permissions: list[dict[str, Any]]
+    webhook_url: str | None
+    queued_event: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Execution:
+    id: str
+    workspace_id: str
+    task: str
+    status: str
+    compliance_policy: str
+    policy_version: str
+    provider: str | None
+    model: str | None
+    budget_cents: int
+    spent_cents: Decimal
+    requested_permissions: list[str] | None
+    effective_permissions: list[str]
+    denied_permissions: list[dict[str, Any]]
+    webhook_url: str | None
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    usage: dict[str, Any]
+    counts: dict[str, Any]
+    event_count: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+# One statement, one round trip: the execution, its first event and its outbox row, and the
+# NOTIFY that wakes the relay (delivered only when this transaction commits).
+_INSERT = """
+WITH e AS (
+  INSERT INTO executions (id, workspace_id, task, status, compliance_policy, policy_version, provider,
+                          model, budget_cents, requested_permissions, effective_permissions,
+                          denied_permissions, webhook_url, event_count)
+  VALUES (%(id)s, %(workspace_id)s, %(task)s, 'queued', %(compliance_policy)s, %(policy_version)s,
+          %(provider)s, %(model)s, %(budget_cents)s, %(requested_permissions)s, %(effective_permissions)s,
+          %(denied_permissions)s, %(webhook_url)s, 1)
+  RETURNING id, created_at
+), ev AS (
+  INSERT INTO execution_events (execution_id, seq, type, data)
+  SELECT id, 1, 'execution.queued', %(queued_event)s FROM e
+), o AS (
+  INSERT INTO outbox (task_name, args, queue) SELECT %(task_name)s, jsonb_build_array(id), 'executions' FROM e
+)
+SELECT created_at, pg_notify('warden_outbox', '') AS notified FROM e
+"""
+
+
+def insert(cur: Any, new: NewExecution) -> datetime:
+    cur.execute(_INSERT, {
+        "id": new.id, "workspace_id": new.workspace_id, "task": new.task,
+        "compliance_policy": new.compliance_policy, "policy_version": new.policy_version,
+        "provider": new.provider, "model": new.model, "budget_cents": new.budget_cents,
+        "requested_permissions": Json(new.requested_permissions) if new.requested_permissions is not None else None,
+        "effective_permissions": Json(new.effective_permissions),
+        "denied_permissions": Json(new.denied_permissions), "webhook_url": new.webhook_url,
+        "queued_event": Json(new.queued_event), "task_name": RUN_TASK,
+    })
+    return cur.fetchone()["created_at"]
+
+
+def get(db: Database, workspace_id: str, execution_id: str) -> Execution | None:
+    row = db.fetchone(f"SELECT {_COLUMNS} FROM executions WHERE id = %s AND workspace_id = %s",
+                      (execution_id, workspace_id))
+    return Execution(**row) if row else None
+
+
+def get_any(cur: Any, execution_id: str, *, lock: bool = False) -> Execution | None:
+    """Worker-side read (no workspace filter: the id came from our own queue)."""
+    cur.execute(f"SELECT {_COLUMNS} FROM executions WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+                (execution_id,))
+    row = cur.fetchone()
+    return Execution(**row) if row else None
+
+
+def list_page(db: Database, workspace_id: str, *, status: str | None, after_id: str | None,
+              limit: int) -> tuple[list[Execution], bool, int]:
+    where = ["workspace_id = %s"]
+    params: list[Any] = [workspace_id]
+    if status is not None:
+        where.append("status = %s")
+        params.append(status)
+    count_where = " AND ".join(where)
+    if after_id is not None:
+        where.append("id < %s")
+    with db.transaction() as cur:
+        cur.execute(f"SELECT count(*) AS n FROM executions WHERE {count_where}", params)
+        total = int(cur.fetchone()["n"])
+        page_params = [*params, *([after_id] if after_id is not None else []), limit + 1]
+        cur.execute(f"SELECT {_COLUMNS} FROM executions WHERE {' AND '.join(where)}"
+                    " ORDER BY id DESC LIMIT %s", page_params)
+        rows = cur.fetchall()
+    items = [Execution(**r) for r in rows[:limit]]
+    return items, len(rows) > limit, total
+
+
+def events_page(db: Database, workspace_id: str, execution_id: str, *, after: int,
+                limit: int) -> list[dict[str, Any]] | None:
+    with db.transaction() as cur:
+        cur.execute("SELECT 1 FROM executions WHERE id = %s AND workspace_id = %s", (execution_id, workspace_id))
+        if cur.fetchone() is None:
+            return None
+        return list_events(cur, execution_id, after=after, limit=limit)
+
+
+def count_by_status(db: Database) -> dict[str, int]:
+    rows = db.fetchall("SELECT status, count(*) AS n FROM executions GROUP BY status")
+    return {r["status"]: int(r["n"]) for r in rows}
+
+
+__all__ = ["Execution", "NewExecution", "TERMINAL", "STATUSES", "RUN_TASK", "insert", "get", "get_any",
+           "list_page", "events_page", "count_by_status", "event_dict"]

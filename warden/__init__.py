@@ -1,0 +1,1 @@
+"""The ``warden`` command line, on top of every other package (it may import any of them)."""

@@ -1,0 +1,122 @@
+"""``warden``: the command line.
+
+  warden dev                          the dev stack (what ``make run`` starts)
+  warden migrate                      apply database migrations
+  warden create-key --workspace NAME  print a new API key (last line of output)
+  warden revoke-key KEY               revoke a key
+  warden relay                        publish the outbox to the broker (one per host or more)
+  warden verify-audit FILE            verify an audit package offline (exit 0 only when valid)
+  warden bench                        run the benchmarks, print JSON, write bench/results/latest.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from shared.config import load_settings
+
+    return load_settings()
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from shared.migrate import migrate
+
+    applied = migrate(_settings().database_url)
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def cmd_create_key(args: argparse.Namespace) -> int:
+    from shared.db import Database
+    from shared.migrate import migrate
+    from shared.store import workspaces
+
+    settings = _settings()
+    migrate(settings.database_url)
+    db = Database(settings.database_url, maxconn=2)
+    ws = workspaces.get_or_create_workspace(db, args.workspace)
+    key = workspaces.create_key(db, ws.id, name=args.name)
+    print(f"workspace {ws.name} ({ws.id}): new API key (shown once, store it now):", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def cmd_revoke_key(args: argparse.Namespace) -> int:
+    from shared.db import Database
+    from shared.store import workspaces
+
+    db = Database(_settings().database_url, maxconn=2)
+    if workspaces.revoke_key(db, args.key):
+        print("revoked")
+        return 0
+    print("no such active key", file=sys.stderr)
+    return 1
+
+
+def cmd_relay(_: argparse.Namespace) -> int:
+    from shared import logs, outbox
+    from shared.celery_app import make_celery
+    from shared.db import Database
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_json)
+    outbox.run_relay(Database(settings.database_url, maxconn=2), make_celery(settings, main="warden-relay"),
+                     sweep_s=settings.outbox_sweep_s)
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from warden.devstack import run_dev
+
+    return run_dev(Path.cwd(), port=args.port)
+
+
+def cmd_verify_audit(args: argparse.Namespace) -> int:
+    try:
+        from warden.audit_cli import verify_audit_file
+    except ModuleNotFoundError:
+        print("verify-audit is not available in this build", file=sys.stderr)
+        return 2
+    return verify_audit_file(Path(args.file), quiet=args.quiet)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.run import main as bench_main
+
+    return bench_main(args.only)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="warden", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("dev", help="run the dev stack (embedded services when no URLs are set)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    p.set_defaults(fn=cmd_dev)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
+    p = sub.add_parser("create-key", help="create an API key for a workspace (created if new)")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--name", default=None, help="a label for the key")
+    p.set_defaults(fn=cmd_create_key)
+    p = sub.add_parser("revoke-key", help="revoke an API key")
+    p.add_argument("key")
+    p.set_defaults(fn=cmd_revoke_key)
+    sub.add_parser("relay", help="run the outbox relay").set_defaults(fn=cmd_relay)
+    p = sub.add_parser("verify-audit", help="verify an audit package offline")
+    p.add_argument("file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_verify_audit)
+    p = sub.add_parser("bench", help="run benchmarks")
+    p.add_argument("--only", action="append", default=None, help="run only this benchmark (repeatable)")
+    p.set_defaults(fn=cmd_bench)
+    args = parser.parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""``warden dev``: everything a fresh machine needs, supervised in one terminal.
+
+Starts embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set, migrates, provisions
+the dev workspace and API key, then runs every Procfile process with prefixed logs (honcho)
+until Ctrl-C or SIGTERM, and stops all of it, embedded services included.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from warden.services import ServiceSet
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def read_procfile(path: Path) -> list[tuple[str, str]]:
+    from honcho.environ import parse_procfile
+
+    return [(name, cmd) for name, cmd in parse_procfile(path.read_text()).processes.items()]
+
+
+def _persistent(path: Path, make: str) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    path.write_text(make)
+    path.chmod(0o600)
+    return make
+
+
+def run_dev(root: Path, *, port: int = 8000) -> int:
+    from honcho.manager import Manager
+    from honcho.printer import Printer
+
+    from shared.config import load_settings
+    from shared.db import Database
+    from shared.migrate import migrate
+    from shared.store import workspaces
+
+    signal.signal(signal.SIGTERM, _terminate)
+    base = root / ".warden"
+    base.mkdir(exist_ok=True)
+    services = ServiceSet(base)
+    env = dict(os.environ)
+    try:
+        env.update(services.start(env))
+        env.setdefault("WARDEN_SECRET_KEY", _persistent(base / "secret-key", secrets.token_urlsafe(32)))
+        env.setdefault("WARDEN_ALLOW_PRIVATE_WEBHOOKS", "1")
+        env.setdefault("WARDEN_LOG_JSON", "0")
+        env.setdefault("WARDEN_BEAT_SCHEDULE", str(base / "celerybeat-schedule"))
+        env["PORT"] = str(port)
+        prom = base / "prometheus"
+        shutil.rmtree(prom, ignore_errors=True)
+        prom.mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
+        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        settings = load_settings(env)
+        migrate(settings.database_url)
+        db = Database(settings.database_url, maxconn=2)
+        ws = workspaces.get_or_create_workspace(db, "dev")
+        key_file = base / "dev-api-key"
+        key = env.get("WARDEN_DEV_API_KEY") or (key_file.read_text().strip() if key_file.exists() else None)
+        key = workspaces.create_key(db, ws.id, name="dev", plain=key)
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+        db.close()
+
+        print(f"\n  Warden API  http://127.0.0.1:{port}   docs http://127.0.0.1:{port}/api/v1/docs")
+        print(f"  dev API key {key}   (saved in .warden/dev-api-key)")
+        print(f"  services    {', '.join(services.started) or 'from DATABASE_URL / REDIS_URL'}\n", flush=True)
+
+        manager = Manager(Printer(sys.stdout))
+        for name, cmd in read_procfile(root / "Procfile"):
+            manager.add_process(name, cmd, env=env, cwd=str(root))
+        manager.loop()
+        return int(manager.returncode or 0)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        services.stop()

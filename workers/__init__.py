@@ -1,0 +1,6 @@
+"""Celery task modules. Each pool imports all of them; routing decides who runs what."""
+
+TASK_MODULES = (
+    "workers.executions",
+    "workers.maintenance",
+)

@@ -1,0 +1,27 @@
+"""Celery entry point: ``celery -A workers.main worker -Q executions``.
+
+This is a process entry, so it reads the environment once here and builds the app; task
+modules only declare tasks.
+"""
+
+from __future__ import annotations
+
+from celery.signals import worker_process_init
+
+from shared import logs
+from shared.celery_app import make_celery
+from shared.config import load_settings
+from workers import TASK_MODULES
+
+settings = load_settings()
+logs.configure(settings.log_level, settings.log_json)
+app = make_celery(settings)
+app.conf.beat_schedule["purge"] = {"task": "workers.maintenance.purge", "schedule": 3600.0}
+for _module in TASK_MODULES:
+    __import__(_module)
+
+
+@worker_process_init.connect
+def _after_fork(**_: object) -> None:
+    # Pools are per process and created lazily in workers.runtime; nothing inherited is reused.
+    logs.configure(settings.log_level, settings.log_json)
