@@ -1,0 +1,69 @@
+"""Helpers for tests: a live HTTP server in a thread and a small API client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from werkzeug.serving import make_server
+
+
+class LiveServer:
+    """The real WSGI app behind a real socket (werkzeug's threaded server)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._srv = make_server("127.0.0.1", 0, app, threaded=True)
+        self.port = self._srv.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True, name="live-server")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._srv.shutdown()
+        self._thread.join(5)
+
+
+class ApiClient:
+    def __init__(self, base_url: str, key: str | None) -> None:
+        self.base_url = base_url
+        self.key = key
+        self.session = requests.Session()
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        h = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        h.update(extra or {})
+        return h
+
+    def request(self, method: str, path: str, *, json: Any = None, data: Any = None,
+                headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
+        return self.session.request(method, self.base_url + path, json=json, data=data,
+                                    headers=self.headers(headers), timeout=30, **kw)
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, json: Any = None, **kw: Any) -> requests.Response:
+        return self.request("POST", path, json=json, **kw)
+
+    def patch(self, path: str, json: Any = None, **kw: Any) -> requests.Response:
+        return self.request("PATCH", path, json=json, **kw)
+
+    def delete(self, path: str, **kw: Any) -> requests.Response:
+        return self.request("DELETE", path, **kw)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
