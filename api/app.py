@@ -12,6 +12,7 @@ from flask import Blueprint, Flask, Response, g, request
 
 from api import errors, metrics, openapi
 from api.auth import authenticate_request, ratelimit_headers
+from api.body import reject_nul_in_url
 from api.routes import executions, health, tasks
 from api.services import Services
 from api.tokens import StreamTokens
@@ -42,6 +43,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
         g.request_id = rid[:64]
         logs.request_id_var.set(g.request_id)
+
+    app.before_request(reject_nul_in_url)
 
     @app.after_request
     def _headers(response: Response) -> Response:

@@ -22,7 +22,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Broker defaults to REDIS_URL; a RabbitMQ URL (amqp://) works as well.
     celery_broker_url: str | None = None
-    secret_key: str = "dev-insecure-secret-change-me"
+    secret_key: str = "dev-insecure-secret-change-me"  # noqa: S105 - dev default; README says set it
     public_url: str | None = None  # e.g. https://api.example.com; used for websocket_url
     port: int = 8000
     db_pool_min: int = 1

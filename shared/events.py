@@ -6,6 +6,7 @@ Pub/sub forgets; the table does not. A subscriber that missed something reads it
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime
 from typing import Any
@@ -54,10 +55,8 @@ def publish(client: redis.Redis, events: list[dict[str, Any]]) -> None:
     pipe = client.pipeline(transaction=False)
     for ev in events:
         pipe.publish(channel_for(ev["execution_id"]), json.dumps(ev, separators=(",", ":")))
-    try:
+    with contextlib.suppress(redis.RedisError):  # stored already; readers catch up from PostgreSQL
         pipe.execute()
-    except redis.RedisError:
-        pass  # stored already; readers catch up from PostgreSQL
 
 
 def list_events(cur: Any, execution_id: str, *, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:

@@ -176,3 +176,23 @@ def client(server: LiveServer, workspace: tuple[str, str]) -> ApiClient:
 def stack(server: LiveServer, worker: Any, relay: Any) -> LiveServer:
     """The whole path: HTTP server, outbox relay and a Celery worker."""
     return server
+
+
+@pytest.fixture(scope="session")
+def fuzz_workspace(db: Any) -> tuple[str, str]:
+    from shared.store import workspaces
+
+    ws = workspaces.get_or_create_workspace(db, f"fuzz-{secrets.token_hex(4)}")
+    return ws.id, workspaces.create_key(db, ws.id)
+
+
+@pytest.fixture(scope="session")
+def client_fixed(server: LiveServer, fuzz_workspace: tuple[str, str]) -> ApiClient:
+    """One client for a whole hypothesis run (function-scoped fixtures do not reset per example)."""
+    return ApiClient(server.url, fuzz_workspace[1])
+
+
+@pytest.fixture(scope="session")
+def api_key(fuzz_workspace: tuple[str, str]) -> str:
+    return fuzz_workspace[1]
+

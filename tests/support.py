@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ class LiveServer:
     """The real WSGI app behind a real socket (werkzeug's threaded server)."""
 
     def __init__(self, app: Any) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request is noise here
         self.app = app
         self._srv = make_server("127.0.0.1", 0, app, threaded=True)
         self.port = self._srv.server_port
