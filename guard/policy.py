@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from guard.catalog import PERMISSION_ORDER, PERMISSIONS
+from guard.rules import Check, compile_rule
 
 # Canonical preset names, and every name a request may use for them.
 POLICY_ALIASES: Mapping[str, str] = MappingProxyType(
@@ -41,7 +42,7 @@ class UnknownPolicy(ValueError):
         self.name = name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity semantics: presets are cached singletons
 class Policy:
     """A loaded policy preset.
 
@@ -57,6 +58,8 @@ class Policy:
     rules: tuple[Mapping[str, Any], ...]
     halting: frozenset[str]
     document: dict[str, Any] = field(repr=False, compare=False)
+    # The rules compiled once at load: (rule id, check function), in policy order.
+    checks: tuple[tuple[str, Check], ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ def policy_from_document(document: Mapping[str, Any]) -> Policy:
         raise ValueError(f"policy {name!r} default permissions exceed its ceiling")
     if not all(isinstance(rule, Mapping) and isinstance(rule.get("id"), str) for rule in rules):
         raise ValueError(f"policy {name!r} has a rule without an id")
+    checks = tuple(compile_rule(rule) for rule in rules)  # raises ValueError on an unknown rule id
     return Policy(
         name=name,
         title=title,
@@ -117,6 +121,7 @@ def policy_from_document(document: Mapping[str, Any]) -> Policy:
         rules=rules,
         halting=halting,
         document=json.loads(json.dumps(document)),
+        checks=checks,
     )
 
 
