@@ -22,7 +22,8 @@ from typing import Any
 Gate = dict[str, Any]
 Entry = tuple[str, Gate]
 
-_SECRET_WORDS = (
+# Labels that introduce a credential in "label = value" text.
+_CREDENTIAL_LABELS = (
     r"api[_-]?key|apikey|secret[_-]?key|client[_-]?secret|access[_-]?token|auth[_-]?token"
     r"|private[_-]?key|password|passwd|secret|token"
 )
@@ -51,10 +52,10 @@ SECRET_PATTERNS: dict[str, tuple[Entry, ...]] = {
     "bearer_token": ((r"[Bb](?i:earer)\s+[A-Za-z0-9\-._~+/]{16,}=*", {"lower": ("bearer",)}),),
     "generic_secret_assignment": (
         (
-            rf"(?i:{_SECRET_WORDS}){_ASSIGNED}",
+            rf"(?i:{_CREDENTIAL_LABELS}){_ASSIGNED}",
             # Presence runs this lower-case form on the lower-cased text: every alternative starts
             # with a literal, so the engine scans fast (the case-insensitive form is ~10x slower).
-            {"lower": ("key", "secret", "token", "passw"), "lowered_pattern": rf"(?:{_SECRET_WORDS}){_ASSIGNED}"},
+            {"lower": ("key", "secret", "token", "passw"), "lowered_pattern": rf"(?:{_CREDENTIAL_LABELS}){_ASSIGNED}"},
         ),
     ),
 }
