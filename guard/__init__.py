@@ -5,6 +5,21 @@ Depends only on the standard library, `cryptography` and `rfc8785`; no I/O on th
 """
 
 from guard.catalog import PERMISSIONS, TOOL_PERMISSIONS, TOOL_SPECS
+from guard.certificates import (
+    CERTIFICATE_FIELDS,
+    Problem,
+    SigningKey,
+    arguments_sha256,
+    canonical_json,
+    certificate_hash,
+    issue_certificate,
+    key_id_for,
+    public_jwk,
+    verify_certificate,
+    verify_chain,
+)
+from guard.detectors import Finding, find_phi, find_secrets, redact
+from guard.model import Decision, ToolCall, VerifyContext
 from guard.policy import (
     POLICY_NAMES,
     Policy,
@@ -14,16 +29,40 @@ from guard.policy import (
     load_policy,
     resolve_permissions,
 )
+from guard.rules import RULES, register_rule
+from guard.verify import Guard, verify
 
 __all__ = [
+    "CERTIFICATE_FIELDS",
     "PERMISSIONS",
     "POLICY_NAMES",
+    "RULES",
     "TOOL_PERMISSIONS",
     "TOOL_SPECS",
+    "Decision",
+    "Finding",
+    "Guard",
     "Policy",
+    "Problem",
     "Resolution",
+    "SigningKey",
+    "ToolCall",
     "UnknownPolicy",
+    "VerifyContext",
+    "arguments_sha256",
+    "canonical_json",
     "canonical_name",
+    "certificate_hash",
+    "find_phi",
+    "find_secrets",
+    "issue_certificate",
+    "key_id_for",
     "load_policy",
+    "public_jwk",
+    "redact",
+    "register_rule",
     "resolve_permissions",
+    "verify",
+    "verify_certificate",
+    "verify_chain",
 ]
