@@ -239,7 +239,9 @@ def _document_shingles(content: str, n: int) -> tuple[int, frozenset[tuple[str, 
 
 
 def _marker_regex(markers: Iterable[str]) -> re.Pattern[str] | None:
-    alts = ["[\\s\\-]+".join(re.escape(part) for part in re.split(r"[\s\-]+", m.strip())) for m in markers]
+    # Words may be separated by spaces, hyphens, underscores or URL-encoded spaces.
+    sep = r"(?:[\s\-_+]|%20)+"
+    alts = [sep.join(re.escape(part) for part in re.split(r"[\s\-]+", m.strip())) for m in markers]
     alts = [a for a in alts if a]
     return re.compile("(?i:" + "|".join(alts) + ")") if alts else None
 
