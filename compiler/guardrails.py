@@ -74,7 +74,6 @@ class Guardrails:
     metrics: tuple[str, ...]
     phrases: dict[tuple[str, ...], Phrase] = field(repr=False)
     max_phrase_len: int
-    amount_modifiers: frozenset[tuple[str, ...]]
     read_as_amount: frozenset[str]
     ranges: dict[str, Range]
     windows: tuple[str, ...]
@@ -144,7 +143,6 @@ def _parse(doc: dict[str, Any], digest: str) -> Guardrails:
         metrics=tuple(sorted(doc["metrics"])),
         phrases=phrases,
         max_phrase_len=max((len(k) for k in phrases), default=1),
-        amount_modifiers=frozenset(tokens(normalize(p)) for p in number_words.get("amount_modifiers", ())),
         read_as_amount=frozenset(normalize(p) for p in number_words.get("comparators_read_as_amount", ())),
         ranges=ranges,
         windows=tuple(format_window(s) for s in seconds),

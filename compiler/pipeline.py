@@ -94,7 +94,7 @@ def _concept_and_condition(
         label = filled.strategy
     key = params.get("direction", filled.strategy)
     watch = _CONCEPT_WATCH[key] + (f" {params['value']:g}" if filled.strategy == "threshold" else "")
-    description = describe(filled.strategy, params, metric, entity_scope)
+    description = describe(filled.strategy, params, metric)
     concept = {
         "name": f"{entity_scope} {metric} {label}",
         "metric": metric,

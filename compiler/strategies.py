@@ -22,6 +22,7 @@ from compiler.resolve import Primitives
 from compiler.units import clean_float, clean_number, format_window, fraction_words, window_words
 
 _POSTFIX_COMPARATORS = frozenset({"or more", "or higher", "or less", "or lower"})
+_AGREES = {"above": "increase", "below": "decrease"}  # comparator direction ↔ movement it goes with
 _NUMBER_REACH = 3  # a comparator takes the first number at most this many tokens after it
 
 
@@ -83,6 +84,7 @@ def _scaled_prior(
         "prior": key,
         "prior_value": value,
         "severity": sev.level,
+        "base_severity": sev.base,
         "severity_from": sev.source,
         "bias": list(sev.bias),
     }
@@ -127,8 +129,15 @@ def _threshold_number(prims: Primitives, scan: Scan, g: Guardrails) -> tuple[Loc
             number = next((n for n in scan.numbers if comp.end <= n.index < comp.end + _NUMBER_REACH), None)
         if number is None:
             continue
-        if comp.text in g.read_as_amount and number.percent and prims.movement:
-            continue  # "rises over 5%" is an amount of change, not a level
+        if (
+            comp.text in g.read_as_amount
+            and prims.movement
+            and (
+                number.percent
+                or _AGREES.get(comp.phrase.direction if comp.phrase else "") not in (prims.movement, None)
+            )
+        ):
+            continue  # "rises over 5%", "drops more than 5%": an amount of change, not a level
         return comp, number
     return None
 
@@ -235,9 +244,9 @@ def select_and_fill(
     return rejected
 
 
-def describe(strategy: str, params: dict[str, Any], metric: str, entity_scope: str) -> str:
-    """One sentence saying exactly when the condition fires."""
-    subject = f"{entity_scope} {metric}"
+def describe(strategy: str, params: dict[str, Any], metric: str) -> str:
+    """One sentence saying exactly when the condition fires (entity-free: the Task holds the scope)."""
+    subject = metric
     if strategy == "threshold":
         word = "at or above" if params["direction"] == "above" else "at or below"
         return f"Fires when the latest {subject} is {word} {clean_number(params['value']):g}."
