@@ -1,6 +1,14 @@
-"""Bearer-key authentication and per-key rate limiting for /api/v1."""
+"""Bearer-key authentication and per-key rate limiting for /api/v1.
+
+A verified key is remembered in-process for ``WARDEN_AUTH_CACHE_S`` (5 s): the request path then
+costs no database round trip, and a revoked key stops working within that window. The cache is
+keyed by the SHA-256 of the key, never the key itself.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import time
 
 import redis
 from flask import g, request
@@ -9,13 +17,33 @@ from api.services import services
 from shared.errors import RateLimited, Unauthorized
 from shared.store import workspaces
 
+_MAX_CACHED = 10_000
+_cache: dict[str, tuple[float, workspaces.Principal]] = {}
+
+
+def _lookup(key: str) -> workspaces.Principal | None:
+    ttl = services().settings.auth_cache_s
+    if ttl <= 0:
+        return workspaces.authenticate(services().db, key)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    now = time.monotonic()
+    hit = _cache.get(digest)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    principal = workspaces.authenticate(services().db, key)
+    if principal is not None:
+        if len(_cache) >= _MAX_CACHED:
+            _cache.clear()
+        _cache[digest] = (now + ttl, principal)
+    return principal
+
 
 def authenticate_request() -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("Missing or invalid API key", code="unauthorized")
-    principal = workspaces.authenticate(services().db, key.strip())
+    principal = _lookup(key.strip())
     if principal is None:
         raise Unauthorized("Missing or invalid API key", code="unauthorized")
     g.principal = principal

@@ -10,6 +10,7 @@ from flask import request
 from api.schemas import AgentTaskRequest
 from api.services import services
 from guard import UnknownPolicy, load_policy, resolve_permissions
+from shared import outbox
 from shared.config import resolve_provider
 from shared.errors import BadRequest, WardenError
 from shared.ids import new_id
@@ -76,8 +77,9 @@ def submit_execution(workspace_id: str, body: dict[str, Any], idem_key: str | No
                       "budget_cents": data["budget_cents"], "provider": provider, "model": model},
     )
     if idem_key is None:
-        with svc.db.transaction() as cur:
+        with svc.db.autocommit() as cur:  # the insert is one statement: atomic on its own
             executions.insert(cur, new)
+        outbox.wake(svc.redis.client)
         return 201, payload, headers
 
     if not idem_key or len(idem_key) > MAX_IDEMPOTENCY_KEY:
@@ -93,6 +95,7 @@ def submit_execution(workspace_id: str, body: dict[str, Any], idem_key: str | No
                                      ttl):
                 raise _KeyRaced
             executions.insert(cur, new)
+        outbox.wake(svc.redis.client)
     except _KeyRaced:
         with svc.db.transaction() as cur:
             stored = idempotency.lookup(cur, workspace_id, idem_key, req_hash, ttl)

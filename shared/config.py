@@ -31,6 +31,8 @@ class Settings:
     rate_limit_per_s: float = 50.0
     rate_limit_burst: int = 200
     ws_token_ttl_s: int = 3600
+    # How long an API process trusts a key it has verified; a revoked key stops working within this.
+    auth_cache_s: float = 5.0
     idempotency_ttl_s: int = 24 * 3600
     outbox_sweep_s: float = 5.0
     # Redis broker: an unacked message is redelivered after this long, so it must exceed the
@@ -71,6 +73,7 @@ _ENV: tuple[tuple[str, str, type | object], ...] = (
     ("WARDEN_RATE_LIMIT_PER_S", "rate_limit_per_s", float),
     ("WARDEN_RATE_LIMIT_BURST", "rate_limit_burst", int),
     ("WARDEN_WS_TOKEN_TTL_S", "ws_token_ttl_s", int),
+    ("WARDEN_AUTH_CACHE_S", "auth_cache_s", float),
     ("WARDEN_IDEMPOTENCY_TTL_S", "idempotency_ttl_s", int),
     ("WARDEN_OUTBOX_SWEEP_S", "outbox_sweep_s", float),
     ("WARDEN_VISIBILITY_TIMEOUT_S", "visibility_timeout_s", int),

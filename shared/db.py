@@ -31,6 +31,10 @@ class Database:
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        # psycopg2's pool raises at once when empty; callers queue here instead (cooperative under
+        # gevent, whose monkey-patching turns this into a greenlet-aware semaphore).
+        self._slots = threading.BoundedSemaphore(maxconn)
+        self.acquire_timeout_s = 10.0
 
     def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
         pid = os.getpid()
@@ -45,16 +49,21 @@ class Database:
                         raise ServiceUnavailable(f"database unavailable: {exc}".strip(),
                                                  code="database_unavailable") from None
                     self._pid = pid
+                    self._slots = threading.BoundedSemaphore(self.maxconn)
         return self._pool
 
     @contextmanager
     def connection(self) -> Iterator[Any]:
         """A pooled connection; the caller manages transactions."""
         pool = self._get_pool()
+        slots = self._slots
+        if not slots.acquire(timeout=self.acquire_timeout_s):
+            raise ServiceUnavailable("database pool exhausted; retry", code="database_unavailable")
         try:
             conn = pool.getconn()
-        except psycopg2.pool.PoolError as exc:
-            raise ServiceUnavailable(f"database pool exhausted: {exc}", code="database_unavailable") from None
+        except psycopg2.Error as exc:
+            slots.release()
+            raise ServiceUnavailable(f"database unavailable: {exc}".strip(), code="database_unavailable") from None
         broken = False
         try:
             yield conn
@@ -69,6 +78,7 @@ class Database:
                 except psycopg2.Error:
                     broken = True
             pool.putconn(conn, close=broken or bool(conn.closed))
+            slots.release()
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -82,6 +92,19 @@ class Database:
                 if not conn.closed:
                     conn.rollback()
                 raise
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Any]:
+        """A cursor whose single statement commits by itself: one round trip instead of two.
+        Only for work that is one statement (a CTE may write several tables atomically)."""
+        with self.connection() as conn:
+            conn.autocommit = True
+            try:
+                with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                    yield cur
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False
 
     def fetchone(self, sql: str, params: Any = None) -> dict[str, Any] | None:
         with self.transaction() as cur:

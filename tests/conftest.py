@@ -92,7 +92,7 @@ def settings(service_urls: dict[str, str]) -> Settings:
         secret_key="test-secret", allow_private_webhooks=True, rate_limit_per_s=10000.0,
         rate_limit_burst=100000, log_json=False, log_level="WARNING", outbox_sweep_s=1.0,
         openai_api_key=None, anthropic_api_key=None, default_provider="local", default_model=None,
-        public_url=None,
+        public_url=None, auth_cache_s=0.0,
     )
 
 
@@ -131,11 +131,12 @@ def worker(celery_app: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def relay(db: Any, celery_app: Any) -> Iterator[threading.Event]:
+def relay(db: Any, celery_app: Any, settings: Settings) -> Iterator[threading.Event]:
     from shared.outbox import run_relay
 
     stop = threading.Event()
-    t = threading.Thread(target=run_relay, args=(db, celery_app), kwargs={"sweep_s": 0.5, "stop": stop},
+    t = threading.Thread(target=run_relay, args=(db, celery_app, settings.redis_url),
+                         kwargs={"sweep_s": 0.5, "stop": stop},
                          daemon=True, name="outbox-relay")
     t.start()
     yield stop

@@ -66,7 +66,7 @@ def cmd_relay(_: argparse.Namespace) -> int:
     settings = _settings()
     logs.configure(settings.log_level, settings.log_json)
     outbox.run_relay(Database(settings.database_url, maxconn=2), make_celery(settings, main="warden-relay"),
-                     sweep_s=settings.outbox_sweep_s)
+                     settings.redis_url, sweep_s=min(settings.outbox_sweep_s, 1.0))
     return 0
 
 

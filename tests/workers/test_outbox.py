@@ -49,7 +49,8 @@ def test_broker_outage_loses_nothing_and_publishes_exactly_once(isolated: Any) -
     srv = LiveServer(create_app(settings))
     srv.start()
     stop = threading.Event()
-    relay = threading.Thread(target=run_relay, args=(db, make_celery(settings, main="relay-test")),
+    relay = threading.Thread(target=run_relay, args=(db, make_celery(settings, main="relay-test"),
+                                                     settings.redis_url),
                              kwargs={"sweep_s": 0.3, "stop": stop}, daemon=True)
     try:
         client = ApiClient(srv.url, workspaces.create_key(db, ws.id))
@@ -81,14 +82,25 @@ def test_broker_outage_loses_nothing_and_publishes_exactly_once(isolated: Any) -
         srv.stop()
 
 
-def test_sweeper_publishes_rows_left_behind(stack: LiveServer, client: ApiClient, db, celery_app) -> None:  # type: ignore[no-untyped-def]
-    """A row committed without a NOTIFY (relay missed it) is still run, once."""
+def test_a_row_committed_without_a_wake_up_is_still_run_once(stack: LiveServer, db, workspace,  # type: ignore[no-untyped-def]
+                                                               celery_app) -> None:
+    """Nobody calls wake(): the relay's periodic poll finds the row anyway."""
+    from guard import load_policy
+    from shared.ids import new_id
     from shared.outbox import drain
+    from shared.store import executions
 
-    eid = client.post("/api/v1/tasks", {"task": "sweep me"}).json()["execution_id"]
-    wait_for(lambda: client.get(f"/api/v1/executions/{eid}").json()["status"] != "queued")
-    # A second drain of the same work finds nothing to publish.
-    assert drain(db, celery_app) == 0
+    policy = load_policy("default")
+    eid = new_id("exec")
+    with db.transaction() as cur:
+        executions.insert(cur, executions.NewExecution(
+            id=eid, workspace_id=workspace[0], task="no wake-up", compliance_policy=policy.name,
+            policy_version=policy.version, provider="local", model="local-planner-1", budget_cents=1000,
+            requested_permissions=None, effective_permissions=list(policy.default_permissions),
+            denied_permissions=[], webhook_url=None))
+    client = ApiClient(stack.url, workspace[1])
+    wait_for(lambda: client.get(f"/api/v1/executions/{eid}").json()["status"] != "queued", timeout=10)
+    assert drain(db, celery_app) == 0  # nothing left to publish twice
     events = client.get(f"/api/v1/executions/{eid}/events").json()["items"]
     assert [e["type"] for e in events].count("execution.started") == 1
 
