@@ -4,7 +4,7 @@ PHI/secret detectors and redaction, and Ed25519-signed, hash-chained certificate
 Depends only on the standard library, `cryptography` and `rfc8785`; no I/O on the verify path.
 """
 
-from guard.catalog import PERMISSIONS, TOOL_PERMISSIONS, TOOL_SPECS
+from guard.catalog import PERMISSIONS, TOOL_PERMISSIONS, TOOL_SPECS, anthropic_tools, openai_tools, specs_for
 from guard.certificates import (
     CERTIFICATE_FIELDS,
     Problem,
@@ -18,7 +18,7 @@ from guard.certificates import (
     verify_certificate,
     verify_chain,
 )
-from guard.detectors import Finding, find_phi, find_secrets, redact
+from guard.detectors import Finding, extract_names, find_phi, find_secrets, redact
 from guard.model import Decision, ToolCall, VerifyContext
 from guard.policy import (
     POLICY_NAMES,
@@ -49,19 +49,23 @@ __all__ = [
     "ToolCall",
     "UnknownPolicy",
     "VerifyContext",
+    "anthropic_tools",
     "arguments_sha256",
     "canonical_json",
     "canonical_name",
     "certificate_hash",
+    "extract_names",
     "find_phi",
     "find_secrets",
     "issue_certificate",
     "key_id_for",
+    "openai_tools",
     "load_policy",
     "public_jwk",
     "redact",
     "register_rule",
     "resolve_permissions",
+    "specs_for",
     "verify",
     "verify_certificate",
     "verify_chain",

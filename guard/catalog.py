@@ -8,6 +8,8 @@ the arguments) in a provider-neutral shape the executor translates for OpenAI or
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -111,3 +113,32 @@ TOOL_SPECS: tuple[dict[str, Any], ...] = (
 TOOL_SPECS_BY_NAME: MappingProxyType[str, dict[str, Any]] = MappingProxyType(
     {spec["name"]: spec for spec in TOOL_SPECS}
 )
+
+
+def specs_for(permissions: Iterable[str]) -> list[dict[str, Any]]:
+    """The tool specs whose required permission is among `permissions` (catalog order)."""
+    held = set(permissions)
+    return [spec for spec in TOOL_SPECS if TOOL_PERMISSIONS[spec["name"]] in held]
+
+
+def openai_tools(specs: Iterable[Mapping[str, Any]] = TOOL_SPECS) -> list[dict[str, Any]]:
+    """Specs in the OpenAI Chat Completions `tools` shape."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": s["name"],
+                "description": s["description"],
+                "parameters": copy.deepcopy(s["parameters"]),
+            },
+        }
+        for s in specs
+    ]
+
+
+def anthropic_tools(specs: Iterable[Mapping[str, Any]] = TOOL_SPECS) -> list[dict[str, Any]]:
+    """Specs in the Anthropic Messages `tools` shape."""
+    return [
+        {"name": s["name"], "description": s["description"], "input_schema": copy.deepcopy(s["parameters"])}
+        for s in specs
+    ]

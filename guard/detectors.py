@@ -232,6 +232,22 @@ def find_phi(text: str, names: Iterable[str] = (), identifiers: tuple[str, ...] 
     return found
 
 
+def extract_names(text: str) -> list[str]:
+    """Person names a text states explicitly ("Patient: Jane Doe", "Name: ...", "Mr. Smith").
+
+    For building `VerifyContext.record_names` from the documents an execution has read, so later
+    mentions of the same person ("Jane Doe", "Doe") are recognised anywhere. Order of first
+    appearance, no duplicates.
+    """
+    found = [f for d in phi_detectors(("name",)).detectors for f in d.finditer(text)]
+    names: list[str] = []
+    for finding in sorted(found, key=lambda f: f.start):
+        name = " ".join(text[finding.start : finding.end].split())
+        if name not in names:
+            names.append(name)
+    return names
+
+
 def _redact_once(text: str, names: tuple[str, ...]) -> tuple[str, list[Finding]]:
     merged: list[Finding] = []
     for f in find_phi(text, names):

@@ -81,7 +81,7 @@ def canonical_name(name: str) -> str:
 def sort_permissions(permissions: Iterable[str]) -> list[str]:
     """Deduplicate and order permissions canonically (unknown strings last, alphabetically)."""
     unique = set(permissions)
-    return sorted(unique, key=lambda p: (PERMISSION_ORDER.get(p, len(PERMISSIONS)), p))
+    return sorted(unique, key=lambda p: (PERMISSION_ORDER.get(p, len(PERMISSIONS)), str(p)))
 
 
 def _freeze(value: Any) -> Any:
@@ -152,6 +152,8 @@ def resolve_permissions(policy: Policy, requested: Iterable[str] | None) -> Reso
     """
     if requested is None:
         return Resolution(effective=list(policy.default_permissions), denied=[])
+    if isinstance(requested, str):
+        raise TypeError("requested permissions must be a list of strings, not a string")
     effective: list[str] = []
     denied: list[dict[str, str]] = []
     for permission in sort_permissions(requested):

@@ -47,7 +47,7 @@ def _argument_problems(tool: str, arguments: Any) -> str | None:
 def verify(call: ToolCall, context: VerifyContext) -> Decision:
     """Decide whether `call` may run under `context` (see the module docstring for the order)."""
     policy = context.policy
-    permission = TOOL_PERMISSIONS.get(call.tool)
+    permission = TOOL_PERMISSIONS.get(call.tool) if isinstance(call.tool, str) else None
     if permission is None:
         v = violation("unknown_tool", "unknown_tool", f"Unknown tool {call.tool!r}")
         return Decision(call.tool, None, False, [], [v], "unknown_tool" in policy.halting)
