@@ -127,3 +127,21 @@ def test_fast_path_agrees_with_exact_path(text):
 
     assert phi_detectors().present(text) == bool(find_phi(text))
     assert secret_detectors().present(text) == bool(find_secrets(text))
+
+
+piece = st.one_of(
+    identifier,
+    filler,
+    st.sampled_from(["[REDACTED:NAME]", "[REDACTED:SSN]", "MRN ", "Patient: ", " ", "\n", "-", "1", "Doe"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(piece, max_size=12))
+def test_fast_path_agrees_with_exact_path_around_placeholders(parts):
+    from guard.detectors import name_detectors, phi_detectors
+
+    text = "".join(parts)
+    assert phi_detectors().present(text) == bool(find_phi(text))
+    names = name_detectors(("Jane Doe",))
+    assert names.present(text) == bool(names.find(text))
