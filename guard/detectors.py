@@ -178,7 +178,7 @@ def secret_detectors(names: tuple[str, ...] | None = None) -> DetectorSet:
 def phi_detectors(identifiers: tuple[str, ...] | None = None) -> DetectorSet:
     """The PHI detectors for the identifiers named (all when None), typed by placeholder type."""
     selected = PHI_IDENTIFIERS if identifiers is None else identifiers
-    detectors = []
+    detectors: list[Detector] = []
     for name in selected:
         kind, entries = PHI_PATTERNS[name]
         detectors.extend(Detector(kind, pattern, gate) for pattern, gate in entries)
