@@ -252,6 +252,10 @@ def _check_rest(doc: dict[str, Any], windows: set[int], errors: list[str]) -> No
                 or not (_is_number(rule.get("factor", rule.get("step"))) and rule.get("factor", rule.get("step")) > 0)
             ):
                 errors.append(f"calibration.{key} must be {{'factor': n}} or {{'step': n}} for a ranged param")
+    number_words = doc.get("number_words", {})
+    amounts = number_words.get("comparators_read_as_amount", []) if isinstance(number_words, dict) else None
+    if not isinstance(amounts, list) or not all(isinstance(p, str) and p.strip() for p in amounts):
+        errors.append("number_words.comparators_read_as_amount must be a list of phrases")
     agent = doc.get("agent")
     if not isinstance(agent, dict):
         errors.append("agent must be an object")
@@ -294,11 +298,22 @@ def validate_guardrails(doc: Any) -> list[str]:
     ):
         errors.append(f"strategy_priority must be a non-empty list of distinct strategies from {list(STRATEGIES)}")
         doc = {**doc, "strategy_priority": []}
-    levels = _check_severity(doc, errors)
-    windows = _check_ranges(doc, errors)
-    metrics = _check_vocabularies(doc, errors)
-    if levels:
-        _check_priors(doc, levels, windows, errors)
-        _check_bias(doc, levels, metrics, errors)
-    _check_rest(doc, windows, errors)
+    levels: list[str] = []
+    windows: set[int] = set()
+    metrics: set[str] = set()
+    # Each section is checked on its own; a value of a shape no check foresaw (a list where a
+    # name belongs, say) is reported as an error for that section instead of escaping as a crash.
+    sections = [
+        ("severity", lambda: levels.extend(_check_severity(doc, errors))),
+        ("ranges", lambda: windows.update(_check_ranges(doc, errors))),
+        ("metrics/directions", lambda: metrics.update(_check_vocabularies(doc, errors))),
+        ("priors", lambda: levels and _check_priors(doc, levels, windows, errors)),
+        ("bias_rules", lambda: levels and _check_bias(doc, levels, metrics, errors)),
+        ("plan/calibration/agent", lambda: _check_rest(doc, windows, errors)),
+    ]
+    for name, check in sections:
+        try:
+            check()
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            errors.append(f"{name}: malformed value ({type(exc).__name__}: {exc})")
     return errors
