@@ -20,7 +20,8 @@ _DOCS_HTML = """<!doctype html>
 </body></html>"""
 
 SCHEMAS = ("AgentTaskRequest", "TaskResponse", "ErrorResponse", "ExecutionSchema", "ExecutionList",
-           "EventSchema", "EventList")
+           "EventSchema", "EventList", "DocumentCreateRequest", "DocumentSchema", "DocumentList", "CertificateSchema",
+           "CertificateList", "JwkSchema", "KeySet")
 
 
 def build_spec(app: Flask) -> dict:

@@ -5,33 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from shared.store.executions import Execution
+from shared.views import execution_json
 
 
-def _ts(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def execution(e: Execution) -> dict[str, Any]:
-    return {
-        "execution_id": e.id,
-        "task": e.task,
-        "status": e.status,
-        "compliance_policy": e.compliance_policy,
-        "policy_version": e.policy_version,
-        "provider": e.provider,
-        "model": e.model,
-        "budget_cents": e.budget_cents,
-        "spent_cents": float(e.spent_cents),
-        "requested_permissions": e.requested_permissions,
-        "effective_permissions": e.effective_permissions,
-        "denied_permissions": e.denied_permissions,
-        "webhook_url": e.webhook_url,
-        "result": e.result,
-        "error": e.error,
-        "usage": e.usage,
-        "counts": {"events": e.event_count, **e.counts},
-        "created_at": _ts(e.created_at),
-        "started_at": _ts(e.started_at),
-        "finished_at": _ts(e.finished_at),
-        "updated_at": _ts(e.updated_at),
-    }
+def execution(e: Execution, *, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
+    return execution_json(e, webhook=webhook)

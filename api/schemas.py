@@ -113,3 +113,78 @@ class EventList(Schema):
     items = fields.List(fields.Nested(EventSchema))
     has_more = fields.Boolean()
     next_after = fields.Integer(allow_none=True)
+
+
+# --- documents, certificates, signing keys (governed executions) ---------------------------------
+
+LABEL_PATTERN = r"^[a-z0-9][a-z0-9_:-]{0,63}$"
+
+
+class DocumentCreateRequest(Schema):
+    """A workspace document the agent's tools can read (labels classify it: phi, privileged, …).
+    Posting an existing name replaces its content and labels."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    content = fields.String(required=True, validate=validate.Length(max=1_000_000))
+    labels = fields.List(fields.String(validate=validate.Regexp(LABEL_PATTERN)), load_default=list,
+                         validate=validate.Length(max=20),
+                         metadata={"description": "Classification labels such as phi, privileged, financial."})
+
+    @validates("name")
+    def _name_not_blank(self, value: str, **_: Any) -> None:
+        if not value.strip():
+            raise ValidationError("Name must not be blank.")
+
+
+class DocumentSchema(Schema):
+    document_id = fields.String()
+    name = fields.String()
+    labels = fields.List(fields.String())
+    content = fields.String()
+    size = fields.Integer()
+    created_by = fields.String(allow_none=True, metadata={"description": "The execution that wrote it, if any."})
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class DocumentList(Schema):
+    items = fields.List(fields.Nested(DocumentSchema))
+    has_more = fields.Boolean()
+    next_cursor = fields.String(allow_none=True)
+
+
+class CertificateSchema(Schema):
+    certificate_id = fields.String()
+    execution_id = fields.String()
+    seq = fields.Integer()
+    tool = fields.String()
+    arguments_sha256 = fields.String()
+    permission = fields.String()
+    policy = fields.String()
+    policy_version = fields.String()
+    checks = fields.List(fields.String())
+    issued_at = fields.String()
+    prev_hash = fields.String(allow_none=True)
+    hash = fields.String()
+    key_id = fields.String()
+    signature = fields.String()
+
+
+class CertificateList(Schema):
+    execution_id = fields.String()
+    items = fields.List(fields.Nested(CertificateSchema))
+    violations = fields.List(fields.Dict(), metadata={"description": "Refused calls with their violations."})
+
+
+class JwkSchema(Schema):
+    kty = fields.String(metadata={"enum": ["OKP"]})
+    crv = fields.String(metadata={"enum": ["Ed25519"]})
+    kid = fields.String()
+    x = fields.String(metadata={"description": "base64url raw public key"})
+
+
+class KeySet(Schema):
+    keys = fields.List(fields.Nested(JwkSchema))

@@ -60,5 +60,9 @@ def make_celery(settings: Settings, *, main: str = "warden") -> Celery:
             },
         },
     )
+    # Agent runs are bounded by configuration; the Redis visibility timeout is validated to exceed it.
+    limit = settings.executions_time_limit_s
+    app.conf.task_annotations = {"workers.executions.run": {
+        "time_limit": limit, "soft_time_limit": max(1, limit - max(1, min(30, limit // 10)))}}
     app.conf.warden_settings = settings
     return app

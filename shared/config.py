@@ -47,6 +47,7 @@ class Settings:
     anthropic_api_key: str | None = None
     signing_key: str | None = None  # base64url Ed25519 seed; generated and stored when unset
     default_price_per_mtok_cents: int = 1500
+    webhook_backoff_s: float = 5.0  # first webhook retry delay; each next one is 4x longer
     log_level: str = "INFO"
     log_json: bool = True
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -86,6 +87,7 @@ _ENV: tuple[tuple[str, str, type | object], ...] = (
     ("ANTHROPIC_API_KEY", "anthropic_api_key", str),
     ("WARDEN_SIGNING_KEY", "signing_key", str),
     ("WARDEN_DEFAULT_PRICE_PER_MTOK_CENTS", "default_price_per_mtok_cents", int),
+    ("WARDEN_WEBHOOK_BACKOFF_S", "webhook_backoff_s", float),
     ("WARDEN_LOG_LEVEL", "log_level", str),
     ("WARDEN_LOG_JSON", "log_json", _bool),
 )
@@ -110,6 +112,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.rate_limit_per_s <= 0 or settings.rate_limit_burst <= 0:
         raise ConfigError("WARDEN_RATE_LIMIT_PER_S and WARDEN_RATE_LIMIT_BURST must be positive")
+    if settings.default_price_per_mtok_cents <= 0:
+        raise ConfigError("WARDEN_DEFAULT_PRICE_PER_MTOK_CENTS must be positive (a model is never free)")
     if settings.visibility_timeout_s <= settings.executions_time_limit_s:
         raise ConfigError("WARDEN_VISIBILITY_TIMEOUT_S must exceed WARDEN_EXECUTIONS_TIME_LIMIT_S")
     return settings

@@ -3,4 +3,5 @@
 TASK_MODULES = (
     "workers.executions",
     "workers.maintenance",
+    "workers.delivery",
 )

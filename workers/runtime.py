@@ -25,7 +25,9 @@ def db() -> Database:
     key = ("db", s.database_url)
     handle = _state.get(str(key))
     if handle is None:
-        handle = Database(s.database_url, minconn=1, maxconn=4)
+        # An agent run holds one connection for its whole run (its advisory lock lives there) and
+        # briefly a second; thread pools run several at once.
+        handle = Database(s.database_url, minconn=1, maxconn=16)
         _state[str(key)] = handle
     return handle  # type: ignore[return-value]
 

@@ -7,9 +7,10 @@ from flask import Blueprint, Response, jsonify, request
 from api import present
 from api.auth import workspace_id
 from api.services import services
-from shared.errors import BadRequest, NotFound
+from shared import events as event_bus
+from shared.errors import BadRequest, Conflict, NotFound
 from shared.paging import decode_cursor, encode_cursor, parse_limit
-from shared.store import executions
+from shared.store import executions, runs
 
 bp = Blueprint("executions", __name__)
 
@@ -57,10 +58,72 @@ def get_execution(execution_id: str) -> Response:
         401: {description: Missing or invalid API key, content: {application/json: {schema: ErrorResponse}}}
         404: {description: No such execution in this workspace, content: {application/json: {schema: ErrorResponse}}}
     """
-    e = executions.get(services().db, workspace_id(), execution_id)
+    return jsonify(_execution_json(execution_id))
+
+
+def _execution_json(execution_id: str) -> dict:
+    db = services().db
+    e = executions.get(db, workspace_id(), execution_id)
     if e is None:
         raise NotFound(f"Execution {execution_id} not found", code="execution_not_found")
-    return jsonify(present.execution(e))
+    webhook = None
+    if e.webhook_url:
+        with db.transaction() as cur:
+            webhook = runs.webhook_status(cur, e.id)
+    return present.execution(e, webhook=webhook)
+
+
+@bp.post("/executions/<execution_id>/cancel")
+def cancel_execution(execution_id: str) -> Response:
+    """Cancel an execution: a queued one at once, a running one before its next step.
+    ---
+    post:
+      tags: [executions]
+      parameters:
+        - {in: path, name: execution_id, required: true, schema: {type: string}}
+      responses:
+        200: {description: Cancelled (it was queued), content: {application/json: {schema: ExecutionSchema}}}
+        202: {description: Cancel requested; the run stops before its next step, content: {application/json: {schema: ExecutionSchema}}}
+        401: {description: Missing or invalid API key, content: {application/json: {schema: ErrorResponse}}}
+        404: {description: No such execution in this workspace, content: {application/json: {schema: ErrorResponse}}}
+        409: {description: Already finished, content: {application/json: {schema: ErrorResponse}}}
+    """
+    svc = services()
+    with svc.db.transaction() as cur:
+        outcome = runs.request_cancel(cur, workspace_id(), execution_id)
+    if outcome is None:
+        raise NotFound(f"Execution {execution_id} not found", code="execution_not_found")
+    what, events = outcome
+    event_bus.publish(svc.redis.client, events)
+    if what == "terminal":
+        e = executions.get(svc.db, workspace_id(), execution_id)
+        raise Conflict(f"Execution {execution_id} already finished ({e.status if e else 'unknown'})",
+                       code="execution_finished", execution_status=e.status if e else None)
+    resp = jsonify(_execution_json(execution_id))
+    resp.status_code = 200 if what == "cancelled" else 202
+    return resp
+
+
+@bp.get("/executions/<execution_id>/certificates")
+def list_certificates(execution_id: str) -> Response:
+    """The execution's certificates in chain order, and its refused calls.
+    ---
+    get:
+      tags: [executions]
+      parameters:
+        - {in: path, name: execution_id, required: true, schema: {type: string}}
+      responses:
+        200: {description: Certificates (verify them with GET /api/v1/compliance/keys), content: {application/json: {schema: CertificateList}}}
+        401: {description: Missing or invalid API key, content: {application/json: {schema: ErrorResponse}}}
+        404: {description: No such execution in this workspace, content: {application/json: {schema: ErrorResponse}}}
+    """
+    with services().db.transaction() as cur:
+        cur.execute("SELECT 1 FROM executions WHERE id = %s AND workspace_id = %s", (execution_id, workspace_id()))
+        if cur.fetchone() is None:
+            raise NotFound(f"Execution {execution_id} not found", code="execution_not_found")
+        certs = runs.certificates(cur, execution_id)
+        refused = runs.violations(cur, execution_id)
+    return jsonify({"execution_id": execution_id, "items": certs, "violations": refused})
 
 
 @bp.get("/executions/<execution_id>/events")

@@ -1,0 +1,283 @@
+"""The agent loop: model → tool calls → Guard.verify → certificate + tool, or refusal → … → answer.
+
+Exactly-once in effect under redelivery (``acks_late`` + ``reject_on_worker_lost``):
+
+- One runner per execution: a session-level PostgreSQL advisory lock, held on the connection
+  the run uses for all its steps. A killed worker's connection closes and the lock goes with it,
+  so the redelivered message can take over; a duplicate message while the first is alive finds
+  the lock taken and leaves.
+- State is persisted per step in ``executions.state`` (conversation, pending tool calls,
+  certificate chain head, names from the record). A step is one transaction: the guard
+  decision, the certificate, a database tool's effect, the events and the new state commit
+  together, so a step either happened once or not at all and is redone from the saved state.
+- Network tools cannot join the transaction: the call is certified and marked ``started`` in
+  one commit, run, then completed in a second. On resume an ``http_get`` is simply fetched
+  again; an ``http_post`` whose outcome is unknown is not repeated (the model is told why).
+- The terminal transition is guarded (``WHERE status IN ('queued', 'running')``): one terminal
+  state, one terminal event.
+
+Cancel, budget and the step bound are checked before every step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+import tenacity
+from celery.exceptions import SoftTimeLimitExceeded
+
+from guard import Policy, SigningKey, load_policy
+from shared import events
+from shared.config import Settings
+from shared.store import runs
+from workers import pricing, signing
+from workers.providers import make_provider
+from workers.providers.base import MAX_OUTPUT_TOKENS, Completion, Provider, ProviderError
+from workers.steps import StepResult, process_call
+
+log = logging.getLogger(__name__)
+
+MAX_STEPS = 24  # model calls per run
+MAX_CALLS_PER_TURN = 8
+
+SYSTEM_PROMPT = (
+    "You are an agent working inside a governed workspace. Use the tools to complete the task. Every tool "
+    "call is checked against the '{policy}' compliance policy before it runs; a refused call comes back as a "
+    "tool error with the violated rules, so adjust and try another way (for example redact text with "
+    "redact_text before sending it). When done, reply with the final answer as plain text."
+)
+
+
+class Stop(Exception):
+    """End the run with a terminal status."""
+
+    def __init__(self, status: str, *, result: dict[str, Any] | None = None,
+                 error: dict[str, Any] | None = None) -> None:
+        super().__init__(status)
+        self.status, self.result, self.error = status, result, error
+
+
+@dataclass
+class Run:
+    """One execution being driven by this process (the row lock holder)."""
+
+    id: str
+    workspace_id: str
+    task: str
+    policy: Policy
+    provider_name: str
+    model: str
+    budget_cents: int
+    effective_permissions: list[str]
+    settings: Settings
+    key: SigningKey
+    state: dict[str, Any]
+    spent: Decimal
+    usage: dict[str, Any]
+    counts: dict[str, Any]
+    conn: Any = None
+    published: list[dict[str, Any]] = field(default_factory=list)
+
+    @contextmanager
+    def step(self) -> Iterator[Any]:
+        """One transaction: the row locked, cancel checked, state saved, events published after commit."""
+        pending: list[dict[str, Any]] = []
+        try:
+            with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                row = runs.lock(cur, self.id)
+                if row is None or row["status"] != "running":
+                    raise Stop("gone")
+                if row["cancel_requested"]:
+                    ev = runs.finish(cur, row, "cancelled", state=self.state,
+                                     error={"code": "cancelled", "message": "Cancelled while running"})
+                    self.conn.commit()
+                    events.publish(_redis(), [ev])
+                    raise Stop("cancelled_done")
+                cur.events = pending  # type: ignore[attr-defined]
+                cur.row = row  # type: ignore[attr-defined]
+                yield cur
+                runs.save(cur, self.id, state=self.state, spent_cents=self.spent, usage=self.usage, counts=self.counts)
+            self.conn.commit()
+        except BaseException:
+            if not self.conn.closed:
+                self.conn.rollback()
+            raise
+        events.publish(_redis(), pending)
+
+    def emit(self, cur: Any, type_: str, data: dict[str, Any]) -> None:
+        cur.events.append(events.append_event(cur, self.id, type_, data))
+
+    def tools(self) -> list[dict[str, Any]]:
+        from guard import TOOL_PERMISSIONS, TOOL_SPECS
+
+        granted = set(self.effective_permissions)
+        return [t for t in TOOL_SPECS if TOOL_PERMISSIONS[t["name"]] in granted]
+
+
+def _redis() -> Any:
+    from workers import runtime
+
+    return runtime.redis().client
+
+
+def _lock_key(execution_id: str) -> str:
+    return "warden:execution:" + execution_id
+
+
+def execute(execution_id: str, db: Any, settings: Settings) -> str:
+    """Drive one execution to a terminal state (or leave it to the runner holding the lock).
+    Returns what happened, for logs and tests."""
+    with db.connection() as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_lock_key(execution_id),))
+            got = cur.fetchone()[0]
+        conn.commit()
+        if not got:
+            return "locked_elsewhere"
+        try:
+            return _execute_locked(execution_id, conn, db, settings)
+        finally:
+            if not conn.closed:
+                conn.rollback()
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_lock_key(execution_id),))
+                conn.commit()
+
+
+def _begin(execution_id: str, conn: Any) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """queued → running (first delivery) or pick up a running one (redelivery); None when terminal."""
+    out: list[dict[str, Any]] = []
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute("SELECT * FROM executions WHERE id = %s FOR UPDATE", (execution_id,))
+        row = cur.fetchone()
+        if row is None or row["status"] not in ("queued", "running"):
+            conn.commit()
+            return None
+        if row["status"] == "queued":
+            if row["cancel_requested"]:
+                out.append(runs.finish(cur, row, "cancelled", error={"code": "cancelled", "message": "Cancelled"}))
+                conn.commit()
+                events.publish(_redis(), out)
+                return None
+            row["state"] = {"messages": [{"role": "user", "content": row["task"]}], "step": 0, "pending": [],
+                            "cert_seq": 0, "prev_hash": None, "record_names": []}
+            runs.start(cur, execution_id, row["state"])
+            out.append(events.append_event(cur, execution_id, "execution.started",
+                                           {"provider": row["provider"], "model": row["model"]}))
+    conn.commit()
+    events.publish(_redis(), out)
+    return row, out
+
+
+def _execute_locked(execution_id: str, conn: Any, db: Any, settings: Settings) -> str:
+    begun = _begin(execution_id, conn)
+    if begun is None:
+        return "not_runnable"
+    row, _ = begun
+    provider_name = row["provider"] or "local"
+    run = Run(id=execution_id, workspace_id=row["workspace_id"], task=row["task"],
+              policy=load_policy(row["compliance_policy"]), provider_name=provider_name,
+              model=row["model"] or "local-planner-1", budget_cents=row["budget_cents"],
+              effective_permissions=row["effective_permissions"], settings=settings,
+              key=signing.active_key(db, settings), state=row["state"], spent=Decimal(row["spent_cents"]),
+              usage=dict(row["usage"] or {}), counts=dict(row["counts"] or {}), conn=conn)
+    try:
+        provider = make_provider(provider_name, settings)
+        while True:
+            _one_step(run, provider)
+    except Stop as stop:
+        if stop.status in ("gone", "cancelled_done"):
+            return stop.status
+        if stop.status == "finished":
+            return str((stop.result or {}).get("status"))
+        return _finish(run, stop)
+    except ProviderError as exc:
+        return _finish(run, Stop("error", error={"code": exc.code, "message": exc.message}))
+    except SoftTimeLimitExceeded:
+        return _finish(run, Stop("error", error={"code": "time_limit_exceeded",
+                                                 "message": "The execution ran past its time limit"}))
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        raise  # the database is gone: nothing can be recorded; the message is redelivered or retried
+    except Exception as exc:
+        log.exception("execution %s failed", execution_id)
+        return _finish(run, Stop("error", error={"code": "internal_error",
+                                                 "message": f"{type(exc).__name__} in the executor"}))
+
+
+def _finish(run: Run, stop: Stop) -> str:
+    try:
+        with run.step() as cur:
+            cur.events.append(runs.finish(cur, cur.row, stop.status, result=stop.result, error=stop.error,
+                                          state=run.state))
+    except Stop as again:  # cancelled or already terminal meanwhile
+        return again.status
+    return stop.status
+
+
+def _one_step(run: Run, provider: Provider) -> None:
+    state = run.state
+    if state["pending"]:
+        call = state["pending"][0]
+        res: StepResult = process_call(run, call)
+        if res.finished is not None:
+            raise Stop("finished", result={"status": res.finished})
+        return
+    if state["step"] >= MAX_STEPS:
+        raise Stop("error", error={"code": "max_steps_exceeded",
+                                   "message": f"No final answer after {MAX_STEPS} model calls"})
+    with run.step():  # cancel check before the model call (and nothing else to save)
+        pass
+    completion = _call_model(run, provider)
+    cost = pricing.cost_cents(run.model, completion.input_tokens, completion.output_tokens,
+                              run.settings.default_price_per_mtok_cents)
+    calls = completion.tool_calls[:MAX_CALLS_PER_TURN]
+    with run.step() as cur:
+        run.spent += cost
+        u = run.usage
+        u["input_tokens"] = u.get("input_tokens", 0) + completion.input_tokens
+        u["output_tokens"] = u.get("output_tokens", 0) + completion.output_tokens
+        u["llm_calls"] = u.get("llm_calls", 0) + 1
+        state["step"] += 1
+        state["messages"].append({"role": "assistant", "content": completion.text,
+                                  "tool_calls": [{"id": c["id"], "name": c["name"], "arguments": c["arguments"]}
+                                                 for c in calls]})
+        state["pending"] = [{"id": c["id"], "name": c["name"], "arguments": c["arguments"], "step": state["step"]}
+                            for c in calls]
+        run.emit(cur, "llm.completed", {
+            "step": state["step"], "provider": run.provider_name, "model": run.model,
+            "input_tokens": completion.input_tokens, "output_tokens": completion.output_tokens,
+            "cost_cents": float(cost), "spent_cents": float(run.spent), "tool_calls": [c["name"] for c in calls],
+            "stop_reason": completion.stop_reason})
+    if not calls:
+        raise Stop("succeeded", result={"output": completion.text or ""})
+
+
+def _call_model(run: Run, provider: Provider) -> Completion:
+    system = SYSTEM_PROMPT.format(policy=run.policy.name)
+    tools = run.tools()
+    # Reserve before the call: the prompt we are about to send plus the most it may answer.
+    est_in = pricing.estimate_tokens(len(system) + len(str(run.state["messages"])) + len(str(tools)))
+    estimate = pricing.cost_cents(run.model, est_in, MAX_OUTPUT_TOKENS, run.settings.default_price_per_mtok_cents)
+    if run.spent + estimate > run.budget_cents:
+        raise Stop("blocked", result={"output": None, "reason": "budget_exceeded"}, error={
+            "code": "budget_exceeded",
+            "message": f"The next model call (about {estimate.quantize(Decimal('0.01'), ROUND_CEILING)} cents) would "
+                       f"exceed the budget: spent {run.spent.quantize(Decimal('0.01'))} of {run.budget_cents} cents"})
+
+    @tenacity.retry(retry=tenacity.retry_if_exception(lambda e: isinstance(e, ProviderError) and e.transient),
+                    stop=tenacity.stop_after_attempt(4), wait=tenacity.wait_exponential(multiplier=0.25, max=4),
+                    reraise=True)
+    def call() -> Completion:
+        return provider.complete(model=run.model, system=system, messages=run.state["messages"], tools=tools)
+
+    return call()
+
+
+__all__ = ["execute", "Run", "Stop"]

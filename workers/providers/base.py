@@ -1,0 +1,72 @@
+"""The one interface every model provider implements, and the provider-neutral conversation.
+
+Conversation messages (stored in the execution's state, so a resumed run continues it):
+
+- ``{"role": "user", "content": str}``
+- ``{"role": "assistant", "content": str | None, "tool_calls": [{"id", "name", "arguments": dict}]}``
+- ``{"role": "tool", "tool_call_id": str, "name": str, "content": str, "is_error": bool}``
+
+Each provider translates these to its wire format and its reply back to a :class:`Completion`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+MAX_OUTPUT_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str | None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    stop_reason: str | None = None
+
+
+class ProviderError(Exception):
+    """A failed model call. ``transient`` errors (rate limits, 5xx, timeouts, connection
+    failures) are retried with backoff; the others end the run ``error`` with ``code``."""
+
+    def __init__(self, code: str, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.transient = transient
+
+
+class Provider(Protocol):
+    name: str
+
+    def complete(self, *, model: str, system: str, messages: list[dict[str, Any]],
+                 tools: list[dict[str, Any]]) -> Completion: ...
+
+
+def parse_arguments(raw: Any) -> dict[str, Any]:
+    """Tool arguments as a dict. Malformed JSON is kept as ``{"_raw": text}`` so the guard
+    refuses the call as invalid arguments and the model sees why (nothing is guessed)."""
+    if isinstance(raw, dict):
+        return raw
+    if raw in (None, ""):
+        return {}
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        return {"_raw": str(raw)[:2000]}
+    return value if isinstance(value, dict) else {"_raw": str(raw)[:2000]}
+
+
+def classify_status(status: int) -> tuple[str, bool]:
+    """(error code, transient?) for an HTTP status from a vendor API."""
+    if status == 429:
+        return "provider_rate_limited", True
+    if status in (408, 409) or status >= 500:
+        return "provider_unavailable", True
+    if status in (401, 403):
+        return "provider_auth_failed", False
+    if status == 404:
+        return "provider_model_not_found", False
+    return "provider_bad_request", False

@@ -1,0 +1,159 @@
+"""One tool call of the agent loop: events, Guard.verify, certificate or refusal, the tool.
+
+See workers/executor.py for the transaction and resume rules this follows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import ROUND_CEILING
+from typing import TYPE_CHECKING, Any
+
+from guard import Guard, ToolCall, VerifyContext, arguments_sha256, find_phi, issue_certificate
+from shared.ids import new_id
+from shared.store import documents, runs
+from workers import tools
+
+if TYPE_CHECKING:
+    from workers.executor import Run
+
+MAX_RECORD_NAMES = 200
+_ARG_PREVIEW = 500
+
+
+@dataclass(frozen=True)
+class StepResult:
+    finished: str | None = None  # the terminal status when this step ended the run
+
+
+def _preview(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Arguments for events: long strings shortened (the certificate carries the full hash)."""
+    return {k: (v[:_ARG_PREVIEW] + "…" if isinstance(v, str) and len(v) > _ARG_PREVIEW else v)
+            for k, v in arguments.items()}
+
+
+def _context(run: Run, cur: Any) -> VerifyContext:
+    docs: dict[str, dict[str, Any]] = {}
+    for d in documents.list_all(cur, run.workspace_id):
+        entry = {"labels": d.labels, "content": d.content}
+        docs[d.id] = entry
+        docs[d.name] = entry
+    return VerifyContext(
+        execution_id=run.id, policy=run.policy, effective_permissions=frozenset(run.effective_permissions),
+        budget_cents=run.budget_cents, spent_cents=int(run.spent.to_integral_value(ROUND_CEILING)),
+        documents=docs, record_names=tuple(run.state.get("record_names") or ()))
+
+
+def _names_from(content: str) -> list[str]:
+    """Names the record states ("Patient: Jane Doe", "Mr. Smith"): the HIPAA rule then treats
+    them as identifiers anywhere in outbound text, and redact_text removes them."""
+    return [content[f.start:f.end] for f in find_phi(content, (), ("name",))]
+
+
+def _tool_message(call: dict[str, Any], content: dict[str, Any], is_error: bool) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call["id"], "name": call["name"],
+            "content": json.dumps(content, ensure_ascii=False), "is_error": is_error}
+
+
+def _complete(run: Run, cur: Any, call: dict[str, Any], result: dict[str, Any] | None,
+              error: tools.ToolError | None) -> None:
+    """Record a tool's outcome: event, message back to the model, call popped, counts."""
+    state = run.state
+    if error is None:
+        assert result is not None
+        content, ok = result, True
+        if call["name"] == "read_document":
+            names = list(dict.fromkeys([*state.get("record_names", []), *_names_from(result.get("content", ""))]))
+            state["record_names"] = names[:MAX_RECORD_NAMES]
+    else:
+        content, ok = {"error": error.code, "message": error.message}, False
+    state["messages"].append(_tool_message(call, content, not ok))
+    state["pending"].pop(0)
+    run.counts["tool_calls"] = run.counts.get("tool_calls", 0) + 1
+    summary = ({k: v for k, v in result.items() if k not in ("content", "body", "text", "documents")}
+               if result else {"error": content})
+    run.emit(cur, "tool.completed", {"call_id": call["id"], "tool": call["name"], "ok": ok, "result": summary})
+
+
+def process_call(run: Run, call: dict[str, Any]) -> StepResult:
+    """Take the first pending call one step further (see the executor's docstring)."""
+    call_key = f"{call['step']}:{call['id']}"
+    if call.get("started"):
+        return _finish_external(run, call, call_key, resumed=True)
+    with run.step() as cur:
+        tc = ToolCall(call["name"], call["arguments"])
+        run.emit(cur, "tool.requested", {"call_id": call["id"], "tool": call["name"],
+                                         "arguments": _preview(call["arguments"]), "step": call["step"]})
+        decision = Guard.verify(tc, _context(run, cur))
+        run.emit(cur, "guard.decision", {"call_id": call["id"], **decision.to_dict()})
+        if not decision.allowed:
+            try:
+                digest = arguments_sha256(call["arguments"])
+            except (TypeError, ValueError):
+                digest = ""
+            runs.insert_violation(cur, run.id, call_key, call["name"], digest, decision.violations, decision.halt)
+            run.counts["blocked"] = run.counts.get("blocked", 0) + 1
+            run.emit(cur, "tool.blocked", {"call_id": call["id"], "tool": call["name"],
+                                           "violations": decision.violations, "halt": decision.halt})
+            if decision.halt:
+                # Terminal in the same transaction as the refusal: a resume never re-judges it.
+                rules = ", ".join(sorted({v["rule"] for v in decision.violations}))
+                run.state["pending"] = []
+                cur.events.append(runs.finish(cur, cur.row, "blocked", state=run.state,
+                                              result={"output": None, "reason": "policy_violation"},
+                                              error={"code": "policy_violation", "violations": decision.violations,
+                                                     "message": f"{call['name']} refused by the {run.policy.name}"
+                                                                f" policy ({rules})"}))
+                return StepResult(finished="blocked")
+            content = {"error": "blocked_by_policy", "violations": decision.violations,
+                       "message": "This call was refused by the compliance policy and did not run."}
+            run.state["messages"].append(_tool_message(call, content, True))
+            run.state["pending"].pop(0)
+            return StepResult()
+        state = run.state
+        cert = issue_certificate(run.key, certificate_id=new_id("cert"), execution_id=run.id,
+                                 seq=state["cert_seq"] + 1, call=tc, decision=decision, policy=run.policy,
+                                 issued_at=_now(), prev_hash=state["prev_hash"])
+        runs.insert_certificate(cur, run.id, call_key, cert)
+        state["cert_seq"], state["prev_hash"] = cert["seq"], cert["hash"]
+        run.counts["certificates"] = run.counts.get("certificates", 0) + 1
+        run.emit(cur, "certificate.issued", {"call_id": call["id"], "certificate": cert})
+        if call["name"] in tools.EXTERNAL:
+            call["started"] = True  # committed with the certificate; the request runs after commit
+            call["certificate_id"] = cert["certificate_id"]
+        else:
+            ctx = tools.ToolContext(run.workspace_id, run.id, call_key, run.settings,
+                                    tuple(state.get("record_names") or ()), cur)
+            try:
+                _complete(run, cur, call, tools.run(call["name"], call["arguments"], ctx), None)
+            except tools.ToolError as exc:
+                _complete(run, cur, call, None, exc)
+            return StepResult()
+    return _finish_external(run, call, call_key, resumed=False)
+
+
+def _finish_external(run: Run, call: dict[str, Any], call_key: str, *, resumed: bool) -> StepResult:
+    result: dict[str, Any] | None = None
+    error: tools.ToolError | None = None
+    if resumed and call["name"] == "http_post":
+        error = tools.ToolError("outcome_unknown", "The worker stopped while this request was in flight; it was not "
+                                                   "sent again to avoid a duplicate side effect.")
+    else:
+        ctx = tools.ToolContext(run.workspace_id, run.id, call_key, run.settings)
+        try:
+            result = tools.run(call["name"], call["arguments"], ctx)
+        except tools.ToolError as exc:
+            error = exc
+    with run.step() as cur:
+        _complete(run, cur, call, result, error)
+    return StepResult()
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+__all__ = ["process_call", "StepResult"]
