@@ -10,7 +10,7 @@ import uuid
 
 from flask import Blueprint, Flask, Response, g, request
 
-from api import errors, metrics, openapi
+from api import errors, metrics, openapi, ws
 from api.auth import authenticate_request, ratelimit_headers
 from api.body import reject_nul_in_url
 from api.routes import compliance, documents, executions, health, tasks
@@ -60,5 +60,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register(app)
     metrics.init_app(app, svc)
     openapi.init_app(app)
+    ws.init_app(app, svc)  # WebSocket streams and the per-process fan-out hub
     return app
 

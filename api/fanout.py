@@ -1,0 +1,245 @@
+"""One Redis pub/sub subscription per API process, fanned out to the process's local sockets.
+
+Workers only publish (``shared.events.publish``); every web process runs one :class:`Hub`, whose
+background listener (a thread, which gunicorn's gevent worker turns into a greenlet by
+monkey-patching) pushes each message into the queue of every local :class:`Subscription` on that
+channel. The hub is keyed by channel name and knows nothing about executions, so
+``/ws/notifications`` (``notifications:<workspace_id>``) and ``/ws/workflows/<id>`` can reuse it
+by adding their pattern.
+
+Pub/sub forgets. Whenever the hub (re)subscribes, after a Redis failure or on first start, it
+pushes :data:`RESYNC` to every subscription: "messages may have been lost, re-read the source of
+truth" (PostgreSQL for execution events). A consumer that falls too far behind gets its backlog
+dropped and a :data:`RESYNC` in its place, so memory stays bounded and nothing is lost.
+
+Pattern subscribe rather than per-channel SUBSCRIBE/UNSUBSCRIBE: registering a socket is then a
+dict update with no Redis round trip, so "subscribed" is true the moment :meth:`Hub.subscribe`
+returns (the ordering the no-gap replay depends on), and no command is ever written to the
+pub/sub connection while the listener is blocked reading it. The cost is that every process
+receives every execution's events; a message for a channel with no local subscriber is dropped
+after one dict lookup, before it is even parsed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import random
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One published message, parsed once and shared by every local subscriber."""
+
+    channel: str
+    text: str  # the JSON exactly as published: sent to clients as-is, never re-serialised
+    payload: dict[str, Any]
+
+
+class _Resync:
+    def __repr__(self) -> str:
+        return "RESYNC"
+
+
+#: Marker pushed to a subscription when messages may have been lost (hub reconnected, or the
+#: subscriber fell behind and its backlog was dropped). The consumer re-reads its source.
+RESYNC = _Resync()
+
+
+class Subscription:
+    """A per-socket queue. :meth:`push` is called by the hub's listener, :meth:`get` by the one
+    socket handler that owns it."""
+
+    __slots__ = ("channel", "_items", "_wake", "_max")
+
+    def __init__(self, channel: str, max_pending: int) -> None:
+        self.channel = channel
+        self._items: deque[Message | _Resync] = deque()
+        self._wake = threading.Event()
+        self._max = max_pending
+
+    def push(self, item: Message | _Resync) -> None:
+        if len(self._items) >= self._max:
+            # A consumer this far behind would make us hold unbounded memory: drop its backlog
+            # and let it re-read the source of truth instead.
+            self._items.clear()
+            item = RESYNC
+        self._items.append(item)
+        self._wake.set()  # always after append: a waiter that wakes finds the item
+
+    def get(self, timeout: float) -> list[Message | _Resync]:
+        """Everything pending, waiting up to ``timeout`` s when nothing is (may return [])."""
+        if not self._items:
+            self._wake.wait(timeout)
+        # Clear before draining: an item pushed after this point sets the event again, so the
+        # next get() cannot sleep on it (no lost wake-up).
+        self._wake.clear()
+        out: list[Message | _Resync] = []
+        while True:
+            try:
+                out.append(self._items.popleft())
+            except IndexError:
+                return out
+
+
+class Hub:
+    """One pattern subscription and its listener; ``subscribe(channel)`` for each local socket."""
+
+    def __init__(self, redis_url: str, patterns: tuple[str, ...], *, max_pending: int = 1000,
+                 backoff_base_s: float = 0.1, backoff_cap_s: float = 5.0, name: str = "ws-fanout") -> None:
+        if not patterns:
+            raise ValueError("a hub needs at least one channel pattern")
+        self.redis_url = redis_url
+        self.patterns = tuple(patterns)
+        self.max_pending = max_pending
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.name = name
+        # Copy-on-write tuples: the listener reads self._subs[channel] without a lock (one atomic
+        # dict lookup, then iterates an immutable tuple); writers replace tuples under the lock.
+        self._subs: dict[str, tuple[Subscription, ...]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        self.subscribed_count = 0  # how many times the patterns were (re)subscribed; for tests/metrics
+
+    # -- sockets -------------------------------------------------------------------------------
+    def subscribe(self, channel: str) -> Subscription:
+        """Register a local consumer. Every message the listener handles from now on is queued
+        for it; the caller replays what came before from the source of truth."""
+        if not any(fnmatch.fnmatchcase(channel, p) for p in self.patterns):
+            raise ValueError(f"channel {channel!r} matches none of {self.patterns}")
+        self._ensure_started()
+        sub = Subscription(channel, self.max_pending)
+        with self._lock:
+            self._subs[channel] = self._subs.get(channel, ()) + (sub,)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            rest = tuple(s for s in self._subs.get(sub.channel, ()) if s is not sub)
+            if rest:
+                self._subs[sub.channel] = rest
+            else:
+                self._subs.pop(sub.channel, None)
+
+    def count(self, channel: str | None = None) -> int:
+        """Local subscriptions on ``channel`` (all channels when None)."""
+        if channel is not None:
+            return len(self._subs.get(channel, ()))
+        return sum(len(v) for v in self._subs.values())
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def _ensure_started(self) -> None:
+        pid = os.getpid()
+        if self._thread is not None and self._pid == pid:
+            return
+        with self._lock:
+            if self._thread is not None and self._pid == pid:
+                return
+            if self._pid != pid:  # forked after start: the parent's listener and sockets are not ours
+                self._subs = {}
+                self.connected.clear()
+            self._stop.clear()
+            self._pid = pid
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(timeout)
+        self._thread = None
+        self.connected.clear()
+
+    # -- listener ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                self._listen()
+                attempt = 0
+            except (redis.RedisError, OSError) as exc:
+                self.connected.clear()
+                delay = min(self.backoff_cap_s, self.backoff_base_s * (2 ** attempt))
+                delay *= random.uniform(0.5, 1.0)  # jitter: processes must not reconnect in lockstep
+                attempt = min(attempt + 1, 30)
+                log.warning("fan-out lost Redis (%s: %s); reconnecting in %.2fs",
+                            type(exc).__name__, exc, delay)
+                self._stop.wait(delay)
+            except Exception:  # a bug must not silently end live delivery for the whole process
+                self.connected.clear()
+                log.exception("fan-out listener failed; restarting")
+                self._stop.wait(self.backoff_cap_s)
+
+    def _listen(self) -> None:
+        # retries=0: redis-py would otherwise reconnect and resubscribe behind our back, and the
+        # messages published meanwhile would be lost without anyone being told to resync.
+        client = redis.Redis.from_url(self.redis_url, decode_responses=True, socket_connect_timeout=3,
+                                      socket_keepalive=True, health_check_interval=15,
+                                      retry=Retry(NoBackoff(), 0))
+        pubsub = client.pubsub()
+        try:
+            pubsub.psubscribe(*self.patterns)
+            pending = set(self.patterns)
+            while not self._stop.is_set():
+                msg = pubsub.get_message(timeout=1.0)
+                if msg is None:
+                    continue
+                kind = msg["type"]
+                if kind == "pmessage":
+                    self._dispatch(msg["channel"], msg["data"])
+                elif kind == "psubscribe":
+                    # Confirmations arrive once per pattern. Only when all are in is every later
+                    # publish guaranteed to reach us; then every local consumer re-reads its
+                    # source to cover whatever was published before.
+                    pending.discard(msg["channel"])
+                    if not pending:
+                        pending = set(self.patterns)
+                        self._resubscribed()
+        finally:
+            self.connected.clear()
+            try:
+                pubsub.close()
+                client.close()
+            except (redis.RedisError, OSError):
+                pass
+
+    def _resubscribed(self) -> None:
+        with self._lock:
+            self.subscribed_count += 1
+            self.connected.set()
+            for subs in self._subs.values():
+                for sub in subs:
+                    sub.push(RESYNC)
+        log.info("fan-out subscribed to %s", ", ".join(self.patterns))
+
+    def _dispatch(self, channel: str, data: str) -> None:
+        subs = self._subs.get(channel)
+        if not subs:
+            return  # nobody here watches this channel: not even parsed
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            log.warning("fan-out dropped a message that is not JSON on %s", channel)
+            return
+        if not isinstance(payload, dict):
+            return
+        item = Message(channel, data, payload)
+        for sub in subs:
+            sub.push(item)

@@ -1,0 +1,242 @@
+"""WebSocket streams (flask-sock): ``GET /ws/executions/<id>?after=<seq>&token=<t>``.
+
+Auth, checked *before* the upgrade so that a refusal is an ordinary HTTP answer in the one JSON
+error envelope (``{"detail": {"message", "code"}}``), exactly like the REST API:
+
+- credentials: the short-lived ``token`` from ``websocket_url`` (query string), or an
+  ``Authorization: Bearer <api key>`` header (a stream token is accepted there too);
+- none, a bad/expired token, or a token issued for another execution → **401** ``unauthorized``;
+- an API key whose workspace does not own the execution (or no such execution) → **404**
+  ``not_found`` (DESIGN §6: never 403); a malformed ``after`` → **400** ``invalid_after``.
+
+Tokens are never logged: only the path (no query string) ever reaches our log lines.
+
+Once upgraded, each message is one event ``{"execution_id","seq","type","at","data"}`` and the
+client receives every event with ``seq > after`` exactly once, in order:
+
+1. subscribe to the process's fan-out hub first, so every event published from then on is queued;
+2. replay stored events with ``seq > after`` from PostgreSQL (paged);
+3. drain the queue: skip ``seq <= last sent`` (already replayed), send ``last + 1`` as published
+   (no DB query on this hot path), and on a gap, a hub :data:`~api.fanout.RESYNC` (Redis
+   reconnected, or this socket fell behind) or a quiet spell, read what is missing from PostgreSQL.
+
+Events are committed before they are published, so anything published before step 1 is found
+by step 2 and anything after is queued; the seq check removes the overlap. After the terminal
+event (``execution.succeeded|blocked|error|cancelled``) the server closes with **1000**; an
+execution that is already terminal is replayed and closed at once. If PostgreSQL is unavailable
+mid-stream the server closes with **1013** (try again later) and the reason names the ``after``
+to resume from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+from flask import Blueprint, Flask, current_app, g, request
+from flask_sock import Sock
+from prometheus_client import Counter
+
+from api.fanout import RESYNC, Hub, Message, Subscription
+from api.services import Services, services
+from shared.errors import BadRequest, NotFound, ServiceUnavailable, Unauthorized
+from shared.events import channel_for
+from shared.store import executions, workspaces
+
+log = logging.getLogger(__name__)
+
+sock = Sock()
+bp = Blueprint("ws", __name__)
+
+TERMINAL_EVENTS = frozenset({"execution.succeeded", "execution.blocked", "execution.error",
+                             "execution.cancelled"})
+PAGE = 500  # events per replay query
+WAKE_S = 5.0  # how often an idle handler checks that its client is still there
+IDLE_CATCH_UP_S = 15.0  # a quiet stream re-reads PostgreSQL this often (covers a lost publish)
+
+CATCH_UPS = Counter("warden_ws_catch_ups_total", "Reads of stored events after connect, by reason",
+                    ["reason"])
+
+
+@dataclass
+class StreamState:
+    """Per-app WebSocket wiring: the fan-out hub and a gate on concurrent replay queries."""
+
+    hub: Hub
+    # Under gevent a thousand sockets can resync at the same instant (Redis came back); the
+    # psycopg2 pool fails rather than waits when exhausted, so replays queue here instead and
+    # leave the rest of the pool to HTTP requests.
+    db_gate: threading.BoundedSemaphore
+
+
+def init_app(app: Flask, svc: Services) -> None:
+    hub = Hub(svc.settings.redis_url, ("executions:*",))
+    app.extensions["warden.ws"] = StreamState(
+        hub=hub, db_gate=threading.BoundedSemaphore(max(1, svc.settings.db_pool_max // 2)))
+    sock.init_app(app)
+    app.register_blueprint(bp)
+
+
+def stream_state(app: Flask | None = None) -> StreamState:
+    return (app or current_app).extensions["warden.ws"]  # type: ignore[no-any-return]
+
+
+# -- before the upgrade ------------------------------------------------------------------------
+def _workspace_for(svc: Services, resource_id: str) -> str:
+    """The workspace the caller's credentials grant for ``resource_id``; 401 otherwise."""
+    token = request.args.get("token")
+    if token and (ws := svc.tokens.check(token, resource_id)):
+        return ws
+    scheme, _, cred = request.headers.get("Authorization", "").partition(" ")
+    cred = cred.strip()
+    if scheme.lower() == "bearer" and cred:
+        if workspaces.key_prefix(cred) is not None:
+            principal = workspaces.authenticate(svc.db, cred)
+            if principal is not None:
+                return principal.workspace_id
+        elif ws := svc.tokens.check(cred, resource_id):
+            return ws
+    raise Unauthorized("Missing, invalid or expired credentials: pass the token from websocket_url"
+                       " or an API key (Authorization: Bearer)", code="unauthorized")
+
+
+@bp.before_request
+def _authorize() -> None:
+    args = request.view_args or {}
+    execution_id = args.get("execution_id")
+    if execution_id is None:
+        return
+    raw_after = request.args.get("after", "0")
+    if not raw_after.isdigit() or len(raw_after) > 18:
+        raise BadRequest("after must be a non-negative integer (the last seq you have)", code="invalid_after")
+    svc = services()
+    workspace_id = _workspace_for(svc, execution_id)
+    execution = executions.get(svc.db, workspace_id, execution_id)
+    if execution is None:
+        raise NotFound(f"Execution {execution_id} not found", code="not_found")
+    g.ws_workspace_id = workspace_id
+    g.ws_after = int(raw_after)
+    g.ws_terminal = execution.terminal
+
+
+# -- after the upgrade -------------------------------------------------------------------------
+@sock.route("/ws/executions/<execution_id>", bp=bp)
+def execution_stream(ws: Any, execution_id: str) -> None:
+    stream = ExecutionStream(ws, services(), stream_state(), execution_id, g.ws_workspace_id, g.ws_after)
+    stream.run(terminal_at_connect=g.ws_terminal)
+
+
+class _Unavailable(Exception):
+    """The store could not be read; the client should resume later from ``after``."""
+
+
+class ExecutionStream:
+    """One client's stream: replay, then live events, with no gap and no duplicate."""
+
+    def __init__(self, ws: Any, svc: Services, state: StreamState, execution_id: str, workspace_id: str,
+                 after: int) -> None:
+        self.ws = ws
+        self.db = svc.db
+        self.state = state
+        self.execution_id = execution_id
+        self.workspace_id = workspace_id
+        self.last = after  # highest seq the client has (sent by us, or claimed by ?after=)
+        self.done = False
+
+    def run(self, *, terminal_at_connect: bool) -> None:
+        # Order matters: subscribe BEFORE the replay read (see the module docstring).
+        sub = self.state.hub.subscribe(channel_for(self.execution_id))
+        try:
+            self._catch_up("replay")
+            if terminal_at_connect and not self.done:
+                self._close(1000, "execution finished")  # terminal, everything after `after` sent
+            self._live(sub)
+        except _Unavailable:
+            self._close(1013, f"events temporarily unavailable; reconnect with after={self.last}")
+        finally:
+            self.state.hub.unsubscribe(sub)
+
+    def _live(self, sub: Subscription) -> None:
+        quiet_since = time.monotonic()
+        while not self.done:
+            items = sub.get(WAKE_S)
+            if not self.ws.connected:
+                return
+            if self.ws.input_buffer:  # we expect nothing from the client; do not let it pile up
+                self.ws.input_buffer.clear()
+            now = time.monotonic()
+            if not items:
+                if now - quiet_since >= IDLE_CATCH_UP_S:
+                    quiet_since = now
+                    self._catch_up("idle", check_status=True)
+                continue
+            quiet_since = now
+            for item in items:
+                if item is RESYNC:
+                    self._catch_up("resync")
+                else:
+                    assert isinstance(item, Message)
+                    self._on_message(item)
+                if self.done:
+                    return
+
+    def _on_message(self, msg: Message) -> None:
+        seq = msg.payload.get("seq")
+        if not isinstance(seq, int) or seq <= self.last:
+            return  # already sent by the replay (or not an event)
+        if seq > self.last + 1:
+            # A gap: an earlier publish was lost or overtaken. It was committed before this one
+            # was published, so PostgreSQL has it.
+            self._catch_up("gap")
+            if self.done or seq <= self.last:
+                return
+            log.warning("event seq %s of %s published but not stored; sending it as is", seq,
+                        self.execution_id)
+        self._send(msg.text, seq, msg.payload.get("type"))
+
+    def _send(self, text: str, seq: int, type_: Any) -> None:
+        self.ws.send(text)
+        self.last = seq
+        if type_ in TERMINAL_EVENTS:
+            self._close(1000, "execution finished")
+
+    def _close(self, code: int, reason: str) -> None:
+        self.done = True
+        if self.ws.connected:
+            self.ws.close(code, reason)
+
+    def _catch_up(self, reason: str, *, check_status: bool = False) -> None:
+        """Send every stored event after ``self.last``, page by page."""
+        CATCH_UPS.labels(reason).inc()
+        while not self.done:
+            page, terminal = self._read(check_status)
+            for ev in page:
+                if ev["seq"] > self.last:
+                    self._send(json.dumps(ev, separators=(",", ":")), ev["seq"], ev["type"])
+                    if self.done:
+                        return
+            if len(page) < PAGE:
+                if terminal and not self.done:
+                    self._close(1000, "execution finished")  # terminal status without a terminal event
+                return
+
+    def _read(self, check_status: bool) -> tuple[list[dict[str, Any]], bool]:
+        try:
+            with self.state.db_gate:
+                terminal = False
+                if check_status:
+                    ex = executions.get(self.db, self.workspace_id, self.execution_id)
+                    terminal = ex is None or ex.terminal
+                page = executions.events_page(self.db, self.workspace_id, self.execution_id,
+                                              after=self.last, limit=PAGE)
+        except (psycopg2.Error, ServiceUnavailable) as exc:
+            log.warning("replay of %s failed: %s", self.execution_id, type(exc).__name__)
+            raise _Unavailable from None
+        if page is None:  # the execution is gone
+            return [], True
+        return page, terminal
