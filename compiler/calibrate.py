@@ -5,7 +5,8 @@ larger change fraction, a larger z-score, a longer absence window, a threshold f
 the current values (higher for ``above``, lower for ``below``). ``too_quiet`` moves one step the
 other way. A step goes to the neighbouring severity's prior value (scaled by the namespace
 factor the condition was compiled with); past the last prior it uses the guardrails
-``calibration`` step (×factor, ±step, or the next allowed window), clamped to the allowed range.
+``calibration`` rule (×/÷ ``factor``, ± ``step``, or the next allowed window), clamped to the
+allowed range. A threshold moves by ``fraction`` of its magnitude (5%: 200 → 210 or 190).
 Nothing is ever edited in place: the caller stores the result as a new condition version.
 """
 
@@ -75,6 +76,8 @@ def _beyond(g: Guardrails, strategy: str, knob: str, current: Any, harder: bool)
     value = float(current)
     if "step" in rule:
         new = value + rule["step"] if harder else value - rule["step"]
+    elif "fraction" in rule:
+        new = value * (1 + rule["fraction"]) if harder else value * (1 - rule["fraction"])
     else:
         new = value * rule["factor"] if harder else value / rule["factor"]
     if not rng.contains(new):
@@ -92,7 +95,7 @@ def _threshold_step(g: Guardrails, params: dict[str, Any], harder: bool) -> Any:
     value = float(params["value"])
     if value == 0:
         raise CalibrationError("a threshold of 0 cannot be moved by a fraction; pass params instead")
-    step = abs(value) * float((g.calibration.get("threshold.value") or {"factor": 0.05}).get("factor", 0.05))
+    step = abs(value) * float((g.calibration.get("threshold.value") or {}).get("fraction", 0.05))
     up = harder == (params["direction"] == "above")
     new = clean_number(value + step if up else value - step)
     rng = g.ranges["threshold.value"]

@@ -134,7 +134,7 @@ def _threshold_number(prims: Primitives, scan: Scan, g: Guardrails) -> tuple[Loc
             and prims.movement
             and (
                 number.percent
-                or _AGREES.get(comp.phrase.direction if comp.phrase else "") not in (prims.movement, None)
+                or _AGREES.get((comp.phrase.direction if comp.phrase else None) or "") not in (prims.movement, None)
             )
         ):
             continue  # "rises over 5%", "drops more than 5%": an amount of change, not a level

@@ -245,13 +245,19 @@ def _check_rest(doc: dict[str, Any], windows: set[int], errors: list[str]) -> No
         errors.append("calibration must be an object")
     else:
         for key, rule in calibration.items():
-            if (
-                key not in RANGED_PARAMS
-                or not isinstance(rule, dict)
-                or len(rule) != 1
-                or not (_is_number(rule.get("factor", rule.get("step"))) and rule.get("factor", rule.get("step")) > 0)
-            ):
-                errors.append(f"calibration.{key} must be {{'factor': n}} or {{'step': n}} for a ranged param")
+            kind, amount = next(iter(rule.items())) if isinstance(rule, dict) and len(rule) == 1 else ("", None)
+            amount = amount if _is_number(amount) else 0
+            ok = (
+                key in RANGED_PARAMS
+                and _is_number(amount)
+                and (
+                    (kind == "factor" and amount > 1)
+                    or (kind == "step" and amount > 0)
+                    or (kind == "fraction" and 0 < amount < 1)
+                )
+            )
+            if not ok:
+                errors.append(f"calibration.{key} must be {{'factor': >1}}, {{'step': >0}} or {{'fraction': (0, 1)}}")
     number_words = doc.get("number_words", {})
     amounts = number_words.get("comparators_read_as_amount", []) if isinstance(number_words, dict) else None
     if not isinstance(amounts, list) or not all(isinstance(p, str) and p.strip() for p in amounts):
@@ -307,8 +313,8 @@ def validate_guardrails(doc: Any) -> list[str]:
         ("severity", lambda: levels.extend(_check_severity(doc, errors))),
         ("ranges", lambda: windows.update(_check_ranges(doc, errors))),
         ("metrics/directions", lambda: metrics.update(_check_vocabularies(doc, errors))),
-        ("priors", lambda: levels and _check_priors(doc, levels, windows, errors)),
-        ("bias_rules", lambda: levels and _check_bias(doc, levels, metrics, errors)),
+        ("priors", lambda: _check_priors(doc, levels, windows, errors) if levels else None),
+        ("bias_rules", lambda: _check_bias(doc, levels, metrics, errors) if levels else None),
         ("plan/calibration/agent", lambda: _check_rest(doc, windows, errors)),
     ]
     for name, check in sections:
