@@ -245,16 +245,12 @@ def _check_rest(doc: dict[str, Any], windows: set[int], errors: list[str]) -> No
         errors.append("calibration must be an object")
     else:
         for key, rule in calibration.items():
-            kind, amount = next(iter(rule.items())) if isinstance(rule, dict) and len(rule) == 1 else ("", None)
-            amount = amount if _is_number(amount) else 0
-            ok = (
-                key in RANGED_PARAMS
-                and _is_number(amount)
-                and (
-                    (kind == "factor" and amount > 1)
-                    or (kind == "step" and amount > 0)
-                    or (kind == "fraction" and 0 < amount < 1)
-                )
+            kind, raw = next(iter(rule.items())) if isinstance(rule, dict) and len(rule) == 1 else ("", None)
+            amount: float = raw if _is_number(raw) else 0.0
+            ok = key in RANGED_PARAMS and (
+                (kind == "factor" and amount > 1)
+                or (kind == "step" and amount > 0)
+                or (kind == "fraction" and 0 < amount < 1)
             )
             if not ok:
                 errors.append(f"calibration.{key} must be {{'factor': >1}}, {{'step': >0}} or {{'fraction': (0, 1)}}")
