@@ -246,7 +246,7 @@ def _check_rest(doc: dict[str, Any], windows: set[int], errors: list[str]) -> No
     else:
         for key, rule in calibration.items():
             kind, raw = next(iter(rule.items())) if isinstance(rule, dict) and len(rule) == 1 else ("", None)
-            amount: float = raw if _is_number(raw) else 0.0
+            amount = float(raw) if isinstance(raw, int | float) and _is_number(raw) else 0.0
             ok = key in RANGED_PARAMS and (
                 (kind == "factor" and amount > 1)
                 or (kind == "step" and amount > 0)
