@@ -20,10 +20,6 @@ class StrictInt(fields.Integer):
         return int(value)
 
 
-class StrictStr(fields.String):
-    pass
-
-
 class AgentTaskRequest(Schema):
     """TaskRequest (seed 000): submit a governed agent execution."""
 

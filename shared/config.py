@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 
 def _bool(raw: str) -> bool:
@@ -50,7 +50,6 @@ class Settings:
     webhook_backoff_s: float = 5.0  # first webhook retry delay; each next one is 4x longer
     log_level: str = "INFO"
     log_json: bool = True
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def broker_url(self) -> str:

@@ -1,0 +1,129 @@
+"""End to end: POST /api/v1/tasks → terminal event, with the zero-latency `local` provider,
+against a bare Celery no-op round trip on the same broker and worker settings, same run.
+
+e2e_ratio = our p50 / bare Celery round-trip p50 (target ≤ 3).
+e2e_throughput_ratio = executions/s over no-op tasks/s (target ≥ 0.4).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+
+import redis
+import requests
+
+from bench import stack
+
+TERMINAL = {"execution.succeeded", "execution.blocked", "execution.error", "execution.cancelled"}
+WORKER_ARGS = ["--concurrency", "2", "--prefetch-multiplier", "1", "-l", "WARNING"]
+
+
+def _pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p * len(values)))] if values else float("nan")
+
+
+def _celery_baseline(env: dict[str, str], n_latency: int, n_throughput: int) -> dict:
+    from bench.noop_app import app as noop_app
+
+    noop_app.conf.broker_url = env["REDIS_URL"]
+    noop_app.conf.result_backend = env["REDIS_URL"]
+    cmd = [str(stack.BIN / "celery"), "-A", "bench.noop_app", "worker", "-Q", "noop", *WORKER_ARGS]
+    with stack.process(cmd, env):
+        noop_app.send_task("bench.noop").get(timeout=60)  # worker up
+        lat = []
+        for _ in range(n_latency):
+            t0 = time.perf_counter()
+            noop_app.send_task("bench.noop").get(timeout=30)
+            lat.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        results = [noop_app.send_task("bench.noop") for _ in range(n_throughput)]
+        for r in results:
+            r.get(timeout=120)
+        rate = n_throughput / (time.perf_counter() - t0)
+    return {"p50": _pct(lat, 0.5), "rate": rate}
+
+
+class _Terminals:
+    """Records when each execution's terminal event is published (pattern subscription)."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.done: dict[str, float] = {}
+        self._pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe("executions:*")
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._pubsub.get_message(timeout=0.2)
+            if msg and msg["type"] == "pmessage":
+                ev = json.loads(msg["data"])
+                if ev.get("type") in TERMINAL:
+                    self.done.setdefault(ev["execution_id"], time.perf_counter())
+
+    def wait(self, ids: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(i in self.done for i in ids):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{sum(i not in self.done for i in ids)} executions did not finish")
+            time.sleep(0.002)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(2)
+
+
+def run(n_latency: int = 60, n_throughput: int = 200) -> dict:
+    from shared.db import Database
+    from shared.store import workspaces
+    from warden.services import free_port
+
+    with stack.services() as env:
+        base = _celery_baseline(env, n_latency, n_throughput)
+        db = Database(env["DATABASE_URL"], maxconn=2)
+        key = workspaces.create_key(db, workspaces.get_or_create_workspace(db, "bench-e2e").id)
+        db.close()
+        port = free_port()
+        env = dict(env, WARDEN_DEFAULT_PROVIDER="local", WEB_CONCURRENCY="1")
+        worker = [str(stack.BIN / "celery"), "-A", "workers.main", "worker", "-Q", "executions", *WORKER_ARGS]
+        with stack.gunicorn("api.app:create_app()", port, env), stack.process([str(stack.BIN / "warden"), "relay"], env), \
+                stack.process(worker, env):
+            url = f"http://127.0.0.1:{port}/api/v1/tasks"
+            s = requests.Session()
+            s.headers["Authorization"] = f"Bearer {key}"
+            body = {"task": "List my documents", "compliance_policy": "default", "budget_cents": 1000}
+            terminals = _Terminals(env["REDIS_URL"])
+            try:
+                warm = s.post(url, json=body, timeout=10).json()["execution_id"]
+                terminals.wait([warm], 60)
+                lat = []
+                for _ in range(n_latency):
+                    t0 = time.perf_counter()
+                    eid = s.post(url, json=body, timeout=10).json()["execution_id"]
+                    terminals.wait([eid], 30)
+                    lat.append((terminals.done[eid] - t0) * 1000)
+                t0 = time.perf_counter()
+                ids = [s.post(url, json=body, timeout=10).json()["execution_id"] for _ in range(n_throughput)]
+                terminals.wait(ids, 300)
+                rate = n_throughput / (max(terminals.done[i] for i in ids) - t0)
+            finally:
+                terminals.close()
+    p50 = statistics.median(lat)
+    return {
+        "e2e_p50_ms": round(p50, 2),
+        "e2e_p99_ms": round(_pct(lat, 0.99), 2),
+        "celery_roundtrip_p50_ms": round(base["p50"], 2),
+        "e2e_ratio": round(p50 / base["p50"], 3),
+        "e2e_executions_per_s": round(rate, 1),
+        "celery_noop_tasks_per_s": round(base["rate"], 1),
+        "e2e_throughput_ratio": round(rate / base["rate"], 3),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
