@@ -8,7 +8,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec_webframeworks.flask import FlaskPlugin
 from flask import Flask, Response, jsonify
 
-from api import schemas
+from api import monitoring_schemas, schemas
 
 _DOCS_HTML = """<!doctype html>
 <html><head><title>Warden API</title><meta charset="utf-8"/>
@@ -22,6 +22,9 @@ _DOCS_HTML = """<!doctype html>
 SCHEMAS = ("AgentTaskRequest", "TaskResponse", "ErrorResponse", "ExecutionSchema", "ExecutionList",
            "EventSchema", "EventList", "DocumentCreateRequest", "DocumentSchema", "DocumentList", "CertificateSchema",
            "CertificateList", "JwkSchema", "KeySet")
+MONITORING_SCHEMAS = ("MonitoringTaskRequest", "MonitoringTask", "MonitoringTaskDetail", "MonitoringTaskList",
+                      "DryRunResult", "TaskPatchRequest", "ConditionSchema", "ConditionVersions", "ExplainRequest",
+                      "Explanation", "CalibrationRequest", "GuardrailsDocument")
 
 
 def build_spec(app: Flask) -> dict:
@@ -32,6 +35,8 @@ def build_spec(app: Flask) -> dict:
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for name in SCHEMAS:
         spec.components.schema(name, schema=getattr(schemas, name))
+    for name in MONITORING_SCHEMAS:
+        spec.components.schema(name, schema=getattr(monitoring_schemas, name))
     for name in getattr(app, "extra_openapi_schemas", {}):
         spec.components.schema(name, schema=app.extra_openapi_schemas[name])  # type: ignore[attr-defined]
     with app.test_request_context():

@@ -4,4 +4,5 @@ TASK_MODULES = (
     "workers.executions",
     "workers.maintenance",
     "workers.delivery",
+    "workers.compiler",
 )

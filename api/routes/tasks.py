@@ -6,18 +6,15 @@ monitoring Task (seed 002). Exactly one of the two must be present.
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, jsonify, request
 
 from api.auth import workspace_id
 from api.body import json_object
 from api.intake import submit_execution
-from shared.errors import BadRequest, WardenError
+from api.monitoring import create_task as create_monitoring_task
+from shared.errors import BadRequest
 
 bp = Blueprint("tasks", __name__)
-
-monitoring_handlers: dict[str, Any] = {}
 
 
 @bp.post("/tasks")
@@ -36,8 +33,15 @@ def create_task() -> Response:
         required: true
         content:
           application/json:
-            schema: AgentTaskRequest
+            schema:
+              oneOf: [AgentTaskRequest, MonitoringTaskRequest]
       responses:
+        200:
+          description: Monitoring Task created (body with intent), or a DryRunResult when dry_run is true
+          content:
+            application/json:
+              schema:
+                oneOf: [MonitoringTask, DryRunResult]
         201:
           description: Execution queued
           headers:
@@ -45,11 +49,12 @@ def create_task() -> Response:
           content:
             application/json:
               schema: TaskResponse
-        400: {description: Invalid compliance policy or request shape, content: {application/json: {schema: ErrorResponse}}}
+        400: {description: Invalid compliance policy or request shape; for an intent any schema or constraint error, content: {application/json: {schema: ErrorResponse}}}
         401: {description: Missing or invalid API key, content: {application/json: {schema: ErrorResponse}}}
         403: {description: No effective permissions after the policy ceiling, content: {application/json: {schema: ErrorResponse}}}
-        422: {description: Field validation failed, content: {application/json: {schema: ErrorResponse}}}
+        422: {description: Agent task field validation failed; for an intent, code no_primitive, no_valid_strategy or action_binding_failed, content: {application/json: {schema: ErrorResponse}}}
         429: {description: Rate limited, content: {application/json: {schema: ErrorResponse}}}
+        503: {description: No compiler worker answered in time (intent only), content: {application/json: {schema: ErrorResponse}}}
     """
     body = json_object()
     has_task, has_intent = "task" in body, "intent" in body
@@ -60,11 +65,7 @@ def create_task() -> Response:
         raise BadRequest("Body must contain 'task' (agent execution) or 'intent' (monitoring task)",
                          code="invalid_request_shape")
     if has_intent:
-        handler = monitoring_handlers.get("create")
-        if handler is None:
-            raise WardenError("Monitoring tasks (intent) are not available on this server yet",
-                              code="not_implemented", status=501)
-        return handler(body)  # type: ignore[no-any-return]
+        return create_monitoring_task(body)
     status, payload, headers = submit_execution(workspace_id(), body, request.headers.get("Idempotency-Key"))
     resp = jsonify(payload)
     resp.status_code = status

@@ -1,0 +1,58 @@
+"""Running the intent pipeline on the ``compiler`` queue and waiting for the answer, bounded.
+
+The API never compiles inline (DESIGN §1). It publishes ``workers.compiler.compile`` with a
+private reply list and waits on it with BLPOP for at most ``Settings.compile_timeout_s``. The
+message expires at the same moment, so a worker that appears later does not do stale work.
+Broker unreachable, Redis unreachable, or no worker answering in time → 503, never a hang.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import redis
+from kombu.exceptions import KombuError
+
+from api.services import Services
+from shared.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+COMPILE_TASK = "workers.compiler.compile"
+_BLPOP_SLICE_S = 5.0  # below the Redis client's socket timeout (10 s), so a long wait is several calls
+# Publishing: one quick retry for a broker blip, then give up (the client gets a 503 at once).
+_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
+
+def _unavailable(message: str) -> ServiceUnavailable:
+    return ServiceUnavailable(message, code="compiler_unavailable", retry_after=1)
+
+
+def compile_remote(svc: Services, request: dict[str, Any], *, timeout_s: float | None = None) -> dict[str, Any]:
+    """The worker's answer: ``{"ok": True, "compiled": …}`` or ``{"ok": False, "error": …}``."""
+    timeout = svc.settings.compile_timeout_s if timeout_s is None else timeout_s
+    reply_to = f"warden:compile:reply:{uuid.uuid4().hex}"
+    deadline = time.monotonic() + timeout
+    try:
+        svc.celery.send_task(COMPILE_TASK, kwargs={"request": request, "reply_to": reply_to},
+                             expires=timeout, retry=True, retry_policy=_RETRY_POLICY)
+    except (KombuError, redis.RedisError, OSError) as exc:
+        log.warning("compiler queue unreachable: %s", exc)
+        raise _unavailable("The compiler queue is unreachable (message broker down); retry shortly") from None
+    client = svc.redis.client
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _unavailable(f"No compiler worker answered within {timeout:g} s; is a worker consuming the "
+                               "'compiler' queue?")
+        try:
+            item = client.blpop([reply_to], timeout=max(0.01, min(remaining, _BLPOP_SLICE_S)))
+        except redis.RedisError as exc:
+            log.warning("waiting for the compiler failed: %s", exc)
+            raise _unavailable("Could not wait for the compiler (Redis unreachable); retry shortly") from None
+        if item is not None:
+            return json.loads(item[1])  # type: ignore[no-any-return]

@@ -1,0 +1,150 @@
+"""Monitoring Tasks: creation (concept + condition + action versions + task in one transaction),
+reading, keyset pages, operational updates and soft deletion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.db import Database, Json
+from shared.store import conditions
+
+STATUSES = ("active", "paused", "deleted")
+
+_COLUMNS = (
+    "id, workspace_id, intent, constraints, concept_id, concept_version, condition_id, condition_version,"
+    " action_id, action_version, entity_scope, metric, status, guardrails_version, guardrails_revision,"
+    " trigger_count, created_at, updated_at, deleted_at, last_triggered_at"
+)
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    workspace_id: str
+    intent: str
+    constraints: dict[str, Any] | None
+    concept_id: str
+    concept_version: str
+    condition_id: str
+    condition_version: str
+    action_id: str
+    action_version: str
+    entity_scope: str
+    metric: str
+    status: str
+    guardrails_version: str
+    guardrails_revision: int
+    trigger_count: int
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+    last_triggered_at: datetime | None
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """Everything a compiled intent persists. Ids are assigned by the caller."""
+
+    task_id: str
+    concept_id: str
+    condition_id: str
+    action_id: str
+    workspace_id: str
+    intent: str
+    constraints: dict[str, Any] | None
+    entity_scope: str
+    concept: dict[str, Any]
+    condition: dict[str, Any]  # the compiler's condition dict, plus "trace"
+    action: dict[str, Any]
+    guardrails_version: str
+    guardrails_revision: int
+
+
+def insert(cur: Any, new: NewTask) -> Task:
+    """Write concept 1.0, condition 1.0, action 1.0 and the task. Call inside one transaction."""
+    c = new.condition
+    concept_version = conditions.insert_concept(cur, new.concept_id, new.workspace_id, new.concept)
+    cond = conditions.insert_condition(cur, conditions.NewCondition(
+        id=new.condition_id, workspace_id=new.workspace_id, concept_id=new.concept_id,
+        concept_version=concept_version, strategy=c["strategy"]["type"], params=c["strategy"]["params"],
+        metric=c["metric"], severity=c.get("severity"), plan=c["plan"],
+        body={k: v for k, v in c.items() if k not in ("strategy", "metric", "severity", "plan",
+                                                      "guardrails_version")},
+        guardrails_version=new.guardrails_version, guardrails_revision=new.guardrails_revision,
+        created_from={"kind": "intent", "intent": new.intent, "entity_scope": new.entity_scope,
+                      "constraints": new.constraints},
+    ))
+    action_version = conditions.insert_action(cur, new.action_id, new.workspace_id, new.action)
+    cur.execute(
+        f"INSERT INTO tasks (id, workspace_id, intent, constraints, concept_id, concept_version, condition_id,"
+        " condition_version, action_id, action_version, entity_scope, metric, status, guardrails_version,"
+        " guardrails_revision) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'active', %s, %s)"
+        f" RETURNING {_COLUMNS}",
+        (new.task_id, new.workspace_id, new.intent, Json(new.constraints) if new.constraints is not None else None,
+         new.concept_id, concept_version, new.condition_id, cond.version, new.action_id, action_version,
+         new.entity_scope, c["metric"], new.guardrails_version, new.guardrails_revision),
+    )
+    return Task(**cur.fetchone())
+
+
+def get(db: Database | None, workspace_id: str, task_id: str, *, cur: Any = None, lock: bool = False
+        ) -> Task | None:
+    sql = f"SELECT {_COLUMNS} FROM tasks WHERE id = %s AND workspace_id = %s" + (" FOR UPDATE" if lock else "")
+    if cur is not None:
+        cur.execute(sql, (task_id, workspace_id))
+        row = cur.fetchone()
+    else:
+        assert db is not None
+        row = db.fetchone(sql, (task_id, workspace_id))
+    return Task(**row) if row else None
+
+
+def list_page(db: Database, workspace_id: str, *, status: str | None, after_id: str | None,
+              limit: int) -> tuple[list[Task], bool, int]:
+    """Newest first by id (ULIDs sort by time): a keyset page never shifts when rows are inserted."""
+    where = ["workspace_id = %s"]
+    params: list[Any] = [workspace_id]
+    if status is not None:
+        where.append("status = %s")
+        params.append(status)
+    count_where = " AND ".join(where)
+    if after_id is not None:
+        where.append("id < %s")
+    with db.transaction() as cur:
+        cur.execute(f"SELECT count(*) AS n FROM tasks WHERE {count_where}", params)
+        total = int(cur.fetchone()["n"])
+        page_params = [*params, *([after_id] if after_id is not None else []), limit + 1]
+        cur.execute(f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s",
+                    page_params)
+        rows = cur.fetchall()
+    return [Task(**r) for r in rows[:limit]], len(rows) > limit, total
+
+
+def update(cur: Any, workspace_id: str, task_id: str, *, status: str | None = None,
+           entity_scope: str | None = None, condition_version: str | None = None,
+           action_version: str | None = None) -> Task:
+    """Operational changes only; the caller holds the row lock (``get(..., lock=True)``)."""
+    sets, params = ["updated_at = now()"], []
+    for column, value in (("status", status), ("entity_scope", entity_scope),
+                          ("condition_version", condition_version), ("action_version", action_version)):
+        if value is not None:
+            sets.append(f"{column} = %s")
+            params.append(value)
+    if status == "deleted":
+        sets.append("deleted_at = now()")
+    cur.execute(f"UPDATE tasks SET {', '.join(sets)} WHERE id = %s AND workspace_id = %s RETURNING {_COLUMNS}",
+                [*params, task_id, workspace_id])
+    return Task(**cur.fetchone())
+
+
+def pinned(db: Database, task: Task) -> tuple[conditions.Concept | None, conditions.Condition | None,
+                                               conditions.Action | None]:
+    """The concept, condition and action versions a task pins, read in one transaction."""
+    with db.transaction() as cur:
+        concept = conditions.get_concept(cur, task.workspace_id, task.concept_id, task.concept_version)
+        condition = conditions.get_condition(None, task.workspace_id, task.condition_id, task.condition_version,
+                                             cur=cur)
+        action = conditions.get_action(cur, task.workspace_id, task.action_id, task.action_version)
+    return concept, condition, action
