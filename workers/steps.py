@@ -118,7 +118,7 @@ def process_call(run: Run, call: dict[str, Any]) -> StepResult:
         runs.insert_certificate(cur, run.id, call_key, cert)
         state["cert_seq"], state["prev_hash"] = cert["seq"], cert["hash"]
         run.counts["certificates"] = run.counts.get("certificates", 0) + 1
-        run.emit(cur, "certificate.issued", {"call_id": call["id"], "certificate": cert})
+        run.emit(cur, "certificate.issued", {"call_id": call["id"], "tool": call["name"], "certificate": cert})
         if call["name"] in tools.EXTERNAL:
             call["started"] = True  # committed with the certificate; the request runs after commit
             call["certificate_id"] = cert["certificate_id"]

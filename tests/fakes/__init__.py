@@ -1,0 +1,1 @@
+"""Local test doubles that speak real wire formats (LLM vendors, webhook receivers)."""

@@ -1,0 +1,97 @@
+"""A local HTTP server speaking the OpenAI chat-completions and Anthropic messages wire formats,
+scripted per model name, so the official SDKs run unmodified against it.
+
+A script is a list of turns; the turn answered is the number of assistant messages already in
+the request (so a retried or resumed request gets the same answer). A turn is a dict:
+``calls`` [(tool, arguments)], ``text``, ``usage`` (input, output), ``delay`` seconds, and
+``fail`` [(status, times)] to fail that many requests first with that status.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FakeLLM:
+    def __init__(self) -> None:
+        self.scripts: dict[str, list[dict[str, Any]]] = {}
+        self.requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._failures: dict[tuple[str, int], int] = defaultdict(int)
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+                wire = "anthropic" if self.path.endswith("/messages") else "openai"
+                status, payload = fake.answer(wire, body, {k.lower(): v for k, v in self.headers.items()})
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True, name="fake-llm").start()
+
+    def script(self, model: str, turns: list[dict[str, Any]]) -> str:
+        self.scripts[model] = turns
+        return model
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+    def answer(self, wire: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        model = body.get("model", "")
+        with self._lock:
+            self.requests[model].append({"wire": wire, "body": body, "headers": headers})
+        turns = self.scripts.get(model)
+        if turns is None:
+            return 404, _error(wire, f"model {model} not found")
+        turn_no = sum(1 for m in body.get("messages", []) if m.get("role") == "assistant")
+        turn = turns[min(turn_no, len(turns) - 1)]
+        for status, times in turn.get("fail", []):
+            with self._lock:
+                key = (model, turn_no * 100 + status)
+                if self._failures[key] < times:
+                    self._failures[key] += 1
+                    return status, _error(wire, f"scripted failure {status}")
+        if turn.get("delay"):
+            time.sleep(turn["delay"])
+        calls = [(name, args) for name, args in turn.get("calls", [])]
+        usage = turn.get("usage", (100, 20))
+        text = turn.get("text")
+        if wire == "openai":
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                message["tool_calls"] = [{"id": f"call_{turn_no}_{i}", "type": "function",
+                                          "function": {"name": n, "arguments": json.dumps(a)}}
+                                         for i, (n, a) in enumerate(calls)]
+            return 200, {"id": f"chatcmpl-{turn_no}", "object": "chat.completion", "created": int(time.time()),
+                         "model": model, "choices": [{"index": 0, "message": message,
+                                                      "finish_reason": "tool_calls" if calls else "stop"}],
+                         "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
+                                   "total_tokens": usage[0] + usage[1]}}
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+        content += [{"type": "tool_use", "id": f"toolu_{turn_no}_{i}", "name": n, "input": a}
+                    for i, (n, a) in enumerate(calls)]
+        return 200, {"id": f"msg_{turn_no}", "type": "message", "role": "assistant", "model": model,
+                     "content": content, "stop_reason": "tool_use" if calls else "end_turn", "stop_sequence": None,
+                     "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}
+
+
+def _error(wire: str, message: str) -> dict[str, Any]:
+    if wire == "openai":
+        return {"error": {"message": message, "type": "server_error", "code": None}}
+    return {"type": "error", "error": {"type": "api_error", "message": message}}

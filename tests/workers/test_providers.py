@@ -1,0 +1,97 @@
+"""Each vendor through its official SDK against the local wire-format double: a multi-step tool
+run, transient errors retried, terminal errors ending the run `error`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.workers.conftest import add_doc, assert_gapless, events, model_name, submit, wait_terminal
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_multi_step_tool_run(stack, client, fake_llm, provider):
+    doc_id = add_doc(client, "meeting-notes", "The launch moved to Friday. Budget approved.")
+    model = fake_llm.script(model_name(), [
+        {"calls": [("list_documents", {})], "usage": (300, 20)},
+        {"calls": [("read_document", {"document_id": doc_id}), ("redact_text", {"text": "Call 555-123-4567"})]},
+        {"text": "The launch moved to Friday.", "usage": (500, 30)},
+    ])
+    eid = submit(client, task="Summarize the meeting notes", provider=provider, model=model)
+    e = wait_terminal(client, eid)
+    assert e["status"] == "succeeded", e
+    assert e["result"] == {"output": "The launch moved to Friday."}
+    assert e["provider"] == provider and e["model"] == model
+    assert e["counts"]["tool_calls"] == 3 and e["counts"]["certificates"] == 3 and e["counts"]["blocked"] == 0
+    assert e["usage"]["llm_calls"] == 3 and e["usage"]["input_tokens"] == 300 + 100 + 500
+    assert e["spent_cents"] > 0
+
+    evs = events(client, eid)
+    assert_gapless(evs)
+    types = [x["type"] for x in evs]
+    assert types[:3] == ["execution.queued", "execution.started", "llm.completed"]
+    assert types.count("certificate.issued") == 3 and types[-1] == "execution.succeeded"
+    llm = [x["data"] for x in evs if x["type"] == "llm.completed"]
+    assert llm[-1]["spent_cents"] == pytest.approx(e["spent_cents"])
+
+    reqs = fake_llm.requests[model]
+    assert len(reqs) == 3
+    last = reqs[-1]["body"]
+    tool_names = {t["function"]["name"] if provider == "openai" else t["name"] for t in last["tools"]}
+    assert "read_document" in tool_names and "http_get" not in tool_names  # only granted tools are offered
+    if provider == "openai":
+        assert reqs[0]["headers"]["authorization"] == "Bearer sk-test-not-real"
+        tool_msgs = [m for m in last["messages"] if m["role"] == "tool"]
+        assert json.loads(tool_msgs[1]["content"])["content"].startswith("The launch")
+        assert json.loads(tool_msgs[2]["content"])["text"] == "Call [REDACTED:PHONE]"
+    else:
+        h = reqs[0]["headers"]
+        assert "sk-ant-test-not-real" in (h.get("x-api-key", ""), h.get("authorization", "").removeprefix("Bearer "))
+        assert "anthropic-version" in h
+        results = [b for m in last["messages"] if m["role"] == "user" and isinstance(m["content"], list)
+                   for b in m["content"] if b["type"] == "tool_result"]
+        assert [b["tool_use_id"] for b in results] == ["toolu_0_0", "toolu_1_0", "toolu_1_1"]
+        assert json.loads(results[1]["content"])["name"] == "meeting-notes"
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_transient_errors_are_retried(stack, client, fake_llm, provider):
+    model = fake_llm.script(model_name(), [{"text": "done", "fail": [(503, 1), (429, 1)]}])
+    e = wait_terminal(client, submit(client, task="Say done", provider=provider, model=model))
+    assert e["status"] == "succeeded" and e["result"]["output"] == "done"
+    assert len(fake_llm.requests[model]) == 3
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, "provider_auth_failed"), (400, "provider_bad_request")])
+def test_terminal_provider_error(stack, client, fake_llm, status, code):
+    model = fake_llm.script(model_name(), [{"text": "never", "fail": [(status, 99)]}])
+    e = wait_terminal(client, submit(client, task="Say done", provider="openai", model=model))
+    assert e["status"] == "error"
+    assert e["error"]["code"] == code and str(status) in e["error"]["message"]
+    assert len(fake_llm.requests[model]) == 1  # not retried
+    assert events(client, e["execution_id"])[-1]["type"] == "execution.error"
+
+
+def test_unknown_model_is_a_terminal_error(stack, client, fake_llm):
+    e = wait_terminal(client, submit(client, task="Say done", provider="anthropic", model="no-such-model"))
+    assert e["status"] == "error" and e["error"]["code"] == "provider_model_not_found"
+
+
+def test_local_planner_hipaa_run(stack, client):
+    add_doc(client, "discharge-note", "Patient: Jane Doe. MRN: 12345678. Discharged 03/04/2024 in good condition. "
+                                      "Follow up with cardiology.", ["phi"])
+    eid = submit(client, task="Summarize the discharge note and save it as 'discharge-summary'",
+                 compliance_policy="hipaa")
+    e = wait_terminal(client, eid)
+    assert e["status"] == "succeeded" and e["provider"] == "local"
+    assert "not an LLM" in e["result"]["output"] and "Jane Doe" not in e["result"]["output"]
+    evs = events(client, eid)
+    blocked = [x["data"] for x in evs if x["type"] == "tool.blocked"]
+    assert [v["rule"] for v in blocked[0]["violations"]] == ["phi_unredacted"]
+    tools = [x["data"]["tool"] for x in evs if x["type"] == "certificate.issued"]
+    assert tools == ["list_documents", "read_document", "redact_text", "write_document"]
+    doc = client.get("/api/v1/documents?limit=100").json()["items"]
+    summary = next(d for d in doc if d["name"] == "discharge-summary")
+    text = client.get(f"/api/v1/documents/{summary['document_id']}").json()["content"]
+    assert "[REDACTED:NAME]" in text and "Jane Doe" not in text
