@@ -119,6 +119,9 @@ def calibrate(
     """
     g = load_guardrails(guardrails)
     strategy, current = _strategy(condition)
+    invalid = check_params(strategy, current, g)
+    if invalid:
+        raise CalibrationError("the condition's current params are invalid: " + "; ".join(invalid))
     if (params is None) == (feedback is None):
         raise CalibrationError("pass exactly one of params or feedback")
     if params is not None:

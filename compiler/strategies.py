@@ -121,7 +121,12 @@ def _window(scan: Scan, g: Guardrails, strategy: str, sev: Severity) -> tuple[st
     return str(value), prov
 
 
-def _threshold_number(prims: Primitives, scan: Scan, g: Guardrails) -> tuple[Located, Number] | None:
+def _threshold_number(prims: Primitives, scan: Scan, g: Guardrails) -> tuple[Located, Number] | str:
+    """The first comparator with its number, or why there is none."""
+    reason = (
+        "a threshold needs an explicit number after the comparator "
+        f"('{prims.comparators[0].text} …'); guardrails give no prior for a threshold value"
+    )
     for comp in prims.comparators:
         if comp.text in _POSTFIX_COMPARATORS:
             number = next((n for n in scan.numbers if n.index == comp.start - 1), None)
@@ -137,20 +142,19 @@ def _threshold_number(prims: Primitives, scan: Scan, g: Guardrails) -> tuple[Loc
                 or _AGREES.get((comp.phrase.direction if comp.phrase else None) or "") not in (prims.movement, None)
             )
         ):
-            continue  # "rises over 5%", "drops more than 5%": an amount of change, not a level
+            # "rises over 5%", "drops more than 5%": an amount of change, not a level
+            reason = f"'{comp.text} {number.text}' after a movement word reads as an amount of change, not a level"
+            continue
         return comp, number
-    return None
+    return reason
 
 
 def _fill_threshold(
     prims: Primitives, scan: Scan, g: Guardrails, sev: Severity, namespace: str | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     pair = _threshold_number(prims, scan, g)
-    if pair is None:
-        raise Reject(
-            "a threshold needs an explicit number after the comparator "
-            f"('{prims.comparators[0].text} …'); guardrails give no prior for a threshold value"
-        )
+    if isinstance(pair, str):
+        raise Reject(pair)
     comp, number = pair
     assert comp.phrase is not None
     value = clean_number(number.value)

@@ -142,3 +142,17 @@ def test_calibrated_condition_is_a_new_body_with_provenance_and_plan():
     assert new["provenance"]["value"]["previous"] == 0.10
     assert "5%" in new["description"]
     assert "feedback too_quiet" in explain(new)["parameters"][1]["sentence"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        {},
+        {"strategy": {"type": "vibes", "params": {}}},
+        {"strategy": {"type": "change", "params": {"value": "x"}}},
+    ],
+)
+def test_calibrate_rejects_malformed_conditions(bad):
+    with pytest.raises(CalibrationError):
+        calibrate(bad, feedback="too_noisy")
