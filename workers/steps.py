@@ -98,13 +98,14 @@ def process_call(run: Run, call: dict[str, Any]) -> StepResult:
                                            "violations": decision.violations, "halt": decision.halt})
             if decision.halt:
                 # Terminal in the same transaction as the refusal: a resume never re-judges it.
-                rules = ", ".join(sorted({v["rule"] for v in decision.violations}))
+                rules = sorted({v["rule"] for v in decision.violations})
+                reason = "budget_exceeded" if "budget_exceeded" in rules else "policy_violation"
                 run.state["pending"] = []
                 cur.events.append(runs.finish(cur, cur.row, "blocked", state=run.state,
-                                              result={"output": None, "reason": "policy_violation"},
-                                              error={"code": "policy_violation", "violations": decision.violations,
+                                              result={"output": None, "reason": reason},
+                                              error={"code": reason, "violations": decision.violations,
                                                      "message": f"{call['name']} refused by the {run.policy.name}"
-                                                                f" policy ({rules})"}))
+                                                                f" policy ({', '.join(rules)})"}))
                 return StepResult(finished="blocked")
             content = {"error": "blocked_by_policy", "violations": decision.violations,
                        "message": "This call was refused by the compliance policy and did not run."}
