@@ -22,9 +22,10 @@ _DOCS_HTML = """<!doctype html>
 SCHEMAS = ("AgentTaskRequest", "TaskResponse", "ErrorResponse", "ExecutionSchema", "ExecutionList",
            "EventSchema", "EventList", "DocumentCreateRequest", "DocumentSchema", "DocumentList", "CertificateSchema",
            "CertificateList", "JwkSchema", "KeySet")
-MONITORING_SCHEMAS = ("MonitoringTaskRequest", "MonitoringTask", "MonitoringTaskDetail", "MonitoringTaskList",
-                      "DryRunResult", "TaskPatchRequest", "ConditionSchema", "ConditionVersions", "ExplainRequest",
-                      "Explanation", "CalibrationRequest", "GuardrailsDocument")
+# Nested schemas first, so apispec references them instead of registering them twice.
+MONITORING_SCHEMAS = ("StrategySchema", "ConditionSchema", "MonitoringTaskRequest", "MonitoringTask",
+                      "MonitoringTaskDetail", "MonitoringTaskList", "DryRunResult", "TaskPatchRequest",
+                      "ConditionVersions", "ExplainRequest", "Explanation", "CalibrationRequest", "GuardrailsDocument")
 
 
 def build_spec(app: Flask) -> dict:
