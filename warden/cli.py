@@ -6,6 +6,7 @@
   warden revoke-key KEY               revoke a key
   warden relay                        publish the outbox to the broker (one per host or more)
   warden verify-audit FILE            verify an audit package offline (exit 0 only when valid)
+  warden rotate-signing-key           retire the certificate signing key and generate a new one
   warden bench                        run the benchmarks, print JSON, write bench/results/latest.json
 """
 
@@ -85,6 +86,21 @@ def cmd_verify_audit(args: argparse.Namespace) -> int:
     return verify_audit_file(Path(args.file), quiet=args.quiet)
 
 
+def cmd_rotate_signing_key(_: argparse.Namespace) -> int:
+    from shared.db import Database
+    from shared.migrate import migrate
+    from workers.signing import rotate
+
+    settings = _settings()
+    if settings.signing_key:
+        print("WARDEN_SIGNING_KEY is set: rotate by changing it (the old public key stays listed)", file=sys.stderr)
+        return 1
+    migrate(settings.database_url)
+    old, new = rotate(Database(settings.database_url, maxconn=2), settings)
+    print(f"retired {old or '(none)'}; new signing key {new}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.run import main as bench_main
 
@@ -111,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_verify_audit)
+    sub.add_parser("rotate-signing-key", help="rotate the certificate signing key").set_defaults(
+        fn=cmd_rotate_signing_key)
     p = sub.add_parser("bench", help="run benchmarks")
     p.add_argument("--only", action="append", default=None, help="run only this benchmark (repeatable)")
     p.set_defaults(fn=cmd_bench)
