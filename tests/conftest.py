@@ -92,7 +92,7 @@ def settings(service_urls: dict[str, str]) -> Settings:
         secret_key="test-secret", allow_private_webhooks=True, rate_limit_per_s=10000.0,
         rate_limit_burst=100000, log_json=False, log_level="WARNING", outbox_sweep_s=1.0,
         openai_api_key=None, anthropic_api_key=None, default_provider="local", default_model=None,
-        public_url=None, auth_cache_s=0.0,
+        public_url=None, auth_cache_s=0.0, webhook_backoff_s=0.2,
     )
 
 
