@@ -4,7 +4,8 @@ scripted per model name, so the official SDKs run unmodified against it.
 A script is a list of turns; the turn answered is the number of assistant messages already in
 the request (so a retried or resumed request gets the same answer). A turn is a dict:
 ``calls`` [(tool, arguments)], ``text``, ``usage`` (input, output), ``delay`` seconds, and
-``fail`` [(status, times)] to fail that many requests first with that status.
+``fail`` [(status, times)] to fail that many requests first with that status, ``delay_first``
+seconds to stall only the first request of that turn (a worker killed mid-call).
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ class FakeLLM:
                     return status, _error(wire, f"scripted failure {status}")
         if turn.get("delay"):
             time.sleep(turn["delay"])
+        if turn.get("delay_first"):
+            with self._lock:
+                first = (model, turn_no, "delayed") not in self._failures
+                self._failures[(model, turn_no, "delayed")] = 1  # type: ignore[index]
+            if first:
+                time.sleep(turn["delay_first"])
         calls = [(name, args) for name, args in turn.get("calls", [])]
         usage = turn.get("usage", (100, 20))
         text = turn.get("text")
