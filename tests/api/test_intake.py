@@ -128,13 +128,12 @@ def test_oversized_body_is_413_in_the_envelope(client: ApiClient) -> None:
     assert r.json()["detail"]["code"] == "payload_too_large"
 
 
-def test_intent_body_is_routed_to_monitoring(client: ApiClient) -> None:
+def test_intent_body_is_routed_to_monitoring(stack, client: ApiClient) -> None:  # type: ignore[no-untyped-def]
     r = client.post("/api/v1/tasks", {"intent": "Alert me when AAPL price rises significantly",
                                       "entity_scope": "AAPL", "delivery": {"type": "notification"},
                                       "dry_run": True})
-    assert r.status_code in (200, 501)
-    if r.status_code == 501:
-        assert r.json()["detail"]["code"] == "not_implemented"
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "preview"
 
 
 def test_missing_unknown_and_revoked_keys_are_401(server, db, workspace) -> None:  # type: ignore[no-untyped-def]
