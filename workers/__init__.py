@@ -5,4 +5,7 @@ TASK_MODULES = (
     "workers.maintenance",
     "workers.delivery",
     "workers.compiler",
+    "workers.evaluation",
+    "workers.alert_delivery",
+    "workers.replay",
 )

@@ -17,6 +17,8 @@ settings = load_settings()
 logs.configure(settings.log_level, settings.log_json)
 app = make_celery(settings)
 app.conf.beat_schedule["purge"] = {"task": "workers.maintenance.purge", "schedule": 3600.0}
+app.conf.beat_schedule["absence"] = {"task": "workers.evaluation.absence_sweep", "schedule": 10.0}
+app.conf.beat_schedule["alert-retries"] = {"task": "workers.delivery.alert_retry_sweep", "schedule": 15.0}
 for _module in TASK_MODULES:
     __import__(_module)
 

@@ -1,0 +1,72 @@
+"""In-app notifications (one per alert delivered to ``notification``) and the workspace webhook
+secret (shown and rotated through the API)."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from datetime import datetime
+from typing import Any
+
+from shared.db import Database, Json
+from shared.ids import new_id
+
+_COLUMNS = "id, workspace_id, alert_id, task_id, title, body, read_at, created_at"
+
+
+def channel_for(workspace_id: str) -> str:
+    return f"notifications:{workspace_id}"
+
+
+def to_json(row: dict[str, Any]) -> dict[str, Any]:
+    def iso(v: datetime | None) -> str | None:
+        return v.isoformat() if v is not None else None
+
+    return {"notification_id": row["id"], "alert_id": row["alert_id"], "task_id": row["task_id"],
+            "title": row["title"], "body": row["body"], "read": row["read_at"] is not None,
+            "read_at": iso(row["read_at"]), "created_at": iso(row["created_at"])}
+
+
+def insert_for_alert(cur: Any, workspace_id: str, alert_id: str, task_id: str, title: str,
+                     body: dict[str, Any]) -> dict[str, Any]:
+    """The alert's notification (created once; a repeat returns the existing one)."""
+    cur.execute("INSERT INTO notifications (id, workspace_id, alert_id, task_id, title, body)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (alert_id) DO NOTHING",
+                (new_id("ntf"), workspace_id, alert_id, task_id, title, Json(body)))
+    cur.execute(f"SELECT {_COLUMNS} FROM notifications WHERE alert_id = %s", (alert_id,))
+    return to_json(cur.fetchone())
+
+
+def list_page(db: Database, workspace_id: str, *, unread: bool, after_id: str | None,
+              limit: int) -> tuple[list[dict[str, Any]], bool, int]:
+    where = ["workspace_id = %s"] + (["read_at IS NULL"] if unread else [])
+    count_where = " AND ".join(where)
+    params: list[Any] = [workspace_id]
+    if after_id is not None:
+        where.append("id < %s")
+    with db.transaction() as cur:
+        cur.execute(f"SELECT count(*) AS n FROM notifications WHERE {count_where}", params)
+        total = int(cur.fetchone()["n"])
+        cur.execute(f"SELECT {_COLUMNS} FROM notifications WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s",
+                    [*params, *([after_id] if after_id is not None else []), limit + 1])
+        rows = cur.fetchall()
+    return [to_json(r) for r in rows[:limit]], len(rows) > limit, total
+
+
+def mark_read(db: Database, workspace_id: str, notification_id: str) -> dict[str, Any] | None:
+    with db.transaction() as cur:
+        cur.execute(f"UPDATE notifications SET read_at = coalesce(read_at, now())"
+                    f" WHERE id = %s AND workspace_id = %s RETURNING {_COLUMNS}", (notification_id, workspace_id))
+        row = cur.fetchone()
+    return to_json(row) if row else None
+
+
+def new_webhook_secret() -> str:
+    """``whsec_`` + standard base64 of 32 random bytes (the form Standard Webhooks libraries decode)."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def rotate_webhook_secret(db: Database, workspace_id: str) -> str:
+    secret = new_webhook_secret()
+    db.execute("UPDATE workspaces SET webhook_secret = %s WHERE id = %s", (secret, workspace_id))
+    return secret

@@ -1,0 +1,204 @@
+"""Condition evaluation (queue ``evaluation``): signals in, alerts out.
+
+``workers.evaluation.evaluate(workspace_id, groups)`` is enqueued (through the outbox) once per
+ingested batch, naming the batch's ``(entity, metric)`` series. For each series it evaluates
+every active Task whose ``entity_scope`` and metric match, with the compiled plan of the Task's
+pinned condition version (``compiler.evaluate_plan``), and fires on a false → true transition
+only; a true → false evaluation re-arms the Task. Transition state is kept per (task, condition
+version), so rebinding to a new version starts armed.
+
+**Ordering rule (late and out-of-order signals).** Evaluation reads the stored signals, never
+the message: each series has an evaluation head (``signal_series.evaluated_ts``), locked while a
+worker evaluates it, so one series is evaluated by one worker at a time. Every stored signal
+newer than the head is an *evaluation time*, visited in ts order, and the plan is evaluated at
+that time over all stored signals up to it (points after it are ignored); the head then moves to
+the newest. A signal that arrives with a ts at or before the head (late) is stored and is part
+of the window of every later evaluation, but it is not an evaluation time itself: it cannot
+re-fire (or un-fire) a transition in the past. Batches that arrive out of order among
+themselves are therefore evaluated in ts order as long as they arrive before a newer batch has
+been evaluated; replay (``workers/replay.py``) applies the same walk to stored data.
+
+**Idempotency.** A redelivered message finds the head already moved and does nothing; a fire
+that is somehow repeated hits the alert's unique (task, condition version, evaluation time).
+The task row is locked and re-checked at fire time: paused and deleted Tasks never fire.
+
+**Absence** cannot be seen at a signal's own time (a signal just arrived), so the beat job
+``workers.evaluation.absence_sweep`` evaluates every active absence Task at wall-clock now
+under the same series lock; the next signal re-arms it.
+"""
+
+from __future__ import annotations
+
+import logging
+from bisect import bisect_right
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from compiler import Evaluation, evaluate_plan
+from shared import outbox
+from shared.store import alerts, signals
+from workers import runtime
+from workers.base import task
+
+log = logging.getLogger(__name__)
+
+MAX_EVIDENCE_POINTS = 50
+_plan_cache: dict[tuple[str, str], dict[str, Any]] = {}
+_PLAN_CACHE_MAX = 50_000
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+def walk(plan: dict[str, Any], series: Sequence[tuple[float, float]], start: int, active: bool,
+         end: int | None = None) -> tuple[list[tuple[int, Evaluation]], bool, int | None]:
+    """Evaluate at each point ``series[start:end]`` in order from state ``active``. Returns the
+    fires (index, evaluation), the final state and the index of the last transition."""
+    fires: list[tuple[int, Evaluation]] = []
+    last_change = None
+    for i in range(start, len(series) if end is None else end):
+        ev = evaluate_plan(plan, series, series[i][0])
+        if ev.active != active:
+            active = ev.active
+            last_change = i
+            if active:
+                fires.append((i, ev))
+    return fires, active, last_change
+
+
+def evidence(plan: dict[str, Any], series: Sequence[tuple[float, float]], now: float, ev: Evaluation,
+             condition_id: str, condition_version: str) -> dict[str, Any]:
+    """What an alert records: the values in the window, the window, params and the version."""
+    start = now - plan["window_seconds"]
+    lo = bisect_right(series, start, key=lambda p: p[0])
+    hi = bisect_right(series, now, key=lambda p: p[0])
+    points = series[max(lo, hi - MAX_EVIDENCE_POINTS):hi]
+    return {
+        "condition_id": condition_id, "condition_version": condition_version,
+        "strategy": plan["strategy"], "params": plan["params"], "metric": plan.get("metric"),
+        "window": {"start": iso(start), "end": iso(now), "seconds": plan["window_seconds"]},
+        "values": [{"ts": iso(t), "value": v} for t, v in points],
+        "values_in_window": hi - lo, "evaluation": ev.evidence,
+    }
+
+
+def _plans(cur: Any, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    missing = [k for k in keys if k not in _plan_cache]
+    if missing:
+        if len(_plan_cache) > _PLAN_CACHE_MAX:
+            _plan_cache.clear()
+        _plan_cache.update(signals.plans(cur, missing))  # versions are immutable: cache forever
+    return {k: _plan_cache[k] for k in keys if k in _plan_cache}
+
+
+def evaluate_groups(workspace_id: str, groups: Sequence[Sequence[str]]) -> list[str]:
+    """Evaluate the named series up to their newest stored signal; returns new alert ids."""
+    db = runtime.db()
+    keys = sorted({(str(g[0]), str(g[1])) for g in groups})
+    fired: list[str] = []
+    with db.transaction() as cur:
+        heads = signals.lock_series(cur, workspace_id, keys)
+        watching: dict[tuple[str, str], list[signals.Watcher]] = defaultdict(list)
+        for w in signals.active_watchers(cur, workspace_id, keys):
+            watching[(w.entity, w.metric)].append(w)
+        signals.advance_to_newest(cur, workspace_id, [k for k in keys if k not in watching])
+        if not watching:
+            return fired
+        plans = _plans(cur, {(w.condition_id, w.condition_version) for ws in watching.values() for w in ws})
+        bounds: dict[tuple[str, str], datetime | None] = {}
+        for key, ws in watching.items():
+            head = heads.get(key)
+            widest = max((plans[(w.condition_id, w.condition_version)]["window_seconds"] for w in ws
+                          if (w.condition_id, w.condition_version) in plans), default=0)
+            bounds[key] = None if head is None else head - timedelta(seconds=widest)
+        data = signals.read_series(cur, workspace_id, bounds)
+        active = signals.active_states(cur, [(w.task_id, w.condition_version) for ws in watching.values()
+                                             for w in ws])
+        fires: list[alerts.Fire] = []
+        changes: list[tuple[str, str, bool, datetime]] = []
+        new_heads: dict[tuple[str, str], datetime] = {}
+        for key, ws in watching.items():
+            series, stamps = data[key]
+            head = heads.get(key)
+            start = 0 if head is None else bisect_right(stamps, head)
+            if start >= len(stamps):
+                continue  # nothing newer than the head: a redelivery, or late signals only
+            new_heads[key] = stamps[-1]
+            for w in ws:
+                plan = plans.get((w.condition_id, w.condition_version))
+                if plan is None:
+                    continue
+                was = (w.task_id, w.condition_version) in active
+                hits, now_active, last = walk(plan, series, start, was)
+                for i, ev in hits:
+                    fires.append(alerts.Fire(
+                        workspace_id, w.task_id, w.condition_id, w.condition_version, w.action_id, w.action_version,
+                        w.entity, w.metric, stamps[i],
+                        evidence(plan, series, series[i][0], ev, w.condition_id, w.condition_version)))
+                if now_active != was and last is not None:
+                    changes.append((w.task_id, w.condition_version, now_active, stamps[last]))
+        signals.set_states(cur, changes)
+        signals.advance_heads(cur, workspace_id, new_heads)
+        for f in fires:
+            alert_id = alerts.fire(cur, f)
+            if alert_id:
+                fired.append(alert_id)
+    if fired:
+        outbox.wake(runtime.redis().client)
+    return fired
+
+
+def sweep_absence(now: datetime | None = None) -> list[str]:
+    """Evaluate every active absence Task at ``now`` (wall clock); returns new alert ids."""
+    now = now or datetime.now(UTC)
+    db = runtime.db()
+    with db.transaction() as cur:
+        found = signals.absence_watchers(cur)
+    by_ws: dict[str, list[signals.Watcher]] = defaultdict(list)
+    for ws_id, w in found:
+        by_ws[ws_id].append(w)
+    fired: list[str] = []
+    for ws_id, ws in by_ws.items():
+        keys = sorted({(w.entity, w.metric) for w in ws})
+        with db.transaction() as cur:
+            signals.lock_series(cur, ws_id, keys)  # serialised with signal evaluation of these series
+            last = signals.last_points(cur, ws_id, keys, now)
+            plans = _plans(cur, {(w.condition_id, w.condition_version) for w in ws})
+            active = signals.active_states(cur, [(w.task_id, w.condition_version) for w in ws])
+            changes: list[tuple[str, str, bool, datetime]] = []
+            for w in ws:
+                plan = plans.get((w.condition_id, w.condition_version))
+                if plan is None:
+                    continue
+                point = last.get((w.entity, w.metric))
+                series = [point] if point is not None else []
+                ev = evaluate_plan(plan, series, now.timestamp())
+                was = (w.task_id, w.condition_version) in active
+                if ev.active == was:
+                    continue
+                changes.append((w.task_id, w.condition_version, ev.active, now))
+                if ev.active:
+                    alert_id = alerts.fire(cur, alerts.Fire(
+                        ws_id, w.task_id, w.condition_id, w.condition_version, w.action_id, w.action_version,
+                        w.entity, w.metric, now,
+                        evidence(plan, series, now.timestamp(), ev, w.condition_id, w.condition_version)))
+                    if alert_id:
+                        fired.append(alert_id)
+            signals.set_states(cur, changes)
+    if fired:
+        outbox.wake(runtime.redis().client)
+    return fired
+
+
+@task("workers.evaluation.evaluate", soft_time_limit=60, time_limit=90, idempotent=True)
+def evaluate(workspace_id: str, groups: list[list[str]]) -> int:
+    return len(evaluate_groups(workspace_id, groups))
+
+
+@task("workers.evaluation.absence_sweep", soft_time_limit=60, time_limit=90, idempotent=True,
+      expires=30)
+def absence_sweep() -> int:
+    return len(sweep_absence())
