@@ -14,6 +14,8 @@ from api import errors, metrics, openapi, ws
 from api.auth import authenticate_request, ratelimit_headers
 from api.body import reject_nul_in_url
 from api.routes import compliance, conditions, documents, executions, health, monitoring, tasks
+from api.routes import notifications as notifications_routes
+from api.routes import signals as signals_routes
 from api.services import Services
 from api.tokens import StreamTokens
 from shared import logs
@@ -53,7 +55,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api_v1 = Blueprint("api_v1", __name__, url_prefix="/api/v1")
     api_v1.before_request(authenticate_request)
-    for bp in (tasks.bp, executions.bp, documents.bp, compliance.bp, monitoring.bp, conditions.bp):
+    for bp in (tasks.bp, executions.bp, documents.bp, compliance.bp, monitoring.bp, conditions.bp,
+               signals_routes.bp, notifications_routes.bp):
         api_v1.register_blueprint(bp)
     app.register_blueprint(api_v1)
     app.register_blueprint(health.bp)
