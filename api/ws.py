@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -57,7 +58,10 @@ TERMINAL_EVENTS = frozenset({"execution.succeeded", "execution.blocked", "execut
                              "execution.cancelled"})
 PAGE = 500  # events per replay query
 WAKE_S = 5.0  # how often an idle handler checks that its client is still there
-IDLE_CATCH_UP_S = 15.0  # a quiet stream re-reads PostgreSQL this often (covers a lost publish)
+# A quiet stream re-reads PostgreSQL after 15-30 s (covers a publish that never happened, e.g. the
+# terminal event's while Redis was down). Randomised: sockets that connected together must not
+# all query at the same instant.
+IDLE_CATCH_UP_S = (15.0, 30.0)
 
 CATCH_UPS = Counter("warden_ws_catch_ups_total", "Reads of stored events after connect, by reason",
                     ["reason"])
@@ -163,6 +167,7 @@ class ExecutionStream:
 
     def _live(self, sub: Subscription) -> None:
         quiet_since = time.monotonic()
+        quiet_limit = random.uniform(*IDLE_CATCH_UP_S)
         while not self.done:
             items = sub.get(WAKE_S)
             if not self.ws.connected:
@@ -171,8 +176,8 @@ class ExecutionStream:
                 self.ws.input_buffer.clear()
             now = time.monotonic()
             if not items:
-                if now - quiet_since >= IDLE_CATCH_UP_S:
-                    quiet_since = now
+                if now - quiet_since >= quiet_limit:
+                    quiet_since, quiet_limit = now, random.uniform(*IDLE_CATCH_UP_S)
                     self._catch_up("idle", check_status=True)
                 continue
             quiet_since = now

@@ -198,6 +198,18 @@ def test_lost_publish_is_filled_from_the_store_and_duplicates_are_dropped(server
     assert seqs(got) == [2, 3, 4] and code == 1000
 
 
+def test_a_lost_terminal_publish_is_found_when_the_stream_goes_quiet(server, app, db, rds, workspace,
+                                                                    execution, monkeypatch) -> None:
+    monkeypatch.setattr("api.ws.WAKE_S", 0.1)
+    monkeypatch.setattr("api.ws.IDLE_CATCH_UP_S", (0.3, 0.5))
+    conn = connect(server, execution, tok=token(app, workspace[0], execution))
+    assert json.loads(conn.recv())["seq"] == 1
+    emit(db, rds, execution)
+    emit(db, None, execution, "execution.error", {"code": "provider_error"})  # never published
+    got, code = read_until_close(conn, timeout=10)
+    assert seqs(got) == [2, 3] and code == 1000
+
+
 def test_already_terminal_execution_replays_and_closes(server, app, db, rds, workspace, execution) -> None:
     emit(db, rds, execution, "execution.cancelled", {"reason": "user"})
     got, code = read_until_close(connect(server, execution, key=workspace[1]))
