@@ -13,7 +13,7 @@ from flask import Blueprint, Flask, Response, g, request
 from api import errors, metrics, openapi, ws
 from api.auth import authenticate_request, ratelimit_headers
 from api.body import reject_nul_in_url
-from api.routes import compliance, conditions, documents, executions, health, monitoring, tasks
+from api.routes import compliance, compliance_audit, conditions, documents, executions, health, monitoring, tasks
 from api.routes import notifications as notifications_routes
 from api.routes import signals as signals_routes
 from api.services import Services
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for bp in (tasks.bp, executions.bp, documents.bp, compliance.bp, monitoring.bp, conditions.bp,
                signals_routes.bp, notifications_routes.bp):
         api_v1.register_blueprint(bp)
+    api_v1.register_blueprint(compliance_audit.bp)  # audit packages (GET /compliance/executions/<id>/audit-package)
     app.register_blueprint(api_v1)
     app.register_blueprint(health.bp)
     errors.register(app)

@@ -1,0 +1,87 @@
+"""Audit package through the real API after a real execution (local provider, real worker),
+verified offline; 409 before it finishes; another workspace gets 404."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+from guard.audit import verify_package
+from tests.support import ApiClient, wait_for
+
+TERMINAL = {"succeeded", "blocked", "error", "cancelled"}
+
+
+def _finished(client: ApiClient, execution_id: str) -> dict:
+    def done() -> dict | None:
+        body = client.get(f"/api/v1/executions/{execution_id}").json()
+        return body if body["status"] in TERMINAL else None
+
+    return wait_for(done, timeout=60)
+
+
+def test_round_trip_after_a_real_execution(stack, client: ApiClient, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    client.post("/api/v1/documents", {"name": "discharge-note", "content": "Patient recovered well.",
+                                      "labels": ["phi"]})
+    r = client.post("/api/v1/tasks", {"task": "List my documents and summarize them", "compliance_policy": "hipaa"})
+    assert r.status_code == 201
+    execution_id = r.json()["execution_id"]
+    execution = _finished(client, execution_id)
+
+    r = client.get(f"/api/v1/compliance/executions/{execution_id}/audit-package")
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"] == "application/zip"
+    assert f"audit-{execution_id}.zip" in r.headers["Content-Disposition"]
+    report = verify_package(r.content)
+    assert report.ok, [str(p) for p in report.problems]
+
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        names = set(zf.namelist())
+        exported = json.loads(zf.read("execution.json"))
+        events = [json.loads(line) for line in zf.read("events.jsonl").splitlines()]
+        certs = [json.loads(line) for line in zf.read("certificates.jsonl").splitlines()]
+        policy = json.loads(zf.read("policy.json"))
+        keys = json.loads(zf.read("keys.json"))
+    assert names == {"manifest.json", "execution.json", "events.jsonl", "certificates.jsonl", "violations.jsonl",
+                     "policy.json", "keys.json", "checkpoint.json"}
+    assert exported["execution_id"] == execution_id and exported["status"] == execution["status"]
+    assert [e["seq"] for e in events] == list(range(1, execution["counts"]["events"] + 1))
+    assert events[-1]["type"] == f"execution.{execution['status']}"
+    api_certs = client.get(f"/api/v1/executions/{execution_id}/certificates").json()["items"]
+    assert certs == api_certs and len(certs) >= 1  # list_documents at least was certified
+    assert policy["name"] == "hipaa" and policy["version"] == execution["policy_version"]
+    # The package's keys are the server's published keys: pinning them verifies too.
+    published = client.get("/api/v1/compliance/keys").json()
+    assert {k["kid"] for k in keys["keys"]} <= {k["kid"] for k in published["keys"]}
+    assert verify_package(r.content, trusted_keys=published).ok
+
+    # Tamper with the downloaded file and it no longer verifies.
+    path = tmp_path / "pkg.zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as src, zipfile.ZipFile(path, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "events.jsonl":
+                data = b"".join(data.splitlines(keepends=True)[1:])  # drop the first event
+            dst.writestr(name, data)
+    problems = {(p.file, p.code) for p in verify_package(path).problems}
+    assert ("events.jsonl", "seq_mismatch") in problems and ("events.jsonl", "checkpoint_hash_mismatch") in problems
+
+
+def test_unfinished_is_409_and_other_workspace_is_404(client: ApiClient, server, db, workspace) -> None:  # type: ignore[no-untyped-def]
+    from shared.ids import new_id
+    from shared.store import workspaces
+
+    # A running execution with no outbox row: no worker can finish it while we look.
+    execution_id = new_id("exec")
+    db.execute("INSERT INTO executions (id, workspace_id, task, status, compliance_policy, policy_version,"
+               " budget_cents, effective_permissions) VALUES (%s, %s, 'wait', 'running', 'default', '1.0', 100,"
+               " '[\"fs:read\"]')", (execution_id, workspace[0]))
+    r = client.get(f"/api/v1/compliance/executions/{execution_id}/audit-package")
+    assert r.status_code == 409
+    assert r.json()["detail"]["code"] == "execution_not_finished"
+    ws = workspaces.get_or_create_workspace(db, "audit-other")
+    other = ApiClient(server.url, workspaces.create_key(db, ws.id))
+    r = other.get(f"/api/v1/compliance/executions/{execution_id}/audit-package")
+    assert r.status_code == 404 and r.json()["detail"]["code"] == "execution_not_found"
+    assert client.get("/api/v1/compliance/executions/exec_nope/audit-package").status_code == 404
