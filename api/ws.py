@@ -79,6 +79,8 @@ class StreamState:
 
 
 def init_app(app: Flask, svc: Services) -> None:
+    # One hub, one subscription per process: /ws/notifications and /ws/workflows add their
+    # patterns ("notifications:*", "workflows:*") here and call hub.subscribe(channel) likewise.
     hub = Hub(svc.settings.redis_url, ("executions:*",))
     app.extensions["warden.ws"] = StreamState(
         hub=hub, db_gate=threading.BoundedSemaphore(max(1, svc.settings.db_pool_max // 2)))
@@ -119,8 +121,10 @@ def _authorize() -> None:
     if not raw_after.isdigit() or len(raw_after) > 18:
         raise BadRequest("after must be a non-negative integer (the last seq you have)", code="invalid_after")
     svc = services()
-    workspace_id = _workspace_for(svc, execution_id)
-    execution = executions.get(svc.db, workspace_id, execution_id)
+    # Under the gate too: when an API process restarts, all its clients reconnect at once.
+    with stream_state().db_gate:
+        workspace_id = _workspace_for(svc, execution_id)
+        execution = executions.get(svc.db, workspace_id, execution_id)
     if execution is None:
         raise NotFound(f"Execution {execution_id} not found", code="not_found")
     g.ws_workspace_id = workspace_id
