@@ -38,8 +38,10 @@ def compile_remote(svc: Services, request: dict[str, Any], *, timeout_s: float |
     reply_to = f"warden:compile:reply:{uuid.uuid4().hex}"
     deadline = time.monotonic() + timeout
     try:
+        # ignore_result=True: we wait on the reply list, so the result backend's pub/sub consumer
+        # (shared by every thread of the process, not thread-safe: celery#3761, #6335) stays out of it.
         svc.celery.send_task(COMPILE_TASK, kwargs={"request": request, "reply_to": reply_to},
-                             expires=timeout, retry=True, retry_policy=_RETRY_POLICY)
+                             expires=timeout, retry=True, retry_policy=_RETRY_POLICY, ignore_result=True)
     except (KombuError, redis.RedisError, OSError) as exc:
         log.warning("compiler queue unreachable: %s", exc)
         raise _unavailable("The compiler queue is unreachable (message broker down); retry shortly") from None

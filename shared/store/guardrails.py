@@ -41,6 +41,13 @@ def current(db: Database | None, workspace_id: str, *, cur: Any = None) -> Guard
     return GuardrailsRevision(**row) if row else None
 
 
+def current_revision(db: Database, workspace_id: str) -> int:
+    """The workspace's current revision number (0: the shipped default), without the document:
+    the hot path of task creation needs only the number (the worker loads and caches the body)."""
+    row = db.fetchone("SELECT max(revision) AS n FROM guardrails_versions WHERE workspace_id = %s", (workspace_id,))
+    return int(row["n"] or 0) if row else 0
+
+
 def get_revision(db: Database, workspace_id: str, revision: int) -> GuardrailsRevision | None:
     row = db.fetchone("SELECT workspace_id, revision, version, document, created_at FROM guardrails_versions"
                       " WHERE workspace_id = %s AND revision = %s", (workspace_id, revision))
