@@ -73,3 +73,21 @@ def test_sigkill_mid_run_resumes_exactly_once(stack, client, fake_llm, db, setti
     # The model was asked turn 1 twice (killed mid-call, then resumed), turn 0 only once.
     turns = [sum(1 for m in r["body"]["messages"] if m["role"] == "assistant") for r in fake_llm.requests[model]]
     assert turns == [0, 1, 1, 2]
+
+
+def test_duplicate_message_while_running_has_no_second_effect(stack, client, fake_llm, db, celery_app):
+    model = fake_llm.script(model_name(), [
+        {"calls": [("send_email", {"to": "ops@example.com", "subject": "Report", "body": "All good."})],
+         "delay_first": 1.0},
+        {"text": "done"},
+    ])
+    eid = submit(client, task="Email the report", provider="openai", model=model, permissions=["email:send"])
+    wait_for(lambda: len(fake_llm.requests[model]) >= 1, timeout=10)
+    for _ in range(2):  # as if the broker delivered the message again while the first run is busy
+        celery_app.send_task("workers.executions.run", args=[eid], queue="executions")
+    e = wait_terminal(client, eid)
+    assert e["status"] == "succeeded"
+    time.sleep(0.5)
+    assert_gapless(events(client, eid))
+    assert db.fetchone("SELECT count(*) AS n FROM email_outbox WHERE execution_id = %s", (eid,))["n"] == 1
+    assert db.fetchone("SELECT count(*) AS n FROM certificates WHERE execution_id = %s", (eid,))["n"] == 1
