@@ -151,6 +151,11 @@ def execute(execution_id: str, db: Any, settings: Settings) -> str:
                 conn.commit()
 
 
+def _initial_state(task: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": task}], "step": 0, "pending": [], "cert_seq": 0,
+            "prev_hash": None, "record_names": []}
+
+
 def _begin(execution_id: str, conn: Any) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     """queued → running (first delivery) or pick up a running one (redelivery); None when terminal."""
     out: list[dict[str, Any]] = []
@@ -160,14 +165,15 @@ def _begin(execution_id: str, conn: Any) -> tuple[dict[str, Any], list[dict[str,
         if row is None or row["status"] not in ("queued", "running"):
             conn.commit()
             return None
+        if row["status"] == "running" and not (row["state"] or {}).get("messages"):
+            row["state"] = _initial_state(row["task"])  # started before state was kept: begin afresh
         if row["status"] == "queued":
             if row["cancel_requested"]:
                 out.append(runs.finish(cur, row, "cancelled", error={"code": "cancelled", "message": "Cancelled"}))
                 conn.commit()
                 events.publish(_redis(), out)
                 return None
-            row["state"] = {"messages": [{"role": "user", "content": row["task"]}], "step": 0, "pending": [],
-                            "cert_seq": 0, "prev_hash": None, "record_names": []}
+            row["state"] = _initial_state(row["task"])
             runs.start(cur, execution_id, row["state"])
             out.append(events.append_event(cur, execution_id, "execution.started",
                                            {"provider": row["provider"], "model": row["model"]}))
