@@ -22,12 +22,15 @@ after one dict lookup, before it is even parsed.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
 import os
 import random
+import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +40,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
+
+# Probe an idle Redis connection after 10 s, every 5 s, give up after 3 misses (Linux names).
+_KEEPALIVE = {getattr(socket, name): value for name, value in
+              (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)) if hasattr(socket, name)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +86,14 @@ class Subscription:
         self._items.append(item)
         self._wake.set()  # always after append: a waiter that wakes finds the item
 
-    def get(self, timeout: float) -> list[Message | _Resync]:
-        """Everything pending, waiting up to ``timeout`` s when nothing is (may return [])."""
+    def wake(self) -> None:
+        """Make a waiting :meth:`get` return (possibly empty-handed)."""
+        self._wake.set()
+
+    def get(self, timeout: float | None = None) -> list[Message | _Resync]:
+        """Everything pending, waiting when nothing is until an item, a :meth:`wake` (the hub's
+        tick) or ``timeout``; may return []. Untimed by default: a timed wait arms a timer on
+        every call, and this is the per-delivery hot path."""
         if not self._items:
             self._wake.wait(timeout)
         # Clear before draining: an item pushed after this point sets the event again, so the
@@ -98,7 +111,8 @@ class Hub:
     """One pattern subscription and its listener; ``subscribe(channel)`` for each local socket."""
 
     def __init__(self, redis_url: str, patterns: tuple[str, ...], *, max_pending: int = 1000,
-                 backoff_base_s: float = 0.1, backoff_cap_s: float = 5.0, name: str = "ws-fanout") -> None:
+                 backoff_base_s: float = 0.1, backoff_cap_s: float = 5.0, tick_s: float = 5.0,
+                 name: str = "ws-fanout") -> None:
         if not patterns:
             raise ValueError("a hub needs at least one channel pattern")
         self.redis_url = redis_url
@@ -106,12 +120,15 @@ class Hub:
         self.max_pending = max_pending
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
+        self.tick_s = tick_s  # every subscription is woken this often (idle checks, gone clients)
         self.name = name
         # Copy-on-write tuples: the listener reads self._subs[channel] without a lock (one atomic
         # dict lookup, then iterates an immutable tuple); writers replace tuples under the lock.
         self._subs: dict[str, tuple[Subscription, ...]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._ticker: threading.Thread | None = None
+        self._pubsub: Any = None
         self._pid = 0
         self._stop = threading.Event()
         self.connected = threading.Event()
@@ -158,14 +175,31 @@ class Hub:
             self._pid = pid
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
+            self._ticker = threading.Thread(target=self._tick, name=f"{self.name}-tick", daemon=True)
+            self._ticker.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            thread.join(timeout)
-        self._thread = None
+        pubsub = self._pubsub
+        if pubsub is not None and pubsub.connection is not None:
+            # The listener is blocked reading: closing its socket is what wakes it.
+            with contextlib.suppress(redis.RedisError, OSError):
+                pubsub.connection.disconnect()
+        for thread in (self._thread, self._ticker):
+            if thread is not None and thread.is_alive():
+                thread.join(timeout)
+        self._thread = self._ticker = None
         self.connected.clear()
+
+    def _tick(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(min(self.tick_s, 1.0)):
+            now = time.monotonic()
+            if now - last >= self.tick_s:
+                last = now
+                for subs in tuple(self._subs.values()):
+                    for sub in subs:
+                        sub.wake()
 
     # -- listener ------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -190,15 +224,18 @@ class Hub:
     def _listen(self) -> None:
         # retries=0: redis-py would otherwise reconnect and resubscribe behind our back, and the
         # messages published meanwhile would be lost without anyone being told to resync.
+        # The read below blocks with no timeout (the cheapest read per message); a Redis that
+        # closes or resets the connection fails it at once, and TCP keepalive fails it within
+        # ~25 s when the peer silently vanished.
         client = redis.Redis.from_url(self.redis_url, decode_responses=True, socket_connect_timeout=3,
-                                      socket_keepalive=True, health_check_interval=15,
+                                      socket_keepalive=True, socket_keepalive_options=_KEEPALIVE,
                                       retry=Retry(NoBackoff(), 0))
-        pubsub = client.pubsub()
+        pubsub = self._pubsub = client.pubsub()
         try:
             pubsub.psubscribe(*self.patterns)
             pending = set(self.patterns)
             while not self._stop.is_set():
-                msg = pubsub.get_message(timeout=1.0)
+                msg = pubsub.get_message(timeout=None)
                 if msg is None:
                     continue
                 kind = msg["type"]
@@ -214,6 +251,7 @@ class Hub:
                         self._resubscribed()
         finally:
             self.connected.clear()
+            self._pubsub = None
             try:
                 pubsub.close()
                 client.close()

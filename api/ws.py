@@ -57,7 +57,6 @@ bp = Blueprint("ws", __name__)
 TERMINAL_EVENTS = frozenset({"execution.succeeded", "execution.blocked", "execution.error",
                              "execution.cancelled"})
 PAGE = 500  # events per replay query
-WAKE_S = 5.0  # how often an idle handler checks that its client is still there
 # A quiet stream re-reads PostgreSQL after 15-30 s (covers a publish that never happened, e.g. the
 # terminal event's while Redis was down). Randomised: sockets that connected together must not
 # all query at the same instant.
@@ -81,7 +80,7 @@ class StreamState:
 def init_app(app: Flask, svc: Services) -> None:
     # One hub, one subscription per process: /ws/notifications and /ws/workflows add their
     # patterns ("notifications:*", "workflows:*") here and call hub.subscribe(channel) likewise.
-    hub = Hub(svc.settings.redis_url, ("executions:*",))
+    hub = Hub(svc.settings.redis_url, ("executions:*",), tick_s=5.0)
     app.extensions["warden.ws"] = StreamState(
         hub=hub, db_gate=threading.BoundedSemaphore(max(1, svc.settings.db_pool_max // 2)))
     sock.init_app(app)
@@ -173,7 +172,7 @@ class ExecutionStream:
         quiet_since = time.monotonic()
         quiet_limit = random.uniform(*IDLE_CATCH_UP_S)
         while not self.done:
-            items = sub.get(WAKE_S)
+            items = sub.get()  # returns [] at least every hub.tick_s: check the client, idle time
             if not self.ws.connected:
                 return
             if self.ws.input_buffer:  # we expect nothing from the client; do not let it pile up

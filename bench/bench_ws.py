@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from bench import stack
@@ -75,6 +76,8 @@ class _Side:
         self.order_errors = 0
         self.conns: list[Any] = []
         self.segment_p99_ms: list[float | None] = []
+        self.server_pid = 0  # the gunicorn worker process serving this side
+        self.cpu_s = 0.0  # its CPU time during recorded segments
 
     async def watch(self, url: str, gate: asyncio.Semaphore) -> None:
         from websockets.asyncio.client import connect
@@ -98,6 +101,7 @@ class _Side:
     def result(self, recorded_s: float) -> dict[str, Any]:
         self.lat.sort()
         return {"p50_ms": _pct(self.lat, 0.50), "p99_ms": _pct(self.lat, 0.99),
+                "cpu_us_per_delivery": round(self.cpu_s / len(self.lat) * 1e6, 1) if self.lat else None,
                 "deliveries_per_s": len(self.lat) / recorded_s, "order_errors": self.order_errors,
                 "segment_p99_ms": self.segment_p99_ms}
 
@@ -128,10 +132,11 @@ async def _measure(sides: list[_Side], redis_url: str, rate_hz: float, first_seq
             for side, active, _proc in pubs:
                 active.set()
                 await asyncio.sleep(WARMUP_S)
-                mark = len(side.lat)
+                mark, cpu0 = len(side.lat), _cpu_s(side.server_pid)
                 side.recording = True
                 await asyncio.sleep(SEGMENT_S)
                 side.recording = False
+                side.cpu_s += _cpu_s(side.server_pid) - cpu0
                 side.segment_p99_ms.append(_pct(sorted(side.lat[mark:]), 0.99))
                 active.clear()
                 await asyncio.sleep(0.3)  # let the tail drain before the other side starts
@@ -147,6 +152,31 @@ async def _measure(sides: list[_Side], redis_url: str, rate_hz: float, first_seq
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return {side.name: side.result(ROUNDS * SEGMENT_S) for side in sides}
+
+
+def _worker_pid(master_pid: int) -> int:
+    """The single gunicorn worker forked by ``master_pid`` (0 when not found)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == master_pid:
+                    return int(entry)
+        time.sleep(0.1)
+    return 0
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (Linux /proc); 0 when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _catch_ups(metrics_url: str) -> dict[str, int]:
@@ -197,9 +227,10 @@ def run(sockets: int = 1000, channels: int = 100, rate_hz: float = 10.0, app: st
                      [(f"executions:{e}", e) for e in ids])
         # Both servers up at once (each its own gunicorn, one gevent worker); only one of them is
         # fed at a time, the other holds its 1,000 idle sockets.
-        with stack.gunicorn("bench.ws_baseline:create_app()", port_base, env), \
-                stack.gunicorn(app, port_ours, env):
+        with stack.gunicorn("bench.ws_baseline:create_app()", port_base, env) as base_proc, \
+                stack.gunicorn(app, port_ours, env) as our_proc:
             stack.wait_port(port_base)
+            base.server_pid, ours.server_pid = _worker_pid(base_proc.pid), _worker_pid(our_proc.pid)
             res = asyncio.run(_measure([base, ours], env["REDIS_URL"], rate_hz, 2))
             catch_ups = _catch_ups(f"http://127.0.0.1:{port_ours}/metrics")
         b, o = res["baseline"], res["ours"]
@@ -218,6 +249,9 @@ def run(sockets: int = 1000, channels: int = 100, rate_hz: float = 10.0, app: st
         "ws_order_errors": o["order_errors"],
         "ws_segment_p99_ms": o["segment_p99_ms"],
         "ws_catch_ups": catch_ups,
+        # CPU the one server process spends per delivered event: insensitive to other load
+        "ws_server_cpu_us_per_delivery": o["cpu_us_per_delivery"],
+        "ws_baseline_server_cpu_us_per_delivery": b["cpu_us_per_delivery"],
         "ws_baseline_segment_p99_ms": b["segment_p99_ms"],
     }
 

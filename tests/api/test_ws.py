@@ -200,7 +200,9 @@ def test_lost_publish_is_filled_from_the_store_and_duplicates_are_dropped(server
 
 def test_a_lost_terminal_publish_is_found_when_the_stream_goes_quiet(server, app, db, rds, workspace,
                                                                     execution, monkeypatch) -> None:
-    monkeypatch.setattr("api.ws.WAKE_S", 0.1)
+    from api.ws import stream_state
+
+    monkeypatch.setattr(stream_state(app).hub, "tick_s", 0.1)
     monkeypatch.setattr("api.ws.IDLE_CATCH_UP_S", (0.3, 0.5))
     conn = connect(server, execution, tok=token(app, workspace[0], execution))
     assert json.loads(conn.recv())["seq"] == 1
