@@ -4,7 +4,9 @@
 an exception the caller must decode: ``{"ok": true, "compiled": {...}}`` or ``{"ok": false,
 "error": {"code", "message", "trace"}}``. The API waits for the answer on a Redis list named in
 ``reply_to`` (BLPOP: one connection per waiting request, safe under threads and gevent, unlike
-the result backend's shared pub/sub consumer); the result is also stored in the result backend.
+the result backend's shared pub/sub consumer), and sends with ``ignore_result=True``. The task
+itself keeps ``ignore_result=False``, so a direct caller (``compile_request.delay(...).get()``)
+still reads its answer from the result backend.
 
 Nothing is written to PostgreSQL here: the API persists what it receives, in one transaction.
 A repeat of the same message computes the same answer (the pipeline is deterministic).
