@@ -16,6 +16,7 @@ from api.body import reject_nul_in_url
 from api.routes import compliance, compliance_audit, conditions, documents, executions, health, monitoring, tasks
 from api.routes import notifications as notifications_routes
 from api.routes import signals as signals_routes
+from api.routes import workflows as workflow_routes
 from api.services import Services
 from api.tokens import StreamTokens
 from shared import logs
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                signals_routes.bp, notifications_routes.bp):
         api_v1.register_blueprint(bp)
     api_v1.register_blueprint(compliance_audit.bp)  # audit packages (GET /compliance/executions/<id>/audit-package)
+    api_v1.register_blueprint(workflow_routes.bp)  # /workflows: DAGs of executions
     app.register_blueprint(api_v1)
     app.register_blueprint(health.bp)
     errors.register(app)

@@ -8,7 +8,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec_webframeworks.flask import FlaskPlugin
 from flask import Flask, Response, jsonify
 
-from api import monitoring_schemas, schemas, signals_schemas
+from api import monitoring_schemas, schemas, signals_schemas, workflow_schemas
 
 _DOCS_HTML = """<!doctype html>
 <html><head><title>Warden API</title><meta charset="utf-8"/>
@@ -40,6 +40,8 @@ def build_spec(app: Flask) -> dict:
         spec.components.schema(name, schema=getattr(monitoring_schemas, name))
     for name in signals_schemas.SCHEMAS:
         spec.components.schema(name, schema=getattr(signals_schemas, name))
+    for name in workflow_schemas.SCHEMAS:
+        spec.components.schema(name, schema=getattr(workflow_schemas, name))
     for name in getattr(app, "extra_openapi_schemas", {}):
         spec.components.schema(name, schema=app.extra_openapi_schemas[name])  # type: ignore[attr-defined]
     with app.test_request_context():

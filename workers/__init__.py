@@ -8,4 +8,5 @@ TASK_MODULES = (
     "workers.evaluation",
     "workers.alert_delivery",
     "workers.replay",
+    "workers.workflows",
 )

@@ -75,7 +75,7 @@ def finish(cur: Any, row: dict[str, Any], status: str, *, result: dict[str, Any]
     execution_id = row["id"]
     cur.execute("UPDATE executions SET status = %s, result = %s, error = %s, finished_at = now(),"
                 " updated_at = now(), state = COALESCE(%s, state), cancel_requested = false"
-                " WHERE id = %s AND status IN ('queued', 'running') RETURNING spent_cents, counts",
+                " WHERE id = %s AND status IN ('queued', 'running') RETURNING spent_cents, counts, workflow_id",
                 (status, Json(result) if result is not None else None, Json(error) if error is not None else None,
                  Json(state) if state is not None else None, execution_id))
     updated = cur.fetchone()
@@ -84,6 +84,9 @@ def finish(cur: Any, row: dict[str, Any], status: str, *, result: dict[str, Any]
     event = append_event(cur, execution_id, f"execution.{status}", {
         "status": status, "result": result, "error": error, "spent_cents": float(updated["spent_cents"]),
         "counts": updated["counts"]})
+    if updated["workflow_id"]:  # a workflow stage: advance the workflow, enqueued iff the stage ended
+        cur.execute("INSERT INTO outbox (task_name, args, queue) VALUES (%s, %s, 'executions')",
+                    ("workers.workflows.advance", Json([updated["workflow_id"]])))
     if row.get("webhook_url"):
         delivery_id = new_id("dlv")
         cur.execute("INSERT INTO webhook_deliveries (id, workspace_id, execution_id, url, event_type, webhook_id)"

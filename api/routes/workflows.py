@@ -1,0 +1,198 @@
+"""Workflows: named stages with depends_on edges (a DAG), each stage an ordinary governed
+execution on the executions queue; ``{{stages.<name>.output}}`` resolved when a stage starts.
+
+The API validates the plan (names, edges, cycles, templates, policies, permissions), writes the
+workflow, its stages and the root stages' executions with their outbox rows in one
+transaction, and answers. Later stages are started by ``workers.workflows.advance``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from marshmallow import ValidationError
+
+from api.auth import workspace_id
+from api.body import json_object
+from api.intake import websocket_url
+from api.services import services
+from api.workflow_schemas import WorkflowCreateRequest
+from guard import UnknownPolicy, load_policy, resolve_permissions
+from shared import events as execution_events
+from shared import outbox, workflow_events, workflow_plan
+from shared.config import resolve_provider
+from shared.errors import BadRequest, Conflict, NotFound
+from shared.paging import decode_cursor, encode_cursor, parse_limit
+from shared.store import workflows
+
+bp = Blueprint("workflows", __name__)
+_schema = WorkflowCreateRequest()
+
+
+def _ts(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _stage_json(s: dict[str, Any]) -> dict[str, Any]:
+    spec = s["spec"]
+    status = workflows.stage_status(s)
+    return {
+        "name": s["name"], "depends_on": s["depends_on"], "status": status, "execution_id": s["execution_id"],
+        "task": spec["task"], "resolved_task": s["execution_task"], "compliance_policy": spec["compliance_policy"],
+        "budget_cents": s["execution_budget"] if s["execution_budget"] is not None else spec["budget_cents"],
+        "spent_cents": float(s["spent_cents"] or 0), "provider": spec["provider"], "model": spec["model"],
+        "effective_permissions": spec["effective_permissions"],
+        "output": (s["result"] or {}).get("output") if status == "succeeded" else None,
+        "error": s["skip_reason"] if s["state"] == "skipped" else s["error"],
+        "started_at": _ts(s["started_at"]), "finished_at": _ts(s["finished_at"]),
+    }
+
+
+def _workflow_json(wf: dict[str, Any], stages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "workflow_id": wf["id"], "name": wf["name"], "status": wf["status"], "budget_cents": wf["budget_cents"],
+        "spent_cents": float(sum(float(s["spent_cents"] or 0) for s in stages)), "error": wf["error"],
+        "cancel_requested": wf["cancel_requested"], "stages": [_stage_json(s) for s in stages],
+        "created_at": _ts(wf["created_at"]), "finished_at": _ts(wf["finished_at"]), "updated_at": _ts(wf["updated_at"]),
+    }
+
+
+def _resolve_stages(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Validate the plan and each stage's policy and permissions; return the stage specs to store."""
+    stages = data["stages"]
+    errors = workflow_plan.validate(stages)
+    if errors:
+        raise ValidationError(errors)
+    settings = services().settings
+    out = []
+    for s in stages:
+        try:
+            policy = load_policy(s["compliance_policy"])
+        except UnknownPolicy as exc:
+            raise BadRequest(f"Stage {s['name']!r}: {exc}", code="invalid_compliance_policy", stage=s["name"]) from None
+        resolution = resolve_permissions(policy, s["permissions"])
+        if not resolution.effective:
+            raise ValidationError({f"stages.{s['name']}.permissions": [
+                f"No effective permissions after applying '{policy.name}' compliance policy"]})
+        provider, model = resolve_provider(settings, s["provider"], s["model"])
+        out.append({"name": s["name"], "depends_on": list(dict.fromkeys(s["depends_on"])), "task": s["task"],
+                    "compliance_policy": policy.name, "policy_version": policy.version,
+                    "requested_permissions": s["permissions"], "effective_permissions": resolution.effective,
+                    "denied_permissions": resolution.denied, "budget_cents": s["budget_cents"],
+                    "provider": provider, "model": model})
+    return out
+
+
+@bp.post("/workflows")
+def create_workflow() -> Response:
+    """Create a workflow: stages run as executions once the stages they depend on succeed.
+    ---
+    post:
+      tags: [workflows]
+      requestBody: {required: true, content: {application/json: {schema: WorkflowCreateRequest}}}
+      responses:
+        201: {description: Workflow started (stages without dependencies are queued), headers: {Location: {schema: {type: string}}}, content: {application/json: {schema: WorkflowCreated}}}
+        400: {description: Body is not a JSON object or a stage names an unknown compliance policy, content: {application/json: {schema: ErrorResponse}}}
+        401: {description: Missing or invalid API key, content: {application/json: {schema: ErrorResponse}}}
+        422: {description: "Field errors, duplicate or unknown stage names, a dependency cycle, a bad template reference, or a stage with no effective permissions (errors name them)", content: {application/json: {schema: ErrorResponse}}}
+    """
+    body = json_object()
+    data = _schema.load(body)
+    stages = _resolve_stages(data)
+    svc = services()
+    ws_id = workspace_id()
+    with svc.db.transaction() as cur:
+        workflow_id, result = workflows.create(cur, workspace_id=ws_id, name=data["name"],
+                                               budget_cents=data["budget_cents"], stages=stages)
+    outbox.wake(svc.redis.client)
+    workflow_events.publish(svc.redis.client, result.events)
+    token = svc.tokens.issue(ws_id, workflow_id)
+    resp = jsonify({"workflow_id": workflow_id, "status": result.status or "running",
+                    "websocket_url": websocket_url("workflows", workflow_id, token)})
+    resp.status_code = 201
+    resp.headers["Location"] = f"/api/v1/workflows/{workflow_id}"
+    return resp
+
+
+@bp.get("/workflows")
+def list_workflows() -> Response:
+    """List workflows, newest first.
+    ---
+    get:
+      tags: [workflows]
+      parameters:
+        - {in: query, name: status, schema: {type: string, enum: [running, succeeded, failed, cancelled]}}
+        - {in: query, name: limit, schema: {type: integer, minimum: 1, maximum: 100, default: 20}}
+        - {in: query, name: cursor, schema: {type: string}}
+      responses:
+        200: {description: A page of workflows, content: {application/json: {schema: WorkflowList}}}
+        400: {description: Bad filter, limit or cursor, content: {application/json: {schema: ErrorResponse}}}
+        401: {description: Missing or invalid API key, content: {application/json: {schema: ErrorResponse}}}
+    """
+    status = request.args.get("status")
+    if status is not None and status not in workflows.STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(workflows.STATUSES)}", code="invalid_status")
+    limit = parse_limit(request.args.get("limit"))
+    after = decode_cursor(request.args.get("cursor"))
+    items, has_more, total = workflows.list_page(services().db, workspace_id(), status=status, after_id=after,
+                                                 limit=limit)
+    return jsonify({"items": [_workflow_json(wf, stages) for wf, stages in items], "has_more": has_more,
+                    "next_cursor": encode_cursor(items[-1][0]["id"]) if has_more and items else None,
+                    "total_count": total})
+
+
+def _get(workflow_id: str) -> dict[str, Any]:
+    found = workflows.get(services().db, workspace_id(), workflow_id)
+    if found is None:
+        raise NotFound(f"Workflow {workflow_id} not found", code="workflow_not_found")
+    return _workflow_json(*found)
+
+
+@bp.get("/workflows/<workflow_id>")
+def get_workflow(workflow_id: str) -> Response:
+    """Fetch one workflow with its stages, their execution ids and statuses.
+    ---
+    get:
+      tags: [workflows]
+      parameters:
+        - {in: path, name: workflow_id, required: true, schema: {type: string}}
+      responses:
+        200: {description: The workflow, content: {application/json: {schema: WorkflowSchema}}}
+        401: {description: Missing or invalid API key, content: {application/json: {schema: ErrorResponse}}}
+        404: {description: No such workflow in this workspace, content: {application/json: {schema: ErrorResponse}}}
+    """
+    return jsonify(_get(workflow_id))
+
+
+@bp.post("/workflows/<workflow_id>/cancel")
+def cancel_workflow(workflow_id: str) -> Response:
+    """Cancel a workflow: pending stages never start, queued ones stop at once, running ones before their next step.
+    ---
+    post:
+      tags: [workflows]
+      parameters:
+        - {in: path, name: workflow_id, required: true, schema: {type: string}}
+      responses:
+        200: {description: Cancelled, content: {application/json: {schema: WorkflowSchema}}}
+        202: {description: Cancel requested; ends when its running stages stop, content: {application/json: {schema: WorkflowSchema}}}
+        401: {description: Missing or invalid API key, content: {application/json: {schema: ErrorResponse}}}
+        404: {description: No such workflow in this workspace, content: {application/json: {schema: ErrorResponse}}}
+        409: {description: Already finished, content: {application/json: {schema: ErrorResponse}}}
+    """
+    svc = services()
+    with svc.db.transaction() as cur:
+        outcome = workflows.request_cancel(cur, workspace_id(), workflow_id)
+    if outcome is None:
+        raise NotFound(f"Workflow {workflow_id} not found", code="workflow_not_found")
+    what, result, exec_events = outcome
+    execution_events.publish(svc.redis.client, exec_events)
+    workflow_events.publish(svc.redis.client, result.events)
+    outbox.wake(svc.redis.client)
+    body = _get(workflow_id)
+    if what == "terminal":
+        raise Conflict(f"Workflow {workflow_id} already finished ({body['status']})", code="workflow_finished",
+                       workflow_status=body["status"])
+    resp = jsonify(body)
+    resp.status_code = 200 if what == "cancelled" else 202
+    return resp
