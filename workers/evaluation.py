@@ -101,6 +101,9 @@ def evaluate_groups(workspace_id: str, groups: Sequence[Sequence[str]]) -> list[
     fired: list[str] = []
     with db.transaction() as cur:
         heads = signals.lock_series(cur, workspace_id, keys)
+        keys = signals.with_news(cur, workspace_id, heads)
+        if not keys:
+            return fired  # already evaluated (redelivery, or covered by an earlier message)
         watching: dict[tuple[str, str], list[signals.Watcher]] = defaultdict(list)
         for w in signals.active_watchers(cur, workspace_id, keys):
             watching[(w.entity, w.metric)].append(w)

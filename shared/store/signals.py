@@ -52,6 +52,17 @@ def lock_series(cur: Any, workspace_id: str, groups: Sequence[tuple[str, str]]) 
     return {(r["entity"], r["metric"]): r["evaluated_ts"] for r in cur.fetchall()}
 
 
+def with_news(cur: Any, workspace_id: str, heads: dict[tuple[str, str], Any]) -> list[tuple[str, str]]:
+    """The series with a stored signal newer than their head (the rest have nothing to evaluate:
+    a redelivered message, or a batch an earlier evaluation already covered)."""
+    keys = sorted(heads)
+    cur.execute("SELECT g.e, g.m FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS g(e, m, h)"
+                " WHERE EXISTS (SELECT 1 FROM signals s WHERE s.workspace_id = %s AND s.entity = g.e"
+                " AND s.metric = g.m AND s.ts > coalesce(g.h, '-infinity'))",
+                ([k[0] for k in keys], [k[1] for k in keys], [heads[k] for k in keys], workspace_id))
+    return [(r["e"], r["m"]) for r in cur.fetchall()]
+
+
 def advance_heads(cur: Any, workspace_id: str, heads: dict[tuple[str, str], datetime]) -> None:
     """Set the evaluation head of series whose newest signal was evaluated."""
     if not heads:
