@@ -192,15 +192,15 @@ def test_same_intent_compiles_identically(stack, client):
 
 
 @h_settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(intent=st.text(max_size=120))
-def test_any_unicode_intent_is_200_or_422_never_500(stack, client_fixed, intent):
-    r = client_fixed.post("/api/v1/tasks", json=body(intent, dry_run=True))
-    if not intent.strip() or "\x00" in intent:
+@given(intent=st.text(max_size=120), scope=st.one_of(st.just("AAPL"), st.text(min_size=1, max_size=20)))
+def test_any_unicode_intent_is_200_or_422_never_500(stack, client_fixed, intent, scope):
+    r = client_fixed.post("/api/v1/tasks", json=body(intent, scope, dry_run=True))
+    if not intent.strip() or not scope.strip() or "\x00" in intent + scope:
         assert r.status_code == 400, r.text
         return
     assert r.status_code in (200, 422), r.text
     if r.status_code == 200:
-        again = client_fixed.post("/api/v1/tasks", json=body(intent, dry_run=True))
+        again = client_fixed.post("/api/v1/tasks", json=body(intent, scope, dry_run=True))
         assert again.json()["condition"] == r.json()["condition"]
     else:
         assert r.json()["detail"]["code"] in ("no_primitive", "no_valid_strategy", "action_binding_failed")
