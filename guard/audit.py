@@ -123,11 +123,7 @@ class AuditProblem:
     detail: str
 
     def __str__(self) -> str:
-        where = f"{self.file} line {self.line}" if self.line is not None else self.file
-        return f"{where}: {self.code}: {self.detail}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "code": self.code, "detail": self.detail}
+        return f"{self.file}{f' line {self.line}' if self.line is not None else ''}: {self.code}: {self.detail}"
 
 
 @dataclass
@@ -148,6 +144,7 @@ class Report:
 class _Counter:
     def __init__(self, progress: Progress | None, total: int | None) -> None:
         self.progress, self.total, self.done = progress, total, 0
+
     def tick(self) -> None:
         self.done += 1
         if self.progress is not None and self.done % 1000 == 0:
@@ -217,8 +214,8 @@ def _open(source: str | Path | bytes | IO[bytes]) -> zipfile.ZipFile:
 def _read_json(zf: zipfile.ZipFile, name: str, report: Report) -> Any:
     try:
         return json.loads(zf.read(name))
-    except KeyError:
-        return None  # reported as missing already
+    except KeyError:  # reported as missing already
+        return None
     except (ValueError, UnicodeDecodeError) as exc:
         report.add(name, None, "invalid_json", str(exc))
         return None
@@ -352,10 +349,18 @@ def _verify_certificates(zf: zipfile.ZipFile, report: Report, jwks: list[dict[st
         line = p.index + 1 if p.index >= 0 else None
         where = f"certificate {p.certificate_id} (seq {p.seq})" if p.certificate_id else "certificate"
         report.add(name, line, p.code, f"{where}: {p.detail}")
-    if expected and expected.get("count") != len(certs):
-        report.add(name, None, "count_mismatch" if len(certs) > (expected.get("count") or 0) else "truncated",
-                   f"{len(certs)} certificates, the checkpoint records {expected.get('count')}")
+    _check_count(report, name, len(certs), expected, "certificates")
     return len(certs)
+
+
+def _check_count(report: Report, name: str, found: int, expected: Mapping[str, Any], what: str) -> bool:
+    """Count against the checkpoint: fewer entries and an otherwise intact prefix is truncation."""
+    if not expected or expected.get("count") == found:
+        return False
+    damaged = any(p.file == name and p.line is not None and p.code != "truncated" for p in report.problems)
+    code = "truncated" if found < (expected.get("count") or 0) and not damaged else "count_mismatch"
+    report.add(name, None, code, f"{found} {what}, the checkpoint records {expected.get('count')}")
+    return True
 
 
 def _verify_log(zf: zipfile.ZipFile, name: str, report: Report, counter: _Counter, expected: Mapping[str, Any],
@@ -387,12 +392,8 @@ def _verify_log(zf: zipfile.ZipFile, name: str, report: Report, counter: _Counte
                 report.add(name, number, "seq_mismatch", f"expected event seq {count}, found {record.get('seq')!r}")
             if record.get("execution_id") != execution_id:
                 report.add(name, number, "execution_mismatch", f"event belongs to {record.get('execution_id')!r}")
-    if expected:
-        if expected.get("count") != count:
-            code = "truncated" if count < (expected.get("count") or 0) else "count_mismatch"
-            report.add(name, None, code, f"{count} entries, the checkpoint records {expected.get('count')}")
-        elif expected.get("head") != prev:
-            report.add(name, None, "head_mismatch", "the last entry's hash is not the checkpoint's head")
+    if expected and not _check_count(report, name, count, expected, "entries") and expected.get("head") != prev:
+        report.add(name, None, "head_mismatch", "the last entry's hash is not the checkpoint's head")
     return count
 
 
