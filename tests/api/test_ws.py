@@ -327,3 +327,60 @@ def test_redis_restart_while_streaming_loses_and_duplicates_nothing(settings, db
         srv.stop()
         hub.stop()
         own.stop()
+
+
+def test_gevent_worker_streams_across_a_redis_restart(settings, db, workspace, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    """The production server: gunicorn with the gevent worker from api/gunicorn_conf.py."""
+    import os
+    import subprocess
+    import sys
+
+    import requests
+
+    from api.tokens import StreamTokens
+    from warden.services import EmbeddedRedis, free_port
+
+    own = EmbeddedRedis(tmp_path / "redis", persist=False)
+    url = own.start()
+    port = free_port()
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, DATABASE_URL=settings.database_url, REDIS_URL=url, PORT=str(port),
+               WARDEN_SECRET_KEY=settings.secret_key, WEB_CONCURRENCY="1", WARDEN_LOG_LEVEL="WARNING")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c", str(root / "api/gunicorn_conf.py"),
+                             "api.app:create_app()"], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    rds = redis_lib.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        wait_for(lambda: _up(requests, f"http://127.0.0.1:{port}/healthz"), timeout=20)
+        eid = make_execution(db, workspace[0])
+        tok = StreamTokens(settings.secret_key, 60).issue(workspace[0], eid)
+        srv = type("Srv", (), {"url": f"http://127.0.0.1:{port}"})()
+        conn = connect(srv, eid, tok=tok)  # type: ignore[arg-type]
+        assert json.loads(conn.recv())["seq"] == 1
+        emit(db, rds, eid)
+        assert json.loads(conn.recv())["seq"] == 2  # live through the gevent hub
+        own.stop()
+        emit(db, rds, eid)  # seq 3: publish lost while Redis is down
+        monkeypatch.setattr("warden.services._port_free", lambda port: True)
+        assert own.start() == url
+        time.sleep(0.5)
+        emit(db, rds, eid)  # seq 4, once the hub is back (or found by its resync)
+        emit(db, rds, eid, TERMINAL)
+        got, code = read_until_close(conn, timeout=20)
+        assert seqs(got) == [3, 4, 5] and code == 1000
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(5)
+        own.stop()
+
+
+def _up(requests: Any, url: str) -> bool:
+    try:
+        return bool(requests.get(url, timeout=1).status_code == 200)
+    except requests.RequestException:
+        return False
