@@ -11,6 +11,7 @@ Pub/sub forgets. Whenever the hub (re)subscribes, after a Redis failure or on fi
 pushes :data:`RESYNC` to every subscription: "messages may have been lost, re-read the source of
 truth" (PostgreSQL for execution events). A consumer that falls too far behind gets its backlog
 dropped and a :data:`RESYNC` in its place, so memory stays bounded and nothing is lost.
+Handlers wait without a timer (the per-delivery hot path); a ticker wakes the idle ones.
 
 Pattern subscribe rather than per-channel SUBSCRIBE/UNSUBSCRIBE: registering a socket is then a
 dict update with no Redis round trip, so "subscribed" is true the moment :meth:`Hub.subscribe`
@@ -193,8 +194,8 @@ class Hub:
         self.connected.clear()
 
     def _tick(self) -> None:
-        """Wake every subscription that received nothing for a while, at least every
-        ``tick_s``..2×``tick_s``: its handler notices a vanished client and its own quiet time.
+        """Wake each subscription that received nothing for ``tick_s`` (so within 2×``tick_s``
+        at worst): its handler then notices a vanished client and keeps its quiet-time checks.
         Busy subscriptions are skipped (their handler wakes anyway), and the rest are woken in
         5 slices, so that a thousand idle sockets never wake in one burst."""
         slices, k = 5, 0
