@@ -148,10 +148,24 @@ async def _measure(sides: list[_Side], redis_url: str, rate_hz: float, first_seq
                 proc.kill()
         await asyncio.gather(*(asyncio.wait_for(c.close(), 2) for s in sides for c in s.conns),
                              return_exceptions=True)
+        _nudge(redis_url, [ch for side in sides for ch, _ in side.targets])
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return {side.name: side.result(ROUNDS * SEGMENT_S) for side in sides}
+
+
+def _nudge(redis_url: str, channels: list[str]) -> None:
+    """One last message per channel, so that handlers blocked on an empty queue notice that their
+    client is gone and gunicorn's graceful shutdown does not wait out its timeout."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    pipe = client.pipeline(transaction=False)
+    for ch in channels:
+        pipe.publish(ch, "{}")
+    pipe.execute()
+    client.close()
 
 
 def _worker_pid(master_pid: int) -> int:
