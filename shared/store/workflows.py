@@ -89,6 +89,7 @@ def advance(cur: Any, workflow_id: str) -> Advanced:
         return out
     cur.execute(_STAGES, ([workflow_id],))
     stages = {s["name"]: s for s in cur.fetchall()}
+    _report_finished(cur, out, wf["id"], stages)
     changed = True
     while changed:  # skipping one stage can make its dependants skippable in the same pass
         changed = False
@@ -111,6 +112,21 @@ def advance(cur: Any, workflow_id: str) -> Advanced:
     if all(st in executions.TERMINAL for st in statuses.values()):
         _finish(cur, out, wf, statuses)
     return out
+
+
+def _report_finished(cur: Any, out: Advanced, workflow_id: str, stages: dict[str, dict[str, Any]]) -> None:
+    """One ``stage.finished`` event per stage whose execution ended (checked under the row lock)."""
+    ended = [s for s in stages.values() if s["state"] == "started" and s["execution_status"] in executions.TERMINAL]
+    if not ended:
+        return
+    cur.execute("SELECT data->>'stage' AS stage FROM workflow_events WHERE workflow_id = %s"
+                " AND type = 'stage.finished'", (workflow_id,))
+    reported = {r["stage"] for r in cur.fetchall()}
+    for s in ended:
+        if s["name"] not in reported:
+            out.events.append(append_event(cur, workflow_id, "stage.finished", {
+                "stage": s["name"], "execution_id": s["execution_id"], "status": s["execution_status"],
+                "error": s["error"], "spent_cents": float(s["spent_cents"] or 0)}))
 
 
 def _skip(cur: Any, out: Advanced, wf: dict[str, Any], s: dict[str, Any], reason: dict[str, Any]) -> None:

@@ -1,0 +1,147 @@
+"""``GET /ws/workflows/<id>?after=<seq>&token=<t>``: a workflow's stage transitions, replayable,
+plus the live events of each stage's execution.
+
+- Workflow events ``{"workflow_id","seq","type","at","data"}`` (``workflow.created``,
+  ``stage.started``, ``stage.finished``, ``stage.skipped``, ``workflow.succeeded|failed|cancelled``)
+  are stored first, so they are replayed after ``after`` and streamed with no gap and no
+  duplicate (a gap or a quiet spell re-reads PostgreSQL), exactly like execution streams.
+- Execution events of the stages are forwarded as published, each with a ``"stage"`` key added,
+  from the moment the stream subscribes to that stage (at connect for running stages, on
+  ``stage.started`` later). They are not replayed here: a client that needs every one reads
+  ``/ws/executions/<execution_id>?after=…`` or ``/api/v1/executions/<id>/events``.
+- After the terminal workflow event the server closes with 1000.
+
+Auth is the same as ``/ws/executions`` (the ``websocket_url`` token, or an API key): 401 without
+credentials, 404 for another workspace's workflow. One extra Redis pattern subscription per
+process (``workflows:*``, on its own fan-out hub); stage execution events come from the
+execution hub.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flask import Blueprint, Flask, g, request
+
+from api.fanout import RESYNC, Hub, Message, Subscription
+from api.services import Services, services
+from api.ws import _workspace_for, sock, stream_state
+from shared.errors import BadRequest, NotFound
+from shared.events import channel_for as execution_channel
+from shared.store import workflows
+from shared.workflow_events import channel_for
+
+bp = Blueprint("ws_workflows", __name__)
+TERMINAL = frozenset({"workflow.succeeded", "workflow.failed", "workflow.cancelled"})
+POLL_S = 0.1  # the workflow subscription is waited on this long, then the stage subscriptions drained
+IDLE_CATCH_UP_S = 15.0
+
+
+def init_app(app: Flask, svc: Services) -> None:
+    app.extensions["warden.ws.workflows"] = Hub(svc.settings.redis_url, ("workflows:*",), tick_s=5.0,
+                                                name="ws-workflows")
+    app.register_blueprint(bp)
+
+
+@bp.before_request
+def _authorize() -> None:
+    workflow_id = (request.view_args or {}).get("workflow_id")
+    if workflow_id is None:
+        return
+    raw_after = request.args.get("after", "0")
+    if not raw_after.isdigit() or len(raw_after) > 18:
+        raise BadRequest("after must be a non-negative integer (the last seq you have)", code="invalid_after")
+    svc = services()
+    workspace_id = _workspace_for(svc, workflow_id)
+    if workflows.get(svc.db, workspace_id, workflow_id) is None:
+        raise NotFound(f"Workflow {workflow_id} not found", code="not_found")
+    g.ws_after, g.ws_workspace_id = int(raw_after), workspace_id
+
+
+@sock.route("/ws/workflows/<workflow_id>", bp=bp)
+def workflow_stream(ws: Any, workflow_id: str) -> None:
+    from flask import current_app
+
+    hub = current_app.extensions["warden.ws.workflows"]
+    WorkflowStream(ws, services(), hub, workflow_id, g.ws_workspace_id, g.ws_after).run()
+
+
+class WorkflowStream:
+    def __init__(self, ws: Any, svc: Services, hub: Hub, workflow_id: str, workspace_id: str, after: int) -> None:
+        self.ws, self.db, self.hub, self.workflow_id, self.last = ws, svc.db, hub, workflow_id, after
+        self.workspace_id = workspace_id
+        self.exec_hub = stream_state().hub
+        self.stages: dict[str, tuple[str, Subscription]] = {}  # execution id → (stage, subscription)
+        self.done = False
+
+    def run(self) -> None:
+        sub = self.hub.subscribe(channel_for(self.workflow_id))  # before the replay read: no gap
+        try:
+            found = workflows.get(self.db, self.workspace_id, self.workflow_id)
+            if found is not None:
+                for s in found[1]:
+                    if s["execution_id"] and s["execution_status"] in ("queued", "running"):
+                        self._follow(s["execution_id"], s["name"])
+            self._catch_up()
+            quiet = time.monotonic()
+            while not self.done and self.ws.connected:
+                items = sub.get(timeout=POLL_S)
+                for item in items:
+                    if item is RESYNC:
+                        self._catch_up()
+                    elif isinstance(item, Message):
+                        self._on_workflow(item)
+                    if self.done:
+                        return
+                self._drain_stages()
+                if items:
+                    quiet = time.monotonic()
+                elif time.monotonic() - quiet > IDLE_CATCH_UP_S:
+                    quiet = time.monotonic()
+                    self._catch_up()
+        finally:
+            self.hub.unsubscribe(sub)
+            for _, s in self.stages.values():
+                self.exec_hub.unsubscribe(s)
+
+    def _follow(self, execution_id: str, stage: str) -> None:
+        if execution_id not in self.stages:
+            self.stages[execution_id] = (stage, self.exec_hub.subscribe(execution_channel(execution_id)))
+
+    def _drain_stages(self) -> None:
+        for stage, s in list(self.stages.values()):
+            for item in s.get(timeout=0):
+                if isinstance(item, Message) and not self.done:
+                    self.ws.send(json.dumps({**item.payload, "stage": stage}, separators=(",", ":")))
+
+    def _on_workflow(self, msg: Message) -> None:
+        seq = msg.payload.get("seq")
+        if not isinstance(seq, int) or seq <= self.last:
+            return
+        if seq > self.last + 1:
+            self._catch_up()
+            if self.done or seq <= self.last:
+                return
+        self._send(msg.payload)
+
+    def _send(self, ev: dict[str, Any]) -> None:
+        if ev["type"] == "stage.started":
+            self._follow(ev["data"]["execution_id"], ev["data"]["stage"])
+        elif ev["type"] == "stage.finished":
+            self._drain_stages()  # the stage's last events go out before its finished transition
+        self.ws.send(json.dumps(ev, separators=(",", ":"), default=str))
+        self.last = ev["seq"]
+        if ev["type"] in TERMINAL:
+            self.done = True
+            self.ws.close(1000, "workflow finished")
+
+    def _catch_up(self) -> None:
+        while not self.done:
+            page = workflows.events_after(self.db, self.workflow_id, self.last, limit=500)
+            for ev in page:
+                if ev["seq"] > self.last and not self.done:
+                    self._send(ev)
+            if len(page) < 500:
+                return
