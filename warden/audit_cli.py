@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from guard.audit import Report, verify_package
+from guard.audit import Report
+from guard.audit_workflow import verify_any
 
 MAX_LISTED = 200
 
@@ -55,6 +56,14 @@ class ProgressBar:
 def _summary(report: Report, path: Path, elapsed: float) -> str:
     s = report.summary
     signer = f"{s.get('signed_by')} ({'pinned' if s.get('signer_pinned') else 'from the package keys.json'})"
+    if s.get("kind") == "workflow":
+        lines = [f"OK: {path} is a valid workflow audit package",
+                 f"  workflow       {s.get('workflow_id')} ({s.get('status')})"]
+        for name, st in s.get("stages", {}).items():
+            lines.append(f"  stage {name:<9}{st.get('execution_id')} ({st.get('status')}): {st.get('certificates')} "
+                         f"certificates, {st.get('events')} events, {st.get('violations')} violations")
+        return "\n".join([*lines, f"  checkpoint     signed by {signer}",
+                          f"  verified {s.get('entries', 0)} entries in {elapsed:.2f}s"])
     return "\n".join([
         f"OK: {path} is a valid audit package",
         f"  execution      {s.get('execution_id')} ({s.get('status')})",
@@ -85,7 +94,7 @@ def verify_audit_file(path: Path, *, quiet: bool = False, keys: Path | None = No
     bar = ProgressBar(err) if show else None
     start = time.monotonic()
     try:
-        report = verify_package(path, progress=bar, trusted_keys=trusted)
+        report = verify_any(path, progress=bar, trusted_keys=trusted)
     except OSError as exc:
         print(f"error: cannot read {path}: {exc}", file=err)
         return 2

@@ -8,12 +8,14 @@ from datetime import UTC, datetime
 from flask import Blueprint, Response
 
 from api.auth import workspace_id
+from api.routes.workflows import workflow_json  # the same JSON GET /workflows/{id} returns
 from api.services import Services, services
 from guard import SigningKey, load_policy, public_jwk
 from guard.audit import build_package
+from guard.audit_workflow import build_workflow_package
 from guard.certificates import b64url_decode
 from shared.errors import Conflict, NotFound
-from shared.store import audit, signing_keys
+from shared.store import audit, signing_keys, workflows
 from shared.views import execution_json
 
 bp = Blueprint("compliance_audit", __name__)
@@ -75,3 +77,33 @@ def execution_audit_package(execution_id: str) -> Response:
     data = execution_package(services(), workspace_id(), execution_id)
     return Response(data, mimetype="application/zip", headers={
         "Content-Disposition": f'attachment; filename="audit-{execution_id}.zip"', "Cache-Control": "no-store"})
+
+
+@bp.get("/compliance/workflows/<workflow_id>/audit-package")
+def workflow_audit_package(workflow_id: str) -> Response:
+    """Download the audit package of a finished workflow: its record and event log, and each started stage's execution package, under one signed checkpoint.
+    ---
+    get:
+      tags: [compliance]
+      parameters:
+        - {in: path, name: workflow_id, required: true, schema: {type: string}}
+      responses:
+        200: {description: "A zip: manifest.json, workflow.json, workflow_events.jsonl, stages/<name>.zip, keys.json, checkpoint.json (signed)", content: {application/zip: {schema: {type: string, format: binary}}}}
+        401: {description: Missing or invalid API key, content: {application/json: {schema: ErrorResponse}}}
+        404: {description: No such workflow in this workspace, content: {application/json: {schema: ErrorResponse}}}
+        409: {description: The workflow has not finished, content: {application/json: {schema: ErrorResponse}}}
+    """
+    svc, ws_id = services(), workspace_id()
+    found = workflows.get(svc.db, ws_id, workflow_id)
+    if found is None:
+        raise NotFound(f"Workflow {workflow_id} not found", code="workflow_not_found")
+    wf, stages = found
+    if wf["status"] == "running":
+        raise Conflict(f"Workflow {workflow_id} is running; audit packages are for finished workflows",
+                       code="workflow_not_finished", workflow_status=wf["status"])
+    packages = {s["name"]: execution_package(svc, ws_id, s["execution_id"]) for s in stages if s["execution_id"]}
+    data = build_workflow_package(workflow=workflow_json(wf, stages), events=workflows.events_after(svc.db, workflow_id, 0, 100_000),
+                                  stage_packages=packages, signing_key=server_key(svc),
+                                  created_at=datetime.now(UTC).isoformat())
+    return Response(data, mimetype="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="audit-{workflow_id}.zip"', "Cache-Control": "no-store"})

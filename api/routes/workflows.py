@@ -49,7 +49,7 @@ def _stage_json(s: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _workflow_json(wf: dict[str, Any], stages: list[dict[str, Any]]) -> dict[str, Any]:
+def workflow_json(wf: dict[str, Any], stages: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "workflow_id": wf["id"], "name": wf["name"], "status": wf["status"], "budget_cents": wf["budget_cents"],
         "spent_cents": float(sum(float(s["spent_cents"] or 0) for s in stages)), "error": wf["error"],
@@ -137,7 +137,7 @@ def list_workflows() -> Response:
     after = decode_cursor(request.args.get("cursor"))
     items, has_more, total = workflows.list_page(services().db, workspace_id(), status=status, after_id=after,
                                                  limit=limit)
-    return jsonify({"items": [_workflow_json(wf, stages) for wf, stages in items], "has_more": has_more,
+    return jsonify({"items": [workflow_json(wf, stages) for wf, stages in items], "has_more": has_more,
                     "next_cursor": encode_cursor(items[-1][0]["id"]) if has_more and items else None,
                     "total_count": total})
 
@@ -146,7 +146,7 @@ def _get(workflow_id: str) -> dict[str, Any]:
     found = workflows.get(services().db, workspace_id(), workflow_id)
     if found is None:
         raise NotFound(f"Workflow {workflow_id} not found", code="workflow_not_found")
-    return _workflow_json(*found)
+    return workflow_json(*found)
 
 
 @bp.get("/workflows/<workflow_id>")

@@ -85,3 +85,33 @@ def test_unfinished_is_409_and_other_workspace_is_404(client: ApiClient, server,
     r = other.get(f"/api/v1/compliance/executions/{execution_id}/audit-package")
     assert r.status_code == 404 and r.json()["detail"]["code"] == "execution_not_found"
     assert client.get("/api/v1/compliance/executions/exec_nope/audit-package").status_code == 404
+
+
+def test_workflow_package_round_trip(stack, client: ApiClient, db, workspace, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from guard.audit_workflow import verify_any
+    from shared.ids import new_id
+
+    r = client.post("/api/v1/workflows", {"stages": [
+        {"name": "a", "task": "List my documents and summarize them", "compliance_policy": "hipaa"},
+        {"name": "b", "task": "Summarize: {{stages.a.output}}", "depends_on": ["a"]}]})
+    workflow_id = r.json()["workflow_id"]
+    wait_for(lambda: client.get(f"/api/v1/workflows/{workflow_id}").json()["status"] != "running", timeout=60)
+    r = client.get(f"/api/v1/compliance/workflows/{workflow_id}/audit-package")
+    assert r.status_code == 200, r.text
+    report = verify_any(r.content)
+    assert report.ok, [str(p) for p in report.problems]
+    assert set(report.summary["stages"]) == {"a", "b"}
+    path = tmp_path / "wf.zip"
+    path.write_bytes(r.content)
+    proc = subprocess.run([sys.executable, "-m", "warden.cli", "verify-audit", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "valid workflow audit package" in proc.stdout, proc.stdout + proc.stderr
+
+    running = new_id("wf")
+    db.execute("INSERT INTO workflows (id, workspace_id, status) VALUES (%s, %s, 'running')", (running, workspace[0]))
+    r = client.get(f"/api/v1/compliance/workflows/{running}/audit-package")
+    assert r.status_code == 409 and r.json()["detail"]["code"] == "workflow_not_finished"
+    assert client.get("/api/v1/compliance/workflows/wf_nope/audit-package").status_code == 404
