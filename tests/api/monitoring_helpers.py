@@ -34,10 +34,14 @@ def server_with(settings: Any, db: Any, **overrides: Any) -> Iterator[ApiClient]
     fresh workspace on it."""
     import secrets
 
+    from celery import current_app
+
     from api.app import create_app
     from shared.store import workspaces
 
+    previous = current_app._get_current_object()
     app = create_app(settings.with_overrides(**overrides))
+    previous.set_current()  # a new Celery app makes itself current; later tests must not inherit it
     srv = LiveServer(app)
     srv.start()
     try:
