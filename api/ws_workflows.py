@@ -103,8 +103,8 @@ class WorkflowStream:
                     self._catch_up()
         finally:
             self.hub.unsubscribe(sub)
-            for _, s in self.stages.values():
-                self.exec_hub.unsubscribe(s)
+            for _, stage_sub in self.stages.values():
+                self.exec_hub.unsubscribe(stage_sub)
 
     def _follow(self, execution_id: str, stage: str) -> None:
         if execution_id not in self.stages:

@@ -250,14 +250,14 @@ def _verify(zf: zipfile.ZipFile, report: Report, progress: Progress | None, trus
     for name in sorted(names & set(FILES)):
         h = hashlib.sha256()
         with zf.open(name) as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
+            while block := f.read(1 << 20):
                 h.update(block)
         actual[name] = h.hexdigest()
     manifest = _read_json(zf, "manifest.json", report) or {}
     if manifest and (manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION):
         report.add("manifest.json", None, "unsupported_format",
                    f"format {manifest.get('format')!r} version {manifest.get('format_version')!r}")
-    listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    listed: dict[str, Any] = v if isinstance(v := manifest.get("files"), dict) else {}
     for name in FILES[1:]:
         entry = listed.get(name)
         if not isinstance(entry, dict):
@@ -322,7 +322,7 @@ def _verify_checkpoint(checkpoint: Mapping[str, Any], jwks: list[dict[str, Any]]
             key.verify(b64url_decode(str(checkpoint.get("signature", ""))), signed)
         except Exception:  # InvalidSignature, bad base64, non-canonicalisable JSON: all mean "not signed"
             report.add("checkpoint.json", None, "bad_signature", "the checkpoint's Ed25519 signature does not verify")
-    files = checkpoint.get("files") if isinstance(checkpoint.get("files"), dict) else {}
+    files: dict[str, Any] = v if isinstance(v := checkpoint.get("files"), dict) else {}
     for name in DATA_FILES:
         if name in actual and files.get(name) != actual[name]:
             report.add(name, None, "checkpoint_hash_mismatch",

@@ -100,7 +100,7 @@ def _verify(zf: zipfile.ZipFile, report: Report, progress: Progress | None, trus
         if required not in names:
             report.add(required, None, "missing_file", "required file is not in the package")
     manifest = _read_json(zf, "manifest.json", report) or {}
-    listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    listed: dict[str, Any] = v if isinstance(v := manifest.get("files"), dict) else {}
     for name in sorted(names - {"manifest.json"}):
         entry = listed.get(name)
         if not isinstance(entry, dict):
@@ -111,7 +111,7 @@ def _verify(zf: zipfile.ZipFile, report: Report, progress: Progress | None, trus
     jwks = _jwk_list(trusted_keys if trusted_keys is not None else keys_doc.get("keys", []))
     checkpoint = _read_json(zf, "checkpoint.json", report) or {}
     _verify_checkpoint(checkpoint, jwks, {}, report, trusted_keys is not None)  # the signature
-    signed_files = checkpoint.get("files") if isinstance(checkpoint.get("files"), dict) else {}
+    signed_files: dict[str, Any] = v if isinstance(v := checkpoint.get("files"), dict) else {}
     for name in sorted((names | set(signed_files)) - {"manifest.json", "checkpoint.json"}):
         if name not in names:
             report.add(name, None, "missing_file", "listed in the signed checkpoint but not in the package")
@@ -126,9 +126,9 @@ def _verify(zf: zipfile.ZipFile, report: Report, progress: Progress | None, trus
         report.add("workflow.json", None, "not_finished", f"status {workflow.get('status')!r} is not terminal")
     counter = _Counter(progress, None)
     if EVENTS in names:
-        expected = checkpoint.get("events") if isinstance(checkpoint.get("events"), dict) else {}
+        expected: dict[str, Any] = v if isinstance(v := checkpoint.get("events"), dict) else {}
         _verify_log(zf, EVENTS, report, counter, expected, None)
-    stages = {s.get("name"): s for s in workflow.get("stages", []) if isinstance(s, dict)}
+    stages = {str(s.get("name")): s for s in workflow.get("stages", []) if isinstance(s, dict)}
     summary: dict[str, Any] = {"kind": "workflow", "workflow_id": workflow.get("workflow_id"),
                                "status": workflow.get("status"), "signed_by": checkpoint.get("key_id"),
                                "signer_pinned": trusted_keys is not None, "stages": {}}
@@ -147,7 +147,7 @@ def _verify(zf: zipfile.ZipFile, report: Report, progress: Progress | None, trus
         summary["stages"][name] = {k: inner.summary.get(k) for k in ("execution_id", "status", "certificates",
                                                                      "events", "violations")}
         counter.done += int(inner.summary.get("entries") or 0)
-    for member in sorted(n for n in names if n.startswith("stages/") and n[7:-4] not in stages):
+    for member in sorted(n for n in names if n.startswith("stages/") and n[7:-4] not in set(stages)):
         report.add(member, None, "unexpected_file", "no stage of that name in workflow.json")
     counter.finish()
     summary["entries"] = counter.done

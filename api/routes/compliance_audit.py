@@ -52,7 +52,7 @@ def execution_package(svc: Services, ws_id: str, execution_id: str) -> bytes:
         raise Conflict(f"Policy {policy.name} v{e.policy_version} as applied is no longer available (now "
                        f"v{policy.version})", code="policy_version_unavailable")
     key = server_key(svc)
-    kids = {c.get("key_id") for c in records.certificates if isinstance(c.get("key_id"), str)} | {key.key_id}
+    kids = {str(c["key_id"]) for c in records.certificates if isinstance(c.get("key_id"), str)} | {key.key_id}
     keys = [{**public_jwk(b64url_decode(r["public_x"])), "kid": r["key_id"]}
             for r in audit.public_keys(svc.db, kids)]
     return build_package(execution=execution_json(e), events=records.events, certificates=records.certificates,
