@@ -72,8 +72,8 @@ def run(n_single: int = 20, n_chains: int = 5) -> dict[str, Any]:
             api = f"http://127.0.0.1:{port}/api/v1"
             s = requests.Session()
             s.headers["Authorization"] = f"Bearer {key}"
-            task = {"task": "List my documents", "compliance_policy": "default", "budget_cents": 1000}
-            chain = {"stages": [{**task, "name": f"s{i}", "depends_on": [f"s{i - 1}"] if i else []}
+            task: dict[str, Any] = {"task": "List my documents", "compliance_policy": "default", "budget_cents": 1000}
+            chain: dict[str, Any] = {"stages": [{**task, "name": f"s{i}", "depends_on": [f"s{i - 1}"] if i else []}
                                 for i in range(STAGES)]}
             terminals, workflows = _Terminals(env["REDIS_URL"]), _WorkflowDone(env["REDIS_URL"])
             try:
