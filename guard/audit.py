@@ -145,13 +145,9 @@ class _Counter:
     def __init__(self, progress: Progress | None, total: int | None) -> None:
         self.progress, self.total, self.done = progress, total, 0
 
-    def tick(self) -> None:
-        self.done += 1
-        if self.progress is not None and self.done % 1000 == 0:
-            self.progress(self.done, self.total)
-
-    def finish(self) -> None:
-        if self.progress is not None:
+    def tick(self, step: int = 1, *, force: bool = False) -> None:
+        self.done += step
+        if self.progress is not None and (force or self.done % 1000 == 0):
             self.progress(self.done, self.total)
 
 
@@ -175,7 +171,8 @@ class _StreamedCertificates(Sequence[Any]):
 
     def __init__(self, zf: zipfile.ZipFile, report: Report, counter: _Counter, on_cert: Callable[[int, Any], None]):
         self._zf, self._report, self._counter, self._on_cert = zf, report, counter, on_cert
-        self._len = sum(1 for _ in _lines(zf, "certificates.jsonl"))
+        with zf.open("certificates.jsonl") as raw:  # count lines without parsing them
+            self._len = sum(1 for _ in raw)
         self._cache: dict[int, Any] = {}
 
     def __len__(self) -> int:
@@ -297,7 +294,7 @@ def _verify(zf: zipfile.ZipFile, report: Report, progress: Progress | None, trus
     for name in ("events.jsonl", "violations.jsonl"):
         if name in names:
             summary[name.split(".")[0]] = _verify_log(zf, name, report, counter, section(name), execution_id)
-    counter.finish()
+    counter.tick(0, force=True)
     summary["entries"] = counter.done
 
 
