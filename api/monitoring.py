@@ -106,16 +106,18 @@ def create_task(body: dict[str, Any]) -> Response:
         guardrails_version=compiled["guardrails_version"], guardrails_revision=revision,
     )
     headers = {"Location": f"/api/v1/tasks/{new.task_id}"}
+    if idem_key is None:
+        with svc.db.autocommit() as cur:  # one statement writes all four rows: atomic on its own
+            return _json(200, present.task(tasks.insert(cur, new)), headers)
     try:
         with svc.db.transaction() as cur:
             task = tasks.insert(cur, new)
             payload = present.task(task)
-            if idem_key is not None and not idempotency.claim(
-                    cur, ws, idem_key, req_hash, StoredResponse(200, payload, headers), ttl):
+            if not idempotency.claim(cur, ws, idem_key, req_hash, StoredResponse(200, payload, headers), ttl):
                 raise _KeyRaced
     except _KeyRaced:
         with svc.db.transaction() as cur:
-            stored = idempotency.lookup(cur, ws, idem_key or "", req_hash, ttl)
+            stored = idempotency.lookup(cur, ws, idem_key, req_hash, ttl)
         if stored is None:
             raise Conflict("A request with this Idempotency-Key is in progress; retry",
                            code="idempotency_conflict") from None

@@ -84,13 +84,6 @@ class NewCondition:
     minor: int = 0
 
 
-def insert_concept(cur: Any, concept_id: str, workspace_id: str, body: dict[str, Any], minor: int = 0) -> str:
-    version = version_label(minor)
-    cur.execute("INSERT INTO concepts (id, version, minor, workspace_id, body) VALUES (%s, %s, %s, %s, %s)",
-                (concept_id, version, minor, workspace_id, Json(body)))
-    return version
-
-
 def insert_condition(cur: Any, new: NewCondition) -> Condition:
     cur.execute(
         f"INSERT INTO conditions ({_COND_COLUMNS.replace(', immutable, created_at', '')})"

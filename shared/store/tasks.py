@@ -62,30 +62,50 @@ class NewTask:
     guardrails_revision: int
 
 
+# One statement, one round trip: concept 1.0, condition 1.0, action 1.0 and the task. The
+# foreign keys are checked at the end of the statement, when every CTE has inserted its row.
+_INSERT = f"""
+WITH cp AS (
+  INSERT INTO concepts (id, version, minor, workspace_id, body)
+  VALUES (%(concept_id)s, '1.0', 0, %(workspace_id)s, %(concept)s)
+), cd AS (
+  INSERT INTO conditions (id, version, minor, workspace_id, concept_id, concept_version, strategy, params, metric,
+                          severity, plan, body, guardrails_version, guardrails_revision, created_from)
+  VALUES (%(condition_id)s, '1.0', 0, %(workspace_id)s, %(concept_id)s, '1.0', %(strategy)s, %(params)s,
+          %(metric)s, %(severity)s, %(plan)s, %(body)s, %(guardrails_version)s, %(guardrails_revision)s,
+          %(created_from)s)
+), ac AS (
+  INSERT INTO actions (id, version, minor, workspace_id, binding)
+  VALUES (%(action_id)s, '1.0', 0, %(workspace_id)s, %(action)s)
+)
+INSERT INTO tasks (id, workspace_id, intent, constraints, concept_id, concept_version, condition_id,
+                   condition_version, action_id, action_version, entity_scope, metric, status, guardrails_version,
+                   guardrails_revision)
+VALUES (%(task_id)s, %(workspace_id)s, %(intent)s, %(constraints)s, %(concept_id)s, '1.0', %(condition_id)s, '1.0',
+        %(action_id)s, '1.0', %(entity_scope)s, %(metric)s, 'active', %(guardrails_version)s,
+        %(guardrails_revision)s)
+RETURNING {_COLUMNS}
+"""
+
+
 def insert(cur: Any, new: NewTask) -> Task:
-    """Write concept 1.0, condition 1.0, action 1.0 and the task. Call inside one transaction."""
+    """Write concept 1.0, condition 1.0, action 1.0 and the task (one statement, so atomic even
+    outside a transaction; callers that also record an Idempotency-Key use one transaction)."""
     c = new.condition
-    concept_version = conditions.insert_concept(cur, new.concept_id, new.workspace_id, new.concept)
-    cond = conditions.insert_condition(cur, conditions.NewCondition(
-        id=new.condition_id, workspace_id=new.workspace_id, concept_id=new.concept_id,
-        concept_version=concept_version, strategy=c["strategy"]["type"], params=c["strategy"]["params"],
-        metric=c["metric"], severity=c.get("severity"), plan=c["plan"],
-        body={k: v for k, v in c.items() if k not in ("strategy", "metric", "severity", "plan",
-                                                      "guardrails_version")},
-        guardrails_version=new.guardrails_version, guardrails_revision=new.guardrails_revision,
-        created_from={"kind": "intent", "intent": new.intent, "entity_scope": new.entity_scope,
-                      "constraints": new.constraints},
-    ))
-    action_version = conditions.insert_action(cur, new.action_id, new.workspace_id, new.action)
-    cur.execute(
-        f"INSERT INTO tasks (id, workspace_id, intent, constraints, concept_id, concept_version, condition_id,"
-        " condition_version, action_id, action_version, entity_scope, metric, status, guardrails_version,"
-        " guardrails_revision) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'active', %s, %s)"
-        f" RETURNING {_COLUMNS}",
-        (new.task_id, new.workspace_id, new.intent, Json(new.constraints) if new.constraints is not None else None,
-         new.concept_id, concept_version, new.condition_id, cond.version, new.action_id, action_version,
-         new.entity_scope, c["metric"], new.guardrails_version, new.guardrails_revision),
-    )
+    cur.execute(_INSERT, {
+        "task_id": new.task_id, "concept_id": new.concept_id, "condition_id": new.condition_id,
+        "action_id": new.action_id, "workspace_id": new.workspace_id, "concept": Json(new.concept),
+        "strategy": c["strategy"]["type"], "params": Json(c["strategy"]["params"]), "metric": c["metric"],
+        "severity": c.get("severity"), "plan": Json(c["plan"]),
+        "body": Json({k: v for k, v in c.items() if k not in ("strategy", "metric", "severity", "plan",
+                                                              "guardrails_version")}),
+        "guardrails_version": new.guardrails_version, "guardrails_revision": new.guardrails_revision,
+        "created_from": Json({"kind": "intent", "intent": new.intent, "entity_scope": new.entity_scope,
+                              "constraints": new.constraints}),
+        "action": Json(new.action), "intent": new.intent,
+        "constraints": Json(new.constraints) if new.constraints is not None else None,
+        "entity_scope": new.entity_scope,
+    })
     return Task(**cur.fetchone())
 
 
