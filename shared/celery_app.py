@@ -30,7 +30,9 @@ def queue_for(task_name: str) -> str:
 
 
 def make_celery(settings: Settings, *, main: str = "warden") -> Celery:
-    app = Celery(main, broker=settings.broker_url, backend=settings.redis_url)
+    # Not made current: only the worker entry (workers/main.py) and tests choose the current app, so an
+    # app built for the API, the relay or a test never hijacks what tasks see as current_app.
+    app = Celery(main, broker=settings.broker_url, backend=settings.redis_url, set_as_current=False)
     app.conf.update(
         task_routes=TASK_ROUTES,
         task_default_queue="executions",
