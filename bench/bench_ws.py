@@ -118,7 +118,10 @@ async def _measure(sides: list[_Side], redis_url: str, rate_hz: float, first_seq
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)  # let every handler finish its replay and park on its queue
 
-    ctx = multiprocessing.get_context("spawn")
+    # fork, not spawn: spawn re-imports the caller's __main__, which re-runs a bench started from
+    # a script without a main guard. The child only runs publish_loop and exits before the
+    # sockets it inherited are closed here.
+    ctx = multiprocessing.get_context("fork")
     stop = ctx.Event()
     pubs = []
     for side in sides:
