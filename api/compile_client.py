@@ -40,8 +40,11 @@ def compile_remote(svc: Services, request: dict[str, Any], *, timeout_s: float |
     try:
         # ignore_result=True: we wait on the reply list, so the result backend's pub/sub consumer
         # (shared by every thread of the process, not thread-safe: celery#3761, #6335) stays out of it.
+        # argsrepr/kwargsrepr: a short fixed label instead of Celery's repr of the request, which
+        # costs CPU per call and would copy users' intents into the monitoring event stream.
         svc.celery.send_task(COMPILE_TASK, kwargs={"request": request, "reply_to": reply_to},
-                             expires=timeout, retry=True, retry_policy=_RETRY_POLICY, ignore_result=True)
+                             expires=timeout, retry=True, retry_policy=_RETRY_POLICY, ignore_result=True,
+                             argsrepr="()", kwargsrepr="{'request': …}")
     except (KombuError, redis.RedisError, OSError) as exc:
         log.warning("compiler queue unreachable: %s", exc)
         raise _unavailable("The compiler queue is unreachable (message broker down); retry shortly") from None
