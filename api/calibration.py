@@ -128,6 +128,18 @@ def guardrails_view(svc: Services, ws: str) -> dict[str, Any]:
             "document": current.document, "created_at": current.created_at.isoformat(), "versions": versions}
 
 
+def guardrails_revision(svc: Services, ws: str, revision: int) -> dict[str, Any]:
+    """One stored revision (0: the shipped default), e.g. to PUT it back."""
+    if revision == 0:
+        doc = default_guardrails()
+        return {"version": doc["version"], "revision": 0, "source": "default", "document": doc, "created_at": None}
+    row = guardrails_store.get_revision(svc.db, ws, revision)
+    if row is None:
+        raise NotFound(f"Guardrails revision {revision} not found", code="guardrails_revision_not_found")
+    return {"version": row.version, "revision": row.revision, "source": "workspace", "document": row.document,
+            "created_at": row.created_at.isoformat()}
+
+
 def put_guardrails(svc: Services, ws: str, document: dict[str, Any]) -> dict[str, Any]:
     """Validate and store a new revision; 400 listing every problem."""
     problems = validate_guardrails(document)

@@ -115,6 +115,22 @@ def get_guardrails() -> Response:
     return jsonify(calibration.guardrails_view(services(), workspace_id()))
 
 
+@bp.get("/guardrails/versions/<int:revision>")
+def get_guardrails_revision(revision: int) -> Response:
+    """One guardrails revision (0 is the shipped default); PUT it back to return to it.
+    ---
+    get:
+      tags: [guardrails]
+      parameters:
+        - {in: path, name: revision, required: true, schema: {type: integer, minimum: 0}}
+      responses:
+        200: {description: The revision, content: {application/json: {schema: GuardrailsDocument}}}
+        401: {description: Missing or invalid API key, content: {application/json: {schema: ErrorResponse}}}
+        404: {description: No such revision in this workspace, content: {application/json: {schema: ErrorResponse}}}
+    """
+    return jsonify(calibration.guardrails_revision(services(), workspace_id(), revision))
+
+
 @bp.put("/guardrails")
 def put_guardrails() -> Response:
     """Replace the guardrails document: a new version, used by Tasks compiled from now on.

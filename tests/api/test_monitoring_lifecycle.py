@@ -237,6 +237,9 @@ def test_guardrails_override_changes_only_later_tasks(stack, client, settings, d
     cal = client.post(f"/api/v1/conditions/{before['condition_id']}/apply-calibration", json={"feedback": "too_quiet"})
     assert cal.json()["guardrails_version"] == default["version"]
 
+    assert client.get("/api/v1/guardrails/versions/1").json()["document"]["priors"]["change.high"]["value"] == 0.2
+    assert client.get("/api/v1/guardrails/versions/0").json()["version"] == default["version"]
+    assert client.get("/api/v1/guardrails/versions/7").status_code == 404
     second = client.request("PUT", "/api/v1/guardrails", json=doc).json()  # each PUT is a new version
     assert second["revision"] == 2 and second["version"] != stored["version"]
     with server_with(settings, db) as other:  # other workspaces keep the default
@@ -251,6 +254,7 @@ def test_openapi_lists_monitoring_routes(stack, client):
     for path, method in [("/api/v1/tasks", "get"), ("/api/v1/tasks", "post"), ("/api/v1/tasks/{task_id}", "get"),
                          ("/api/v1/tasks/{task_id}", "patch"), ("/api/v1/tasks/{task_id}", "delete"),
                          ("/api/v1/guardrails", "get"), ("/api/v1/guardrails", "put"),
+                         ("/api/v1/guardrails/versions/{revision}", "get"),
                          ("/api/v1/conditions/{condition_id}", "get"),
                          ("/api/v1/conditions/{condition_id}/versions/{version}", "get"),
                          ("/api/v1/conditions/explain", "post"),
