@@ -94,6 +94,58 @@ def _plans(cur: Any, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[s
     return {k: _plan_cache[k] for k in keys if k in _plan_cache}
 
 
+def reach(plans: Sequence[dict[str, Any]]) -> float:
+    """How far before a series' head (seconds) the points read must reach so that evaluating
+    every point newer than the head gives exactly what evaluating over all stored points gives.
+
+    The read is the points after ``head - reach`` plus the last one at or before it. At an
+    evaluation time ``t`` (> head): ``threshold`` needs only the latest point at or before ``t``
+    (a new point, or the last one at or before the head) and ``absence`` sees the point at ``t``
+    itself, so they need no reach. ``change`` needs its reference, the last point at or before
+    ``t - window`` (> head - window), so a reach of its window; its ``min_points`` counts the points
+    read up to ``t``, which does not depend on the reach for ``min_points <= 2`` (the point at or
+    before ``head - reach`` and ``t`` itself are two) — larger ``min_points`` keep the widest reach
+    of all the plans on the series, as before. ``anomaly`` needs its whole window."""
+    wide = max((p["window_seconds"] for p in plans), default=0)
+    need = 0
+    for p in plans:
+        strategy = p["strategy"]
+        if strategy in ("threshold", "absence"):
+            continue
+        if strategy == "anomaly" or (strategy == "change" and p.get("min_points", 1) <= 2):
+            need = max(need, p["window_seconds"])
+        else:
+            return wide
+    return need
+
+
+def _fires(cur: Any, workspace_id: str, hits: Sequence[tuple[signals.Watcher, dict[str, Any], int, Evaluation]],
+           data: dict[tuple[str, str], signals.Series], bounds: dict[tuple[str, str], datetime | None]
+           ) -> list[alerts.Fire]:
+    """The alerts of the fires found, with their evidence: every point of the plan's window. A
+    series read with a shorter reach than a fire's window is read again for its evidence (fires
+    are rare: a transition, not every evaluation)."""
+    more: dict[tuple[str, str], datetime] = {}
+    for w, plan, i, _ev in hits:
+        key = (w.entity, w.metric)
+        bound = bounds[key]
+        need = data[key][1][i] - timedelta(seconds=plan["window_seconds"])
+        if bound is not None and need < bound:
+            more[key] = min(need, more.get(key, need))
+    full = {**data, **signals.read_series(cur, workspace_id, more)} if more else data
+    out = []
+    for w, plan, i, ev in hits:
+        key = (w.entity, w.metric)
+        series, stamps = data[key]
+        at = stamps[i]
+        window = full[key][0]
+        out.append(alerts.Fire(
+            workspace_id, w.task_id, w.condition_id, w.condition_version, w.action_id, w.action_version,
+            w.entity, w.metric, at,
+            evidence(plan, window, series[i][0], ev, w.condition_id, w.condition_version)))
+    return out
+
+
 def evaluate_groups(workspace_id: str, groups: Sequence[Sequence[str]]) -> list[str]:
     """Evaluate the named series up to their newest stored signal; returns new alert ids."""
     db = runtime.db()
@@ -114,13 +166,13 @@ def evaluate_groups(workspace_id: str, groups: Sequence[Sequence[str]]) -> list[
         bounds: dict[tuple[str, str], datetime | None] = {}
         for key, ws in watching.items():
             head = heads.get(key)
-            widest = max((plans[(w.condition_id, w.condition_version)]["window_seconds"] for w in ws
-                          if (w.condition_id, w.condition_version) in plans), default=0)
-            bounds[key] = None if head is None else head - timedelta(seconds=widest)
+            bounds[key] = None if head is None else head - timedelta(
+                seconds=reach([plans[(w.condition_id, w.condition_version)] for w in ws
+                               if (w.condition_id, w.condition_version) in plans]))
         data = signals.read_series(cur, workspace_id, bounds)
         active = signals.active_states(cur, [(w.task_id, w.condition_version) for ws in watching.values()
                                              for w in ws])
-        fires: list[alerts.Fire] = []
+        hits: list[tuple[signals.Watcher, dict[str, Any], int, Evaluation]] = []
         changes: list[tuple[str, str, bool, datetime]] = []
         new_heads: dict[tuple[str, str], datetime] = {}
         for key, ws in watching.items():
@@ -135,14 +187,11 @@ def evaluate_groups(workspace_id: str, groups: Sequence[Sequence[str]]) -> list[
                 if plan is None:
                     continue
                 was = (w.task_id, w.condition_version) in active
-                hits, now_active, last = walk(plan, series, start, was)
-                for i, ev in hits:
-                    fires.append(alerts.Fire(
-                        workspace_id, w.task_id, w.condition_id, w.condition_version, w.action_id, w.action_version,
-                        w.entity, w.metric, stamps[i],
-                        evidence(plan, series, series[i][0], ev, w.condition_id, w.condition_version)))
+                fired_at, now_active, last = walk(plan, series, start, was)
+                hits.extend((w, plan, i, ev) for i, ev in fired_at)
                 if now_active != was and last is not None:
                     changes.append((w.task_id, w.condition_version, now_active, stamps[last]))
+        fires = _fires(cur, workspace_id, hits, data, bounds)
         signals.set_states(cur, changes)
         signals.advance_heads(cur, workspace_id, new_heads)
         for f in fires:
