@@ -18,7 +18,8 @@ re-fire (or un-fire) a transition in the past. Batches that arrive out of order 
 themselves are therefore evaluated in ts order as long as they arrive before a newer batch has
 been evaluated; replay (``workers/replay.py``) applies the same walk to stored data.
 
-**Idempotency.** A redelivered message finds the head already moved and does nothing; a fire
+**Idempotency.** A redelivered message finds the head already moved (checked before locking, so it
+never waits for an evaluation in progress) and does nothing; a fire
 that is somehow repeated hits the alert's unique (task, condition version, evaluation time).
 The task row is locked and re-checked at fire time: paused and deleted Tasks never fire.
 
@@ -152,6 +153,9 @@ def evaluate_groups(workspace_id: str, groups: Sequence[Sequence[str]]) -> list[
     keys = sorted({(str(g[0]), str(g[1])) for g in groups})
     fired: list[str] = []
     with db.transaction() as cur:
+        keys = signals.unevaluated(cur, workspace_id, keys)
+        if not keys:
+            return fired  # covered by an earlier evaluation (or a redelivery): no lock taken
         heads = signals.lock_series(cur, workspace_id, keys)
         keys = signals.with_news(cur, workspace_id, heads)
         if not keys:

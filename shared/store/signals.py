@@ -54,13 +54,31 @@ def lock_series(cur: Any, workspace_id: str, groups: Sequence[tuple[str, str]]) 
 
 def with_news(cur: Any, workspace_id: str, heads: dict[tuple[str, str], Any]) -> list[tuple[str, str]]:
     """The series with a stored signal newer than their head (the rest have nothing to evaluate:
-    a redelivered message, or a batch an earlier evaluation already covered)."""
+    a redelivered message, or a batch an earlier evaluation already covered). One index probe
+    per series (LATERAL … LIMIT 1), never a scan of the workspace's signals."""
     keys = sorted(heads)
-    cur.execute("SELECT g.e, g.m FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS g(e, m, h)"
-                " WHERE EXISTS (SELECT 1 FROM signals s WHERE s.workspace_id = %s AND s.entity = g.e"
-                " AND s.metric = g.m AND s.ts > coalesce(g.h, '-infinity'))",
-                ([k[0] for k in keys], [k[1] for k in keys], [heads[k] for k in keys], workspace_id))
-    return [(r["e"], r["m"]) for r in cur.fetchall()]
+    rows = _rows(
+        cur,
+        "SELECT g.e, g.m FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS g(e, m, h)"
+        " CROSS JOIN LATERAL (SELECT 1 FROM signals s WHERE s.workspace_id = %s AND s.entity = g.e"
+        " AND s.metric = g.m AND s.ts > coalesce(g.h, '-infinity') LIMIT 1) x",
+        ([k[0] for k in keys], [k[1] for k in keys], [heads[k] for k in keys], workspace_id))
+    return [(e, m) for e, m in rows]
+
+
+def unevaluated(cur: Any, workspace_id: str, groups: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Without locking: the series with a stored signal newer than their committed head (or no
+    head yet). A series not listed has nothing to evaluate now (an evaluation that committed its
+    head covered every signal stored before it read), so a covered message need not wait for
+    the lock of an evaluation in progress. Listed series are locked and checked again."""
+    rows = _rows(
+        cur,
+        "SELECT g.e, g.m FROM unnest(%s::text[], %s::text[]) AS g(e, m)"
+        " LEFT JOIN signal_series h ON h.workspace_id = %s AND h.entity = g.e AND h.metric = g.m"
+        " CROSS JOIN LATERAL (SELECT 1 FROM signals s WHERE s.workspace_id = %s AND s.entity = g.e"
+        " AND s.metric = g.m AND s.ts > coalesce(h.evaluated_ts, '-infinity') LIMIT 1) x",
+        ([g[0] for g in groups], [g[1] for g in groups], workspace_id, workspace_id))
+    return sorted((e, m) for e, m in rows)
 
 
 def advance_heads(cur: Any, workspace_id: str, heads: dict[tuple[str, str], datetime]) -> None:
