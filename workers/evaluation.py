@@ -1,11 +1,11 @@
 """Condition evaluation (queue ``evaluation``): signals in, alerts out.
 
 ``workers.evaluation.evaluate(workspace_id, groups)`` is enqueued (through the outbox) once per
-ingested batch, naming the batch's ``(entity, metric)`` series. For each series it evaluates
-every active Task whose ``entity_scope`` and metric match, with the compiled plan of the Task's
-pinned condition version (``compiler.evaluate_plan``), and fires on a false → true transition
-only; a true → false evaluation re-arms the Task. Transition state is kept per (task, condition
-version), so rebinding to a new version starts armed.
+ingested batch, naming the batch's ``(entity, metric)`` series with the batch's newest ts in each.
+For each series it evaluates every active Task whose ``entity_scope`` and metric match, with
+the compiled plan of the Task's pinned condition version (``compiler.evaluate_plan``), and fires
+on a false → true transition only; a true → false evaluation re-arms the Task. Transition state
+is kept per (task, condition version), so rebinding to a new version starts armed.
 
 **Ordering rule (late and out-of-order signals).** Evaluation reads the stored signals, never
 the message: each series has an evaluation head (``signal_series.evaluated_ts``), locked while a
@@ -148,12 +148,13 @@ def _fires(cur: Any, workspace_id: str, hits: Sequence[tuple[signals.Watcher, di
 
 
 def evaluate_groups(workspace_id: str, groups: Sequence[Sequence[str]]) -> list[str]:
-    """Evaluate the named series up to their newest stored signal; returns new alert ids."""
+    """Evaluate the named series up to their newest stored signal; returns new alert ids. A group
+    is ``[entity, metric]`` or ``[entity, metric, newest ts of its batch]`` (ingest sends the
+    latter: a series whose committed head is already at that ts is skipped without a lock)."""
     db = runtime.db()
-    keys = sorted({(str(g[0]), str(g[1])) for g in groups})
     fired: list[str] = []
     with db.transaction() as cur:
-        keys = signals.unevaluated(cur, workspace_id, keys)
+        keys = signals.unevaluated(cur, workspace_id, groups)
         if not keys:
             return fired  # covered by an earlier evaluation (or a redelivery): no lock taken
         heads = signals.lock_series(cur, workspace_id, keys)

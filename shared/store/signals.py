@@ -13,7 +13,9 @@ from shared.db import Json
 EVALUATE_TASK = "workers.evaluation.evaluate"
 
 # One round trip: the batch (duplicates ignored) and the outbox row that announces it. The outbox
-# row names the batch's (entity, metric) groups; evaluation reads the signals back from the table.
+# row names the batch's (entity, metric) groups, each with the batch's newest ts in that series
+# (so a message an earlier evaluation covered is recognised from the heads alone); evaluation
+# reads the signals back from the table.
 _INGEST = """
 WITH ins AS (
   INSERT INTO signals (workspace_id, entity, metric, ts, value)
@@ -30,11 +32,15 @@ SELECT (SELECT count(*) FROM ins) AS stored, (SELECT id FROM o) AS outbox_id
 
 def ingest(cur: Any, workspace_id: str, items: Sequence[tuple[str, str, datetime, float]]) -> int:
     """Store a batch and enqueue its evaluation; returns how many rows were new."""
-    groups = sorted({(e, m) for e, m, _, _ in items})
+    newest: dict[tuple[str, str], datetime] = {}
+    for e, m, t, _ in items:
+        seen = newest.get((e, m))
+        if seen is None or t > seen:
+            newest[(e, m)] = t
     cur.execute(_INGEST, {
         "ws": workspace_id, "e": [i[0] for i in items], "m": [i[1] for i in items],
         "t": [i[2] for i in items], "v": [i[3] for i in items], "task": EVALUATE_TASK,
-        "args": Json([workspace_id, [list(g) for g in groups]]),
+        "args": Json([workspace_id, [[e, m, newest[(e, m)].isoformat()] for e, m in sorted(newest)]]),
     })
     return int(cur.fetchone()["stored"])
 
@@ -66,19 +72,33 @@ def with_news(cur: Any, workspace_id: str, heads: dict[tuple[str, str], Any]) ->
     return [(e, m) for e, m in rows]
 
 
-def unevaluated(cur: Any, workspace_id: str, groups: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Without locking: the series with a stored signal newer than their committed head (or no
-    head yet). A series not listed has nothing to evaluate now (an evaluation that committed its
-    head covered every signal stored before it read), so a covered message need not wait for
-    the lock of an evaluation in progress. Listed series are locked and checked again."""
-    rows = _rows(
-        cur,
-        "SELECT g.e, g.m FROM unnest(%s::text[], %s::text[]) AS g(e, m)"
-        " LEFT JOIN signal_series h ON h.workspace_id = %s AND h.entity = g.e AND h.metric = g.m"
-        " CROSS JOIN LATERAL (SELECT 1 FROM signals s WHERE s.workspace_id = %s AND s.entity = g.e"
-        " AND s.metric = g.m AND s.ts > coalesce(h.evaluated_ts, '-infinity') LIMIT 1) x",
-        ([g[0] for g in groups], [g[1] for g in groups], workspace_id, workspace_id))
-    return sorted((e, m) for e, m in rows)
+def unevaluated(cur: Any, workspace_id: str, groups: Sequence[Sequence[Any]]) -> list[tuple[str, str]]:
+    """Without locking: the series that may have something to evaluate. A group given as
+    ``(entity, metric, ts)`` (the newest ts its batch stored in that series) is listed when the
+    committed head is before ``ts`` (or missing): at or after it, every signal of the batch in
+    that series is covered (already an evaluation time, or late). A group given as ``(entity,
+    metric)`` is listed when any stored signal is newer than its head. A series not listed has
+    nothing to evaluate for this message, so a covered message need not wait for the lock of an
+    evaluation in progress. Listed series are locked and checked again."""
+    timed = [g for g in groups if len(g) > 2]
+    bare = [g for g in groups if len(g) <= 2]
+    out: set[tuple[str, str]] = set()
+    if timed:
+        out.update(_rows(
+            cur,
+            "SELECT g.e, g.m FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS g(e, m, t)"
+            " LEFT JOIN signal_series h ON h.workspace_id = %s AND h.entity = g.e AND h.metric = g.m"
+            " WHERE h.evaluated_ts IS NULL OR h.evaluated_ts < g.t",
+            ([g[0] for g in timed], [g[1] for g in timed], [g[2] for g in timed], workspace_id)))
+    if bare:
+        out.update(_rows(
+            cur,
+            "SELECT g.e, g.m FROM unnest(%s::text[], %s::text[]) AS g(e, m)"
+            " LEFT JOIN signal_series h ON h.workspace_id = %s AND h.entity = g.e AND h.metric = g.m"
+            " CROSS JOIN LATERAL (SELECT 1 FROM signals s WHERE s.workspace_id = %s AND s.entity = g.e"
+            " AND s.metric = g.m AND s.ts > coalesce(h.evaluated_ts, '-infinity') LIMIT 1) x",
+            ([g[0] for g in bare], [g[1] for g in bare], workspace_id, workspace_id)))
+    return sorted(out)
 
 
 def advance_heads(cur: Any, workspace_id: str, heads: dict[tuple[str, str], datetime]) -> None:
