@@ -49,6 +49,34 @@ class SignalItem(Schema):
                                             "description": "ISO 8601; no offset means UTC."})
 
 
+_ITEM_KEYS = frozenset(("entity", "metric", "value", "ts"))
+
+
+def fast_items(raw: list[Any]) -> list[tuple[str, str, datetime, float]] | None:
+    """The batch as ``(entity, metric, ts, value)`` rows when every item is plainly valid, checked
+    by hand (a tenth of ``SignalItem(many=True).load``'s cost at 1,000 items); None at the first
+    item that is not, so the caller runs the schema for its exact per-index errors. Accepts only
+    what ``SignalItem`` accepts and yields the same values."""
+    rows = []
+    for item in raw:
+        if type(item) is not dict or item.keys() != _ITEM_KEYS:
+            return None
+        entity, metric, value, ts = item["entity"], item["metric"], item["value"], item["ts"]
+        if (type(entity) is not str or type(metric) is not str or not 0 < len(entity) <= 200
+                or not 0 < len(metric) <= 200 or type(value) not in (int, float) or type(ts) is not str
+                or len(ts) > 64):
+            return None
+        try:
+            value = float(value)
+            when = datetime.fromisoformat(ts)
+        except (ValueError, OverflowError):
+            return None
+        if not math.isfinite(value):
+            return None
+        rows.append((entity, metric, when if when.tzinfo is not None else when.replace(tzinfo=UTC), value))
+    return rows
+
+
 class SignalBatchRequest(Schema):
     """Up to 1000 signals. One bad item refuses the whole batch (422 naming its index)."""
 
