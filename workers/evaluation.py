@@ -199,10 +199,7 @@ def evaluate_groups(workspace_id: str, groups: Sequence[Sequence[str]]) -> list[
         fires = _fires(cur, workspace_id, hits, data, bounds)
         signals.set_states(cur, changes)
         signals.advance_heads(cur, workspace_id, new_heads)
-        for f in fires:
-            alert_id = alerts.fire(cur, f)
-            if alert_id:
-                fired.append(alert_id)
+        fired.extend(alerts.fire_many(cur, fires))
     if fired:
         outbox.wake(runtime.redis().client)
     return fired
