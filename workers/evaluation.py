@@ -19,7 +19,8 @@ themselves are therefore evaluated in ts order as long as they arrive before a n
 been evaluated; replay (``workers/replay.py``) applies the same walk to stored data.
 
 **Idempotency.** A redelivered message finds the head already moved (checked before locking, so it
-never waits for an evaluation in progress) and does nothing; a fire
+never waits for an evaluation in progress, and without a query when this process has already
+seen a head at or after the batch's newest ts committed) and does nothing; a fire
 that is somehow repeated hits the alert's unique (task, condition version, evaluation time).
 The task row is locked and re-checked at fire time: paused and deleted Tasks never fire.
 
@@ -126,13 +127,14 @@ def _fires(cur: Any, workspace_id: str, hits: Sequence[tuple[signals.Watcher, di
     """The alerts of the fires found, with their evidence: every point of the plan's window. A
     series read with a shorter reach than a fire's window is read again for its evidence (fires
     are rare: a transition, not every evaluation)."""
-    more: dict[tuple[str, str], datetime] = {}
+    more: dict[tuple[str, str], datetime | None] = {}
     for w, plan, i, _ev in hits:
         key = (w.entity, w.metric)
         bound = bounds[key]
         need = data[key][1][i] - timedelta(seconds=plan["window_seconds"])
         if bound is not None and need < bound:
-            more[key] = min(need, more.get(key, need))
+            prev = more.get(key)
+            more[key] = need if prev is None else min(need, prev)
     full = {**data, **signals.read_series(cur, workspace_id, more)} if more else data
     out = []
     for w, plan, i, ev in hits:
@@ -147,22 +149,77 @@ def _fires(cur: Any, workspace_id: str, hits: Sequence[tuple[signals.Watcher, di
     return out
 
 
+# Heads this process has seen committed, per (database, workspace, entity, metric). Heads only
+# move forward, so a remembered head is a lower bound of the current one: a message whose every
+# series has a remembered head at or after the batch's newest ts is covered without a query.
+# After a burst the queue holds many such messages; this drains them at Celery's own cost.
+_heads_seen: dict[tuple[str, str, str, str], datetime] = {}
+_HEADS_SEEN_MAX = 200_000
+
+
+def _remember(database: str, workspace_id: str, heads: dict[tuple[str, str], datetime]) -> None:
+    if len(_heads_seen) + len(heads) > _HEADS_SEEN_MAX:
+        _heads_seen.clear()
+    for (e, m), head in heads.items():
+        key = (database, workspace_id, e, m)
+        old = _heads_seen.get(key)
+        if old is None or head > old:
+            _heads_seen[key] = head
+
+
+def _covered(database: str, workspace_id: str, groups: Sequence[Sequence[Any]]) -> bool:
+    if not groups:
+        return False
+    for g in groups:
+        if len(g) <= 2:
+            return False
+        head = _heads_seen.get((database, workspace_id, str(g[0]), str(g[1])))
+        if head is None or head < datetime.fromisoformat(str(g[2])):
+            return False
+    return True
+
+
+def _still_new(cur: Any, workspace_id: str, groups: Sequence[Sequence[Any]],
+               heads: dict[tuple[str, str], datetime | None]) -> list[tuple[str, str]]:
+    """Of the locked series, those with a stored signal newer than their (now current) head. A
+    group that names its batch's newest ts needs no query: that signal is stored (with the
+    message, in one statement), so the series has news exactly when its head is before it."""
+    newest: dict[tuple[str, str], datetime] = {}
+    for g in groups:
+        if len(g) > 2:
+            t = datetime.fromisoformat(str(g[2]))
+            key = (str(g[0]), str(g[1]))
+            newest[key] = max(t, newest.get(key, t))
+    keep = []
+    for k, head in heads.items():
+        if k in newest and (head is None or head < newest[k]):
+            keep.append(k)
+    rest = {k: h for k, h in heads.items() if k not in newest}
+    return sorted(keep + (signals.with_news(cur, workspace_id, rest) if rest else []))
+
+
 def evaluate_groups(workspace_id: str, groups: Sequence[Sequence[str]]) -> list[str]:
     """Evaluate the named series up to their newest stored signal; returns new alert ids. A group
     is ``[entity, metric]`` or ``[entity, metric, newest ts of its batch]`` (ingest sends the
     latter: a series whose committed head is already at that ts is skipped without a lock)."""
     db = runtime.db()
     fired: list[str] = []
+    if _covered(db.url, workspace_id, groups):
+        return fired  # covered by a head this process has seen committed: no database work at all
+    seen: dict[tuple[str, str], datetime] = {}
+    new_heads: dict[tuple[str, str], datetime] = {}
     with db.transaction() as cur:
-        keys = signals.unevaluated(cur, workspace_id, groups)
+        keys = signals.unevaluated(cur, workspace_id, groups, seen)
+        _remember(db.url, workspace_id, seen)
         if not keys:
             return fired  # covered by an earlier evaluation (or a redelivery): no lock taken
         heads = signals.lock_series(cur, workspace_id, keys)
-        keys = signals.with_news(cur, workspace_id, heads)
+        keys = _still_new(cur, workspace_id, groups, heads)
         if not keys:
             return fired  # already evaluated (redelivery, or covered by an earlier message)
         watching: dict[tuple[str, str], list[signals.Watcher]] = defaultdict(list)
-        for w in signals.active_watchers(cur, workspace_id, keys):
+        found, active = signals.watchers_and_states(cur, workspace_id, keys)
+        for w in found:
             watching[(w.entity, w.metric)].append(w)
         signals.advance_to_newest(cur, workspace_id, [k for k in keys if k not in watching])
         if not watching:
@@ -175,11 +232,8 @@ def evaluate_groups(workspace_id: str, groups: Sequence[Sequence[str]]) -> list[
                 seconds=reach([plans[(w.condition_id, w.condition_version)] for w in ws
                                if (w.condition_id, w.condition_version) in plans]))
         data = signals.read_series(cur, workspace_id, bounds)
-        active = signals.active_states(cur, [(w.task_id, w.condition_version) for ws in watching.values()
-                                             for w in ws])
         hits: list[tuple[signals.Watcher, dict[str, Any], int, Evaluation]] = []
         changes: list[tuple[str, str, bool, datetime]] = []
-        new_heads: dict[tuple[str, str], datetime] = {}
         for key, ws in watching.items():
             series, stamps = data[key]
             head = heads.get(key)
@@ -200,6 +254,7 @@ def evaluate_groups(workspace_id: str, groups: Sequence[Sequence[str]]) -> list[
         signals.set_states(cur, changes)
         signals.advance_heads(cur, workspace_id, new_heads)
         fired.extend(alerts.fire_many(cur, fires))
+    _remember(db.url, workspace_id, new_heads)  # committed
     if fired:
         outbox.wake(runtime.redis().client)
     return fired

@@ -4,9 +4,8 @@ series heads, window reads, the active tasks watching a series, and transition s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.db import Json
 
@@ -72,24 +71,30 @@ def with_news(cur: Any, workspace_id: str, heads: dict[tuple[str, str], Any]) ->
     return [(e, m) for e, m in rows]
 
 
-def unevaluated(cur: Any, workspace_id: str, groups: Sequence[Sequence[Any]]) -> list[tuple[str, str]]:
+def unevaluated(cur: Any, workspace_id: str, groups: Sequence[Sequence[Any]],
+                seen: dict[tuple[str, str], datetime] | None = None) -> list[tuple[str, str]]:
     """Without locking: the series that may have something to evaluate. A group given as
     ``(entity, metric, ts)`` (the newest ts its batch stored in that series) is listed when the
     committed head is before ``ts`` (or missing): at or after it, every signal of the batch in
     that series is covered (already an evaluation time, or late). A group given as ``(entity,
     metric)`` is listed when any stored signal is newer than its head. A series not listed has
     nothing to evaluate for this message, so a covered message need not wait for the lock of an
-    evaluation in progress. Listed series are locked and checked again."""
+    evaluation in progress. Listed series are locked and checked again. ``seen`` receives the
+    committed heads read for timed groups."""
     timed = [g for g in groups if len(g) > 2]
     bare = [g for g in groups if len(g) <= 2]
     out: set[tuple[str, str]] = set()
     if timed:
-        out.update(_rows(
-            cur,
-            "SELECT g.e, g.m FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS g(e, m, t)"
-            " LEFT JOIN signal_series h ON h.workspace_id = %s AND h.entity = g.e AND h.metric = g.m"
-            " WHERE h.evaluated_ts IS NULL OR h.evaluated_ts < g.t",
-            ([g[0] for g in timed], [g[1] for g in timed], [g[2] for g in timed], workspace_id)))
+        for e, m, head, new in _rows(
+                cur,
+                "SELECT g.e, g.m, h.evaluated_ts, h.evaluated_ts IS NULL OR h.evaluated_ts < g.t"
+                " FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS g(e, m, t)"
+                " LEFT JOIN signal_series h ON h.workspace_id = %s AND h.entity = g.e AND h.metric = g.m",
+                ([g[0] for g in timed], [g[1] for g in timed], [g[2] for g in timed], workspace_id)):
+            if new:
+                out.add((e, m))
+            if seen is not None and head is not None:
+                seen[(e, m)] = head
     if bare:
         out.update(_rows(
             cur,
@@ -177,9 +182,9 @@ def last_points(cur: Any, workspace_id: str, groups: Sequence[tuple[str, str]], 
     return {(r["e"], r["m"]): (None if r["t"] is None else (r["t"], r["value"])) for r in cur.fetchall()}
 
 
-@dataclass(frozen=True, slots=True)
-class Watcher:
-    """An active Task watching one series, with the versions it pins."""
+class Watcher(NamedTuple):
+    """An active Task watching one series, with the versions it pins (a tuple: evaluation
+    builds one per Task per batch, 10,000 at a time)."""
 
     task_id: str
     entity: str
@@ -198,6 +203,23 @@ def active_watchers(cur: Any, workspace_id: str, groups: Sequence[tuple[str, str
         " JOIN tasks t ON t.workspace_id = %s AND t.entity_scope = g.e AND t.metric = g.m AND t.status = 'active'",
         ([g[0] for g in groups], [g[1] for g in groups], workspace_id))
     return [Watcher(*r) for r in rows]
+
+
+def watchers_and_states(cur: Any, workspace_id: str, groups: Sequence[tuple[str, str]]
+                        ) -> tuple[list[Watcher], set[tuple[str, str]]]:
+    """``active_watchers`` and which of them are active (fired, not re-armed), in one read: the
+    active ones (typically few) are then locked and confirmed by ``active_states`` instead of
+    joining every watcher against the state table."""
+    rows = _rows(
+        cur,
+        "SELECT t.id, t.entity_scope, t.metric, t.condition_id, t.condition_version, t.action_id,"
+        " t.action_version, EXISTS (SELECT 1 FROM evaluation_state s WHERE s.task_id = t.id"
+        "  AND s.condition_version = t.condition_version AND s.active)"
+        " FROM unnest(%s::text[], %s::text[]) AS g(e, m)"
+        " JOIN tasks t ON t.workspace_id = %s AND t.entity_scope = g.e AND t.metric = g.m AND t.status = 'active'",
+        ([g[0] for g in groups], [g[1] for g in groups], workspace_id))
+    watchers = [Watcher(*r[:7]) for r in rows]
+    return watchers, active_states(cur, [(r[0], r[4]) for r in rows if r[7]])
 
 
 def absence_watchers(cur: Any, limit: int = 10000) -> list[tuple[str, Watcher]]:
