@@ -121,17 +121,38 @@ def reach(plans: Sequence[dict[str, Any]]) -> float:
     return need
 
 
+def edge_windows(plans: Sequence[dict[str, Any]]) -> list[float] | None:
+    """The change windows of a series whose plans need only window edges, else None (read the
+    contiguous ``reach``). With only threshold, absence and ``change`` (``min_points <= 2``) plans,
+    evaluating every point newer than the head needs: the last point at or before the head and
+    every later one (threshold, absence, the latest point and the two-point count of change);
+    per change window ``w``, the last point at or before ``head - w`` and every point in
+    ``(head - w, newest - w]`` (each new point's reference); and the series' earliest point (the
+    reference when nothing lies before the window). None when there is no change plan (the
+    contiguous read from the head is already that) or an anomaly (its whole window)."""
+    windows: set[float] = set()
+    for p in plans:
+        strategy = p["strategy"]
+        if strategy in ("threshold", "absence"):
+            continue
+        if strategy == "change" and p.get("min_points", 1) <= 2:
+            windows.add(p["window_seconds"])
+        else:
+            return None
+    return sorted(windows) or None
+
+
 def _fires(cur: Any, workspace_id: str, hits: Sequence[tuple[signals.Watcher, dict[str, Any], int, Evaluation]],
            data: dict[tuple[str, str], signals.Series], bounds: dict[tuple[str, str], datetime | None]
            ) -> list[alerts.Fire]:
     """The alerts of the fires found, with their evidence: every point of the plan's window. A
-    series read with a shorter reach than a fire's window is read again for its evidence (fires
-    are rare: a transition, not every evaluation)."""
+    series read with a shorter reach than a fire's window, or read by its edges, is read again
+    for its evidence (fires are rare: a transition, not every evaluation)."""
     more: dict[tuple[str, str], datetime | None] = {}
     for w, plan, i, _ev in hits:
         key = (w.entity, w.metric)
-        bound = bounds[key]
         need = data[key][1][i] - timedelta(seconds=plan["window_seconds"])
+        bound = bounds.get(key, need + timedelta(seconds=1))  # an edge read holds no whole window
         if bound is not None and need < bound:
             prev = more.get(key)
             more[key] = need if prev is None else min(need, prev)
@@ -226,12 +247,18 @@ def evaluate_groups(workspace_id: str, groups: Sequence[Sequence[str]]) -> list[
             return fired
         plans = _plans(cur, {(w.condition_id, w.condition_version) for ws in watching.values() for w in ws})
         bounds: dict[tuple[str, str], datetime | None] = {}
+        edges: dict[tuple[str, str], tuple[datetime, list[float]]] = {}
         for key, ws in watching.items():
             head = heads.get(key)
-            bounds[key] = None if head is None else head - timedelta(
-                seconds=reach([plans[(w.condition_id, w.condition_version)] for w in ws
-                               if (w.condition_id, w.condition_version) in plans]))
+            watched = [plans[(w.condition_id, w.condition_version)] for w in ws
+                       if (w.condition_id, w.condition_version) in plans]
+            windows = None if head is None else edge_windows(watched)
+            if head is not None and windows is not None:
+                edges[key] = (head, windows)
+            else:
+                bounds[key] = None if head is None else head - timedelta(seconds=reach(watched))
         data = signals.read_series(cur, workspace_id, bounds)
+        data.update(signals.read_edges(cur, workspace_id, edges))
         hits: list[tuple[signals.Watcher, dict[str, Any], int, Evaluation]] = []
         changes: list[tuple[str, str, bool, datetime]] = []
         for key, ws in watching.items():

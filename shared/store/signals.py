@@ -3,7 +3,7 @@ series heads, window reads, the active tasks watching a series, and transition s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -162,6 +162,53 @@ def read_series(cur: Any, workspace_id: str, bounds: dict[tuple[str, str], datet
         " ) s ORDER BY g.e, g.m, s.ts",
         {"e": [k[0] for k in keys], "m": [k[1] for k in keys], "lo": [bounds[k] for k in keys],
          "ws": workspace_id, "upto": upto})
+    out: dict[tuple[str, str], Series] = {k: ([], []) for k in keys}
+    for e, m, ts, t, value in rows:
+        points, stamps = out[(e, m)]
+        points.append((t, value))
+        stamps.append(ts)
+    return out
+
+
+def read_edges(cur: Any, workspace_id: str, specs: Mapping[tuple[str, str], tuple[datetime, Sequence[float]]]
+               ) -> dict[tuple[str, str], Series]:
+    """Per series ``(head, change windows)``: only the points evaluation at every point newer than
+    the head needs when its plans are threshold, absence and two-point change (see
+    ``workers.evaluation.edge_windows``): the last point at or before the head and every later
+    one; per window ``w`` the last point at or before ``head - w`` and those in
+    ``(head - w, newest - w]``; and the series' earliest point. Same shape as ``read_series``."""
+    if not specs:
+        return {}
+    keys = list(specs)
+    wins = [(k, w) for k in keys for w in specs[k][1]]
+    rows = _rows(
+        cur,
+        "SELECT x.e, x.m, x.ts, extract(epoch FROM x.ts)::float8 AS t, x.value FROM ("
+        " SELECT g.e, g.m, s.ts, s.value FROM unnest(%(e)s::text[], %(m)s::text[], %(h)s::timestamptz[]) AS g(e, m, h)"
+        " CROSS JOIN LATERAL ("
+        "  (SELECT ts, value FROM signals WHERE workspace_id = %(ws)s AND entity = g.e AND metric = g.m"
+        "    AND ts <= g.h ORDER BY ts DESC LIMIT 1)"
+        "  UNION ALL (SELECT ts, value FROM signals WHERE workspace_id = %(ws)s AND entity = g.e AND metric = g.m"
+        "    AND ts > g.h)"
+        "  UNION ALL (SELECT ts, value FROM signals WHERE workspace_id = %(ws)s AND entity = g.e AND metric = g.m"
+        "    ORDER BY ts LIMIT 1)"
+        " ) s"
+        " UNION"
+        " SELECT w.e, w.m, s.ts, s.value FROM unnest(%(we)s::text[], %(wm)s::text[], %(wh)s::timestamptz[],"
+        "  %(ww)s::float8[]) AS w(e, m, h, sec)"
+        " CROSS JOIN LATERAL (SELECT w.h - make_interval(secs => w.sec) AS lo,"
+        "  (SELECT max(ts) FROM signals WHERE workspace_id = %(ws)s AND entity = w.e AND metric = w.m)"
+        "   - make_interval(secs => w.sec) AS hi) b"
+        " CROSS JOIN LATERAL ("
+        "  (SELECT ts, value FROM signals WHERE workspace_id = %(ws)s AND entity = w.e AND metric = w.m"
+        "    AND ts <= b.lo ORDER BY ts DESC LIMIT 1)"
+        "  UNION ALL (SELECT ts, value FROM signals WHERE workspace_id = %(ws)s AND entity = w.e AND metric = w.m"
+        "    AND ts > b.lo AND ts <= b.hi)"
+        " ) s"
+        ") x ORDER BY x.e, x.m, x.ts",
+        {"e": [k[0] for k in keys], "m": [k[1] for k in keys], "h": [specs[k][0] for k in keys],
+         "we": [k[0] for k, _ in wins], "wm": [k[1] for k, _ in wins], "wh": [specs[k][0] for k, _ in wins],
+         "ww": [float(w) for _, w in wins], "ws": workspace_id})
     out: dict[tuple[str, str], Series] = {k: ([], []) for k in keys}
     for e, m, ts, t, value in rows:
         points, stamps = out[(e, m)]

@@ -89,3 +89,65 @@ def test_evidence_has_the_whole_window_after_a_short_read(stack, client, db, wor
     ev = got[0]["evidence"]
     assert [v["value"] for v in ev["values"]] == [100, 110, 120, 130, 250]
     assert ev["values_in_window"] == 5
+
+
+def _edges(points: list[tuple[float, float]], head: float, windows: list[float]) -> list[tuple[float, float]]:
+    """What ``signals.read_edges`` returns (see ``workers.evaluation.edge_windows``)."""
+    keep = set(_read(points, head))
+    newest = points[-1][0]
+    for w in windows:
+        keep.update([p for p in points if p[0] <= head - w][-1:])
+        keep.update(p for p in points if head - w < p[0] <= newest - w)
+    keep.add(points[0])
+    return sorted(keep)
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_edge_read_evaluates_like_the_widest_read(seed):
+    from workers.evaluation import edge_windows
+
+    rng = random.Random(seed)
+    t, points = 0.0, []
+    for _ in range(rng.randint(1, 300)):
+        t += rng.choice([1, 7, 30, 59, 60, 61, 299, 300, 900, 3600, 20000])
+        points.append((t, rng.choice([0.0, 10.0, 11.0, 9.0, 50.0, 55.0, 60.0, 100.0, rng.uniform(0, 100)])))
+    head = points[rng.randrange(len(points))][0]
+    plans = [_plan(rng) for _ in range(rng.randint(1, 4))]
+    for p in plans:
+        if p["strategy"] == "anomaly":
+            p.update(strategy="change", params={"direction": "any", "value": 0.1}, min_points=2)
+    windows = edge_windows(plans)
+    if windows is None:
+        return
+    widest = max(p["window_seconds"] for p in plans)
+    old = _read(points, head - widest)
+    new = _edges(points, head, windows)
+    for plan in plans:
+        for was in (False, True):
+            assert _outcome(plan, new, head, was) == _outcome(plan, old, head, was), plan
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_read_edges_reads_what_the_model_says(stack, db, workspace, seed):
+    """``signals.read_edges`` (SQL) returns exactly the points ``_edges`` describes."""
+    from datetime import UTC, datetime, timedelta
+
+    from shared.store import signals
+
+    rng = random.Random(seed)
+    ws, entity = workspace[0], f"E{rng.random()}"
+    base = datetime(2024, 5, 1, tzinfo=UTC)
+    t, points = 0, []
+    for _ in range(rng.randint(1, 200)):
+        t += rng.choice([1, 30, 60, 61, 300, 3600])
+        points.append((float(t), float(rng.randint(0, 100))))
+    with db.transaction() as cur:
+        signals.ingest(cur, ws, [(entity, "m", base + timedelta(seconds=p[0]), p[1]) for p in points])
+    for _ in range(5):
+        head = points[rng.randrange(len(points))][0]
+        windows = sorted(set(rng.sample([60, 300, 3600, 86400], rng.randint(1, 3))))
+        with db.transaction() as cur:
+            got, _stamps = signals.read_edges(cur, ws, {(entity, "m"): (base + timedelta(seconds=head),
+                                                                        [float(w) for w in windows])})[(entity, "m")]
+        b = base.timestamp()
+        assert [(t - b, v) for t, v in got] == _edges(points, head, windows)
