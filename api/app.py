@@ -10,7 +10,7 @@ import uuid
 
 from flask import Blueprint, Flask, Response, g, request
 
-from api import errors, metrics, openapi, ws, ws_workflows
+from api import errors, metrics, openapi, ws, ws_notifications, ws_workflows
 from api.auth import authenticate_request, ratelimit_headers
 from api.body import reject_nul_in_url
 from api.routes import compliance, compliance_audit, conditions, documents, executions, health, monitoring, tasks
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics.init_app(app, svc)
     openapi.init_app(app)
     ws.init_app(app, svc)  # WebSocket streams and the per-process fan-out hub
-    ws_workflows.init_app(app, svc)  # /ws/workflows/<id> (after ws: it reuses its Sock and execution hub)
+    ws_workflows.init_app(app, svc)  # /ws/workflows/<id> (after ws: it reuses its Sock and hub)
+    ws_notifications.init_app(app, svc)  # /ws/notifications, on the same hub
     return app
 

@@ -34,7 +34,8 @@ def websocket_url(kind: str, resource_id: str, token: str) -> str:
         base = "wss://" + base[len("https://"):]
     elif base.startswith("http://"):
         base = "ws://" + base[len("http://"):]
-    return f"{base}/ws/{kind}/{resource_id}?token={token}"
+    path = f"/ws/{kind}/{resource_id}" if resource_id else f"/ws/{kind}"
+    return f"{base}{path}?token={token}"
 
 
 def _policy_name(body: dict[str, Any]) -> None:

@@ -80,7 +80,7 @@ class StreamState:
 def init_app(app: Flask, svc: Services) -> None:
     # One hub, one subscription per process: /ws/notifications and /ws/workflows add their
     # patterns ("notifications:*", "workflows:*") here and call hub.subscribe(channel) likewise.
-    hub = Hub(svc.settings.redis_url, ("executions:*",), tick_s=5.0)
+    hub = Hub(svc.settings.redis_url, ("executions:*", "workflows:*", "notifications:*"), tick_s=5.0)
     app.extensions["warden.ws"] = StreamState(
         hub=hub, db_gate=threading.BoundedSemaphore(max(1, svc.settings.db_pool_max // 2)))
     sock.init_app(app)

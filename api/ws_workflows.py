@@ -12,9 +12,8 @@ plus the live events of each stage's execution.
 - After the terminal workflow event the server closes with 1000.
 
 Auth is the same as ``/ws/executions`` (the ``websocket_url`` token, or an API key): 401 without
-credentials, 404 for another workspace's workflow. One extra Redis pattern subscription per
-process (``workflows:*``, on its own fan-out hub); stage execution events come from the
-execution hub.
+credentials, 404 for another workspace's workflow. Workflow and stage events come from the
+process's one fan-out hub (its patterns include ``workflows:*``).
 """
 
 from __future__ import annotations
@@ -40,8 +39,6 @@ IDLE_CATCH_UP_S = 15.0
 
 
 def init_app(app: Flask, svc: Services) -> None:
-    app.extensions["warden.ws.workflows"] = Hub(svc.settings.redis_url, ("workflows:*",), tick_s=5.0,
-                                                name="ws-workflows")
     app.register_blueprint(bp)
 
 
@@ -62,9 +59,7 @@ def _authorize() -> None:
 
 @sock.route("/ws/workflows/<workflow_id>", bp=bp)
 def workflow_stream(ws: Any, workflow_id: str) -> None:
-    from flask import current_app
-
-    hub = current_app.extensions["warden.ws.workflows"]
+    hub = stream_state().hub
     WorkflowStream(ws, services(), hub, workflow_id, g.ws_workspace_id, g.ws_after).run()
 
 

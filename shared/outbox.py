@@ -49,13 +49,18 @@ def wake(client: redis.Redis) -> None:
 
 def drain(db: Database, celery_app: Any, *, batch: int = 200, min_age_s: float = 0.0) -> int:
     """Publish pending rows; return how many were published. Stops at the first broker error."""
+    return _drain(db, celery_app, batch=batch, min_age_s=min_age_s)[0]
+
+
+def _drain(db: Database, celery_app: Any, *, batch: int, min_age_s: float) -> tuple[int, bool]:
+    """(published, whether the broker refused a publish)."""
     published = 0
     while True:
         with db.transaction() as cur:
             cur.execute(_CLAIM, (min_age_s, batch))
             rows = cur.fetchall()
             if not rows:
-                return published
+                return published, False
             done: list[int] = []
             error: str | None = None
             for row in rows:
@@ -75,9 +80,9 @@ def drain(db: Database, celery_app: Any, *, batch: int = 200, min_age_s: float =
             published += len(done)
         if error is not None:
             log.warning("outbox: broker refused publish, %d row(s) left pending: %s", len(rows) - len(done), error)
-            return published
+            return published, True
         if len(rows) < batch:
-            return published
+            return published, False
 
 
 def pending_count(db: Database) -> int:
@@ -106,8 +111,9 @@ def run_relay(db: Database, celery_app: Any, redis_url: str, *, sweep_s: float =
             log.info("outbox relay listening")
             backoff = 0.5
             while stop is None or not stop.is_set():
-                n = drain(db, celery_app)
-                failing = n == 0 and pending_count(db) > 0
+                # Back off only on a broker refusal: a row that committed after the claim is simply
+                # picked up by the next pass (its wake-up is already queued).
+                _, failing = _drain(db, celery_app, batch=200, min_age_s=0.0)
                 if failing:
                     time.sleep(min(sweep_s, 1.0))
                 msg = pubsub.get_message(timeout=sweep_s)

@@ -40,6 +40,22 @@ def list_notifications() -> Response:
                     "total_count": total})
 
 
+@bp.get("/notifications/stream")
+def notification_stream_url() -> Response:
+    """A WebSocket URL (with a short-lived token) streaming this workspace's notifications.
+    ---
+    get:
+      tags: [notifications]
+      responses:
+        200: {description: "websocket_url for /ws/notifications; append &after=<notification_id> to replay"}
+        401: {description: Missing or invalid API key, content: {application/json: {schema: ErrorResponse}}}
+    """
+    from api.intake import websocket_url
+
+    token = services().tokens.issue(workspace_id(), "notifications")
+    return jsonify({"websocket_url": websocket_url("notifications", "", token)})
+
+
 @bp.post("/notifications/<notification_id>/read")
 def mark_read(notification_id: str) -> Response:
     """Mark a notification read (repeating it changes nothing).

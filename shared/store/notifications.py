@@ -70,3 +70,10 @@ def rotate_webhook_secret(db: Database, workspace_id: str) -> str:
     secret = new_webhook_secret()
     db.execute("UPDATE workspaces SET webhook_secret = %s WHERE id = %s", (secret, workspace_id))
     return secret
+
+
+def list_after(db: Database, workspace_id: str, after_id: str, limit: int) -> list[dict[str, Any]]:
+    """Notifications with an id after ``after_id``, oldest first (stream replay)."""
+    rows = db.fetchall(f"SELECT {_COLUMNS} FROM notifications WHERE workspace_id = %s AND id > %s"
+                       " ORDER BY id LIMIT %s", (workspace_id, after_id, limit))
+    return [to_json(r) for r in rows]

@@ -1,0 +1,104 @@
+"""``GET /ws/notifications?after=<notification_id>``: a workspace's notifications, live.
+
+Auth: ``Authorization: Bearer <api key>``, or the short-lived token from
+``GET /api/v1/notifications/stream`` (``?token=``, for clients that cannot set headers).
+Replays stored notifications with an id after ``after`` (oldest first), then streams new ones
+from the process's one fan-out hub (pattern ``notifications:*``). The stream has no end: the
+client closes it.
+
+No duplicate: ids already sent are remembered (notification ids are time-ordered but created by
+several workers, so a later publish may carry a smaller id; a set, not a high-water mark). No
+gap: after the hub reconnects (RESYNC) the store is read again from the connect-time ``after``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import psycopg2
+from flask import Blueprint, Flask, g, request
+
+from api.fanout import RESYNC, Message
+from api.services import Services, services
+from api.ws import _workspace_for, sock, stream_state
+from shared.errors import BadRequest, ServiceUnavailable
+from shared.store import notifications
+
+log = logging.getLogger(__name__)
+bp = Blueprint("ws_notifications", __name__)
+PAGE = 500
+RESOURCE = "notifications"  # what a notifications stream token is issued for
+MAX_REMEMBERED = 10_000
+
+
+def init_app(app: Flask, svc: Services) -> None:  # noqa: ARG001 - same signature as the other ws modules
+    app.register_blueprint(bp)
+
+
+@bp.before_request
+def _authorize() -> None:
+    after = request.args.get("after", "")
+    if len(after) > 64 or "\x00" in after:
+        raise BadRequest("after must be a notification id", code="invalid_after")
+    g.ws_workspace_id = _workspace_for(services(), RESOURCE)
+    g.ws_after = after
+
+
+@sock.route("/ws/notifications", bp=bp)
+def notification_stream(ws: Any) -> None:
+    NotificationStream(ws, services(), g.ws_workspace_id, g.ws_after).run()
+
+
+class NotificationStream:
+    def __init__(self, ws: Any, svc: Services, workspace_id: str, after: str) -> None:
+        self.ws, self.db, self.workspace_id, self.after = ws, svc.db, workspace_id, after
+        self.sent: set[str] = set()
+        self.state = stream_state()
+
+    def run(self) -> None:
+        sub = self.state.hub.subscribe(notifications.channel_for(self.workspace_id))  # before the replay
+        try:
+            if not self._catch_up():
+                return
+            while self.ws.connected:
+                items = sub.get()  # [] at least every hub tick: lets us notice a closed client
+                if self.ws.input_buffer:
+                    self.ws.input_buffer.clear()
+                for item in items:
+                    if item is RESYNC:
+                        if not self._catch_up():
+                            return
+                    elif isinstance(item, Message):
+                        nid = item.payload.get("notification_id")
+                        if isinstance(nid, str) and nid > self.after:
+                            self._send(nid, item.text)
+        finally:
+            self.state.hub.unsubscribe(sub)
+
+    def _catch_up(self) -> bool:
+        if not self.after:  # a fresh client wants new notifications, not the history (GET pages it)
+            return True
+        cursor = self.after
+        while True:
+            try:
+                with self.state.db_gate:
+                    page = notifications.list_after(self.db, self.workspace_id, cursor, PAGE)
+            except (psycopg2.Error, ServiceUnavailable):
+                if self.ws.connected:
+                    self.ws.close(1013, "notifications temporarily unavailable; reconnect")
+                return False
+            for n in page:
+                self._send(n["notification_id"], json.dumps(n, separators=(",", ":")))
+            if len(page) < PAGE:
+                return True
+            cursor = page[-1]["notification_id"]
+
+    def _send(self, nid: str, text: str) -> None:
+        if nid in self.sent:
+            return
+        if len(self.sent) >= MAX_REMEMBERED:
+            self.sent.clear()
+        self.sent.add(nid)
+        self.ws.send(text)
