@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from typing import Any
 
 from shared.errors import BadRequest
 
@@ -42,3 +43,24 @@ def parse_limit(raw: str | None) -> int:
     if limit < 1 or limit > MAX_LIMIT:
         raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}", code="invalid_limit")
     return limit
+
+
+def keyset_page(cur: Any, table: str, columns: str, workspace_id: str, *, filters: tuple[str, ...] = (),
+                params: tuple[Any, ...] = (), after_id: str | None, limit: int) -> tuple[list[Any], bool, int]:
+    """One workspace's rows, newest first by id, after the cursor's id; with the filtered total.
+
+    ``table`` and ``columns`` are fixed strings from the calling store (never request data);
+    ``filters`` are SQL fragments whose values are bound through ``params``. Returns
+    (rows of this page, whether more follow, total matching the filters).
+    """
+    where = ["workspace_id = %s", *filters]
+    bound = [workspace_id, *params]
+    cur.execute(f"SELECT count(*) AS n FROM {table} WHERE {' AND '.join(where)}", bound)
+    total = int(cur.fetchone()["n"])
+    if after_id is not None:
+        where.append("id < %s")
+        bound.append(after_id)
+    cur.execute(f"SELECT {columns} FROM {table} WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s",
+                [*bound, limit + 1])
+    rows = cur.fetchall()
+    return list(rows[:limit]), len(rows) > limit, total

@@ -9,6 +9,7 @@ from typing import Any
 
 from shared.db import Database, Json
 from shared.events import event_dict, list_events
+from shared.paging import keyset_page
 
 TERMINAL = frozenset({"succeeded", "blocked", "error", "cancelled"})
 STATUSES = ("queued", "running", *sorted(TERMINAL))
@@ -122,23 +123,12 @@ def get_any(cur: Any, execution_id: str, *, lock: bool = False) -> Execution | N
 
 def list_page(db: Database, workspace_id: str, *, status: str | None, after_id: str | None,
               limit: int) -> tuple[list[Execution], bool, int]:
-    where = ["workspace_id = %s"]
-    params: list[Any] = [workspace_id]
-    if status is not None:
-        where.append("status = %s")
-        params.append(status)
-    count_where = " AND ".join(where)
-    if after_id is not None:
-        where.append("id < %s")
+    filters = ("status = %s",) if status is not None else ()
     with db.transaction() as cur:
-        cur.execute(f"SELECT count(*) AS n FROM executions WHERE {count_where}", params)
-        total = int(cur.fetchone()["n"])
-        page_params = [*params, *([after_id] if after_id is not None else []), limit + 1]
-        cur.execute(f"SELECT {_COLUMNS} FROM executions WHERE {' AND '.join(where)}"
-                    " ORDER BY id DESC LIMIT %s", page_params)
-        rows = cur.fetchall()
-    items = [Execution(**r) for r in rows[:limit]]
-    return items, len(rows) > limit, total
+        rows, has_more, total = keyset_page(cur, "executions", _COLUMNS, workspace_id, filters=filters,
+                                            params=(status,) if status is not None else (),
+                                            after_id=after_id, limit=limit)
+    return [Execution(**r) for r in rows], has_more, total
 
 
 def events_page(db: Database, workspace_id: str, execution_id: str, *, after: int,

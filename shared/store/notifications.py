@@ -10,6 +10,7 @@ from typing import Any
 
 from shared.db import Database, Json
 from shared.ids import new_id
+from shared.paging import keyset_page
 
 _COLUMNS = "id, workspace_id, alert_id, task_id, title, body, read_at, created_at"
 
@@ -39,18 +40,11 @@ def insert_for_alert(cur: Any, workspace_id: str, alert_id: str, task_id: str, t
 
 def list_page(db: Database, workspace_id: str, *, unread: bool, after_id: str | None,
               limit: int) -> tuple[list[dict[str, Any]], bool, int]:
-    where = ["workspace_id = %s"] + (["read_at IS NULL"] if unread else [])
-    count_where = " AND ".join(where)
-    params: list[Any] = [workspace_id]
-    if after_id is not None:
-        where.append("id < %s")
     with db.transaction() as cur:
-        cur.execute(f"SELECT count(*) AS n FROM notifications WHERE {count_where}", params)
-        total = int(cur.fetchone()["n"])
-        cur.execute(f"SELECT {_COLUMNS} FROM notifications WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s",
-                    [*params, *([after_id] if after_id is not None else []), limit + 1])
-        rows = cur.fetchall()
-    return [to_json(r) for r in rows[:limit]], len(rows) > limit, total
+        rows, has_more, total = keyset_page(cur, "notifications", _COLUMNS, workspace_id,
+                                            filters=("read_at IS NULL",) if unread else (),
+                                            after_id=after_id, limit=limit)
+    return [to_json(r) for r in rows], has_more, total
 
 
 def mark_read(db: Database, workspace_id: str, notification_id: str) -> dict[str, Any] | None:

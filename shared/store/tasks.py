@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.db import Database, Json
+from shared.paging import keyset_page
 from shared.store import conditions
 
 STATUSES = ("active", "paused", "deleted")
@@ -124,22 +125,12 @@ def get(db: Database | None, workspace_id: str, task_id: str, *, cur: Any = None
 def list_page(db: Database, workspace_id: str, *, status: str | None, after_id: str | None,
               limit: int) -> tuple[list[Task], bool, int]:
     """Newest first by id (ULIDs sort by time): a keyset page never shifts when rows are inserted."""
-    where = ["workspace_id = %s"]
-    params: list[Any] = [workspace_id]
-    if status is not None:
-        where.append("status = %s")
-        params.append(status)
-    count_where = " AND ".join(where)
-    if after_id is not None:
-        where.append("id < %s")
+    filters = ("status = %s",) if status is not None else ()
     with db.transaction() as cur:
-        cur.execute(f"SELECT count(*) AS n FROM tasks WHERE {count_where}", params)
-        total = int(cur.fetchone()["n"])
-        page_params = [*params, *([after_id] if after_id is not None else []), limit + 1]
-        cur.execute(f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s",
-                    page_params)
-        rows = cur.fetchall()
-    return [Task(**r) for r in rows[:limit]], len(rows) > limit, total
+        rows, has_more, total = keyset_page(cur, "tasks", _COLUMNS, workspace_id, filters=filters,
+                                            params=(status,) if status is not None else (),
+                                            after_id=after_id, limit=limit)
+    return [Task(**r) for r in rows], has_more, total
 
 
 def update(cur: Any, workspace_id: str, task_id: str, *, status: str | None = None,

@@ -17,6 +17,7 @@ from typing import Any
 
 from shared.db import Database, Json
 from shared.ids import new_id
+from shared.paging import keyset_page
 from shared.store import executions, runs
 from shared.workflow_plan import ancestors, render
 
@@ -249,25 +250,16 @@ def get(db: Database, workspace_id: str, workflow_id: str) -> tuple[dict[str, An
 
 def list_page(db: Database, workspace_id: str, *, status: str | None, after_id: str | None,
               limit: int) -> tuple[list[tuple[dict[str, Any], list[dict[str, Any]]]], bool, int]:
-    where, params = ["workspace_id = %s"], [workspace_id]
-    if status is not None:
-        where.append("status = %s")
-        params.append(status)
-    count_where = " AND ".join(where)
-    if after_id is not None:
-        where.append("id < %s")
+    filters = ("status = %s",) if status is not None else ()
     with db.transaction() as cur:
-        cur.execute(f"SELECT count(*) AS n FROM workflows WHERE {count_where}", params)
-        total = int(cur.fetchone()["n"])
-        cur.execute(f"SELECT {_COLUMNS} FROM workflows WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s",
-                    [*params, *([after_id] if after_id is not None else []), limit + 1])
-        rows = cur.fetchall()
-        page = rows[:limit]
+        page, has_more, total = keyset_page(cur, "workflows", _COLUMNS, workspace_id, filters=filters,
+                                            params=(status,) if status is not None else (),
+                                            after_id=after_id, limit=limit)
         cur.execute(_STAGES, ([r["id"] for r in page],))
         stages: dict[str, list[dict[str, Any]]] = {}
         for s in cur.fetchall():
             stages.setdefault(s["workflow_id"], []).append(s)
-    return [(r, stages.get(r["id"], [])) for r in page], len(rows) > limit, total
+    return [(r, stages.get(r["id"], [])) for r in page], has_more, total
 
 
 def events_after(db: Database, workflow_id: str, after: int, limit: int = 1000) -> list[dict[str, Any]]:
