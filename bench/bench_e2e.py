@@ -91,8 +91,8 @@ def run(n_latency: int = 60, n_throughput: int = 200) -> dict:
         port = free_port()
         env = dict(env, WARDEN_DEFAULT_PROVIDER="local", WEB_CONCURRENCY="1")
         worker = [str(stack.BIN / "celery"), "-A", "workers.main", "worker", "-Q", "executions", *WORKER_ARGS]
-        with stack.gunicorn("api.app:create_app()", port, env), stack.process([str(stack.BIN / "warden"), "relay"], env), \
-                stack.process(worker, env):
+        relay = [str(stack.BIN / "warden"), "relay"]
+        with stack.gunicorn("api.app:create_app()", port, env), stack.process(relay, env), stack.process(worker, env):
             url = f"http://127.0.0.1:{port}/api/v1/tasks"
             s = requests.Session()
             s.headers["Authorization"] = f"Bearer {key}"
