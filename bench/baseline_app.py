@@ -20,6 +20,7 @@ def create_app() -> Flask:
     def pool() -> psycopg2.pool.ThreadedConnectionPool:
         if state.get("pid") != os.getpid():
             state["pool"] = psycopg2.pool.ThreadedConnectionPool(1, 20, os.environ["DATABASE_URL"])
+            state["pool"].minconn = 20  # keep returned connections, as shared/db.py does (no reconnects)
             state["slots"] = threading.BoundedSemaphore(20)  # wait for a connection, as the API does
             state["redis"] = redis.Redis.from_url(os.environ["REDIS_URL"])
             state["pid"] = os.getpid()
