@@ -29,6 +29,9 @@ class LiveServer:
     def stop(self) -> None:
         self._srv.shutdown()
         self._thread.join(5)
+        state = self.app.extensions.get("warden.ws")
+        if state is not None:  # the app's fan-out thread would otherwise outlive its Redis
+            state.hub.stop()
 
 
 class ApiClient:
