@@ -11,6 +11,7 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 import requests
@@ -47,13 +48,15 @@ def _celery_baseline(env: dict[str, str], n_latency: int, n_throughput: int) -> 
     return {"p50": _pct(lat, 0.5), "rate": rate}
 
 
-class _Terminals:
-    """Records when each execution's terminal event is published (pattern subscription)."""
+class TerminalWatcher:
+    """Records when each resource's terminal event is published (one pattern subscription)."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, pattern: str = "executions:*", id_key: str = "execution_id",
+                 is_terminal: Callable[[str], bool] = TERMINAL.__contains__) -> None:
         self.done: dict[str, float] = {}
+        self._id_key, self._is_terminal = id_key, is_terminal
         self._pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
-        self._pubsub.psubscribe("executions:*")
+        self._pubsub.psubscribe(pattern)
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -63,14 +66,14 @@ class _Terminals:
             msg = self._pubsub.get_message(timeout=0.2)
             if msg and msg["type"] == "pmessage":
                 ev = json.loads(msg["data"])
-                if ev.get("type") in TERMINAL:
-                    self.done.setdefault(ev["execution_id"], time.perf_counter())
+                if self._is_terminal(ev.get("type", "")):
+                    self.done.setdefault(ev[self._id_key], time.perf_counter())
 
     def wait(self, ids: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not all(i in self.done for i in ids):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{sum(i not in self.done for i in ids)} executions did not finish")
+                raise RuntimeError(f"{sum(i not in self.done for i in ids)} did not finish")
             time.sleep(0.002)
 
     def close(self) -> None:
@@ -97,7 +100,7 @@ def run(n_latency: int = 60, n_throughput: int = 200) -> dict:
             s = requests.Session()
             s.headers["Authorization"] = f"Bearer {key}"
             body = {"task": "List my documents", "compliance_policy": "default", "budget_cents": 1000}
-            terminals = _Terminals(env["REDIS_URL"])
+            terminals = TerminalWatcher(env["REDIS_URL"])
             try:
                 warm = s.post(url, json=body, timeout=10).json()["execution_id"]
                 terminals.wait([warm], 60)

@@ -10,49 +10,21 @@ from __future__ import annotations
 
 import json
 import statistics
-import threading
 import time
 from typing import Any
 
-import redis
 import requests
 
 from bench import stack
-from bench.bench_e2e import WORKER_ARGS, _Terminals
+from bench.bench_e2e import WORKER_ARGS, TerminalWatcher
 
 STAGES = 10
 
 
-class _WorkflowDone:
+def _workflow_done(redis_url: str) -> TerminalWatcher:
     """When each workflow's terminal event is published (pattern subscription on workflows:*)."""
-
-    def __init__(self, redis_url: str) -> None:
-        self.done: dict[str, float] = {}
-        self._pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
-        self._pubsub.psubscribe("workflows:*")
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            msg = self._pubsub.get_message(timeout=0.2)
-            if msg and msg["type"] == "pmessage":
-                ev = json.loads(msg["data"])
-                if ev.get("type", "").startswith("workflow.") and ev["type"] != "workflow.created":
-                    self.done.setdefault(ev["workflow_id"], time.perf_counter())
-
-    def wait(self, workflow_id: str, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while workflow_id not in self.done:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"workflow {workflow_id} did not finish")
-            time.sleep(0.002)
-        return self.done[workflow_id]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(2)
+    return TerminalWatcher(redis_url, "workflows:*", "workflow_id",
+                           lambda t: t.startswith("workflow.") and t != "workflow.created")
 
 
 def run(n_single: int = 20, n_chains: int = 5) -> dict[str, Any]:
@@ -75,7 +47,7 @@ def run(n_single: int = 20, n_chains: int = 5) -> dict[str, Any]:
             task: dict[str, Any] = {"task": "List my documents", "compliance_policy": "default", "budget_cents": 1000}
             chain: dict[str, Any] = {"stages": [{**task, "name": f"s{i}", "depends_on": [f"s{i - 1}"] if i else []}
                                 for i in range(STAGES)]}
-            terminals, workflows = _Terminals(env["REDIS_URL"]), _WorkflowDone(env["REDIS_URL"])
+            terminals, workflows = TerminalWatcher(env["REDIS_URL"]), _workflow_done(env["REDIS_URL"])
             try:
                 warm = s.post(f"{api}/tasks", json=task, timeout=10).json()["execution_id"]
                 terminals.wait([warm], 60)
@@ -91,7 +63,8 @@ def run(n_single: int = 20, n_chains: int = 5) -> dict[str, Any]:
                     r = s.post(f"{api}/workflows", json=chain, timeout=10)
                     r.raise_for_status()
                     wf = r.json()["workflow_id"]
-                    chains.append((workflows.wait(wf, 120) - t0) * 1000)
+                    workflows.wait([wf], 120)
+                    chains.append((workflows.done[wf] - t0) * 1000)
                     status = s.get(f"{api}/workflows/{wf}", timeout=10).json()["status"]
                     if status != "succeeded":
                         raise RuntimeError(f"benchmark workflow ended {status}")
