@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
@@ -66,7 +66,7 @@ class Stop(Exception):
 
 @dataclass
 class Run:
-    """One execution being driven by this process (the row lock holder)."""
+    """One execution being driven by this process (the advisory lock holder)."""
 
     id: str
     workspace_id: str
@@ -83,36 +83,75 @@ class Run:
     usage: dict[str, Any]
     counts: dict[str, Any]
     conn: Any = None
-    published: list[dict[str, Any]] = field(default_factory=list)
+    _step: runs.Step | None = None
 
     @contextmanager
     def step(self) -> Iterator[Any]:
-        """One transaction: the row locked, cancel checked, state saved, events published after commit."""
-        pending: list[dict[str, Any]] = []
+        """One step: the body reads (and a database tool writes) through the yielded cursor and
+        records what happened with :meth:`emit`, :meth:`certify`, :meth:`refuse` and :meth:`end`;
+        on exit all of it is written by one guarded statement (runs.write_step) and committed.
+        A cancel or takeover seen by that guard undoes the whole step. Without a statement of the
+        body's own, the step is a single autocommitted round trip. Events are published after
+        commit."""
+        conn = self.conn
+        self._step = step = runs.Step()
         try:
-            with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                row = runs.lock(cur, self.id)
-                if row is None or row["status"] != "running":
-                    raise Stop("gone")
-                if row["cancel_requested"]:
-                    ev = runs.finish(cur, row, "cancelled", state=self.state,
-                                     error={"code": "cancelled", "message": "Cancelled while running"})
-                    self.conn.commit()
-                    events.publish(_redis(), [ev])
-                    raise Stop("cancelled_done")
-                cur.events = pending  # type: ignore[attr-defined]
-                cur.row = row  # type: ignore[attr-defined]
+            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 yield cur
-                runs.save(cur, self.id, state=self.state, spent_cents=self.spent, usage=self.usage, counts=self.counts)
-            self.conn.commit()
+                step.save = {"state": self.state, "spent_cents": self.spent, "usage": self.usage,
+                             "counts": self.counts}
+                in_transaction = conn.status != psycopg2.extensions.STATUS_READY
+                if in_transaction:
+                    written = runs.write_step(cur, self.id, step)
+                else:
+                    conn.autocommit = True
+                    try:
+                        written = runs.write_step(cur, self.id, step)
+                    finally:
+                        conn.autocommit = False
+            if in_transaction:
+                conn.commit()
         except BaseException:
-            if not self.conn.closed:
-                self.conn.rollback()
+            if not conn.closed:
+                conn.rollback()
             raise
-        events.publish(_redis(), pending)
+        finally:
+            self._step = None
+        if written is None:
+            self._interrupted()
+        events.publish(_redis(), written)
 
-    def emit(self, cur: Any, type_: str, data: dict[str, Any]) -> None:
-        cur.events.append(events.append_event(cur, self.id, type_, data))
+    def _interrupted(self) -> None:
+        """The step's guard refused: cancelled (finish it so) or no longer ours to run."""
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            row = runs.lock(cur, self.id)
+            if row is None or row["status"] != "running":
+                self.conn.commit()
+                raise Stop("gone")
+            # The stored state stays that of the last committed step.
+            ev = runs.finish(cur, row, "cancelled", error={"code": "cancelled", "message": "Cancelled while running"})
+        self.conn.commit()
+        events.publish(_redis(), [ev])
+        raise Stop("cancelled_done")
+
+    def _current(self) -> runs.Step:
+        if self._step is None:
+            raise RuntimeError("outside a step")
+        return self._step
+
+    def emit(self, type_: str, data: dict[str, Any]) -> None:
+        self._current().events.append((type_, data))
+
+    def certify(self, call_key: str, cert: dict[str, Any]) -> None:
+        self._current().certificate = (call_key, cert)
+
+    def refuse(self, call_key: str, tool: str, arguments_sha256: str, violations: list[dict[str, Any]],
+               halted: bool) -> None:
+        self._current().violation = (call_key, tool, arguments_sha256, violations, halted)
+
+    def end(self, status: str, *, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
+        """Make this step the terminal one (written with the step's other records)."""
+        self._current().terminal = (status, result, error)
 
     def tools(self) -> list[dict[str, Any]]:
         from guard import TOOL_PERMISSIONS, TOOL_SPECS
@@ -131,24 +170,30 @@ def _lock_key(execution_id: str) -> str:
     return "warden:execution:" + execution_id
 
 
+def _autocommit_scalar(conn: Any, sql: str, params: tuple[Any, ...]) -> Any:
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchone()[0]
+    finally:
+        conn.autocommit = False
+
+
 def execute(execution_id: str, db: Any, settings: Settings) -> str:
     """Drive one execution to a terminal state (or leave it to the runner holding the lock).
     Returns what happened, for logs and tests."""
     with db.connection() as conn:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_lock_key(execution_id),))
-            got = cur.fetchone()[0]
-        conn.commit()
-        if not got:
+        if not _autocommit_scalar(conn, "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                  (_lock_key(execution_id),)):
             return "locked_elsewhere"
         try:
             return _execute_locked(execution_id, conn, db, settings)
         finally:
             if not conn.closed:
                 conn.rollback()
-                with conn.cursor() as cur:
-                    cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_lock_key(execution_id),))
-                conn.commit()
+                _autocommit_scalar(conn, "SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
+                                   (_lock_key(execution_id),))
 
 
 def _initial_state(task: str) -> dict[str, Any]:
@@ -156,43 +201,48 @@ def _initial_state(task: str) -> dict[str, Any]:
             "prev_hash": None, "record_names": []}
 
 
-def _begin(execution_id: str, conn: Any) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    """queued → running (first delivery) or pick up a running one (redelivery); None when terminal."""
-    out: list[dict[str, Any]] = []
-    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-        cur.execute("SELECT * FROM executions WHERE id = %s FOR UPDATE", (execution_id,))
-        row = cur.fetchone()
-        if row is None or row["status"] not in ("queued", "running"):
-            conn.commit()
-            return None
-        if row["status"] == "running" and not (row["state"] or {}).get("messages"):
-            row["state"] = _initial_state(row["task"])  # started before state was kept: begin afresh
-        if row["status"] == "queued":
-            if row["cancel_requested"]:
-                out.append(runs.finish(cur, row, "cancelled", error={"code": "cancelled", "message": "Cancelled"}))
-                conn.commit()
-                events.publish(_redis(), out)
-                return None
-            row["state"] = _initial_state(row["task"])
-            runs.start(cur, execution_id, row["state"])
-            out.append(events.append_event(cur, execution_id, "execution.started",
-                                           {"provider": row["provider"], "model": row["model"]}))
-    conn.commit()
-    events.publish(_redis(), out)
-    return row, out
+def _begin(execution_id: str, conn: Any, db: Any, settings: Settings) -> tuple[dict[str, Any], SigningKey] | None:
+    """queued → running (first delivery) or pick up a running one (redelivery); None when there
+    is nothing to run. One round trip in the usual case."""
+    conn.autocommit = True
+    try:
+        with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            begun = runs.begin(cur, execution_id)
+    finally:
+        conn.autocommit = False
+    if begun is None:
+        return None
+    row = begun.row
+    if begun.started is not None:
+        row["state"] = _initial_state(row["task"])
+        events.publish(_redis(), [begun.started])
+    elif row["status"] == "queued" and row["cancel_requested"]:
+        with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            locked = runs.lock(cur, execution_id)
+            ev = (runs.finish(cur, locked, "cancelled", error={"code": "cancelled", "message": "Cancelled"})
+                  if locked is not None and locked["status"] == "queued" else None)
+        conn.commit()
+        if ev is not None:
+            events.publish(_redis(), [ev])
+        return None
+    elif row["status"] != "running":
+        return None
+    elif not (row["state"] or {}).get("messages"):
+        row["state"] = _initial_state(row["task"])  # started, but no step was saved: begin afresh
+    return row, signing.key_for_run(db, settings, begun.signing_key)
 
 
 def _execute_locked(execution_id: str, conn: Any, db: Any, settings: Settings) -> str:
-    begun = _begin(execution_id, conn)
+    begun = _begin(execution_id, conn, db, settings)
     if begun is None:
         return "not_runnable"
-    row, _ = begun
+    row, key = begun
     provider_name = row["provider"] or "local"
     run = Run(id=execution_id, workspace_id=row["workspace_id"], task=row["task"],
               policy=load_policy(row["compliance_policy"]), provider_name=provider_name,
               model=row["model"] or "local-planner-1", budget_cents=row["budget_cents"],
               effective_permissions=row["effective_permissions"], settings=settings,
-              key=signing.active_key(db, settings), state=row["state"], spent=Decimal(row["spent_cents"]),
+              key=key, state=row["state"], spent=Decimal(row["spent_cents"]),
               usage=dict(row["usage"] or {}), counts=dict(row["counts"] or {}), conn=conn)
     try:
         provider = make_provider(provider_name, settings)
@@ -219,9 +269,8 @@ def _execute_locked(execution_id: str, conn: Any, db: Any, settings: Settings) -
 
 def _finish(run: Run, stop: Stop) -> str:
     try:
-        with run.step() as cur:
-            cur.events.append(runs.finish(cur, cur.row, stop.status, result=stop.result, error=stop.error,
-                                          state=run.state))
+        with run.step():
+            run.end(stop.status, result=stop.result, error=stop.error)
     except Stop as again:  # cancelled or already terminal meanwhile
         return again.status
     return stop.status
@@ -238,13 +287,12 @@ def _one_step(run: Run, provider: Provider) -> None:
     if state["step"] >= MAX_STEPS:
         raise Stop("error", error={"code": "max_steps_exceeded",
                                    "message": f"No final answer after {MAX_STEPS} model calls"})
-    with run.step():  # cancel check before the model call (and nothing else to save)
-        pass
+    # No separate cancel check here: the step just committed (or the start) was guarded by it.
     completion = _call_model(run, provider)
     cost = pricing.cost_cents(run.model, completion.input_tokens, completion.output_tokens,
                               run.settings.default_price_per_mtok_cents)
     calls = completion.tool_calls[:MAX_CALLS_PER_TURN]
-    with run.step() as cur:
+    with run.step():
         run.spent += cost
         u = run.usage
         u["input_tokens"] = u.get("input_tokens", 0) + completion.input_tokens
@@ -256,13 +304,15 @@ def _one_step(run: Run, provider: Provider) -> None:
                                                  for c in calls]})
         state["pending"] = [{"id": c["id"], "name": c["name"], "arguments": c["arguments"], "step": state["step"]}
                             for c in calls]
-        run.emit(cur, "llm.completed", {
+        run.emit("llm.completed", {
             "step": state["step"], "provider": run.provider_name, "model": run.model,
             "input_tokens": completion.input_tokens, "output_tokens": completion.output_tokens,
             "cost_cents": float(cost), "spent_cents": float(run.spent), "tool_calls": [c["name"] for c in calls],
             "stop_reason": completion.stop_reason})
+        if not calls:  # the final answer: the same statement ends the run
+            run.end("succeeded", result={"output": completion.text or ""})
     if not calls:
-        raise Stop("succeeded", result={"output": completion.text or ""})
+        raise Stop("finished", result={"status": "succeeded"})
 
 
 def _call_model(run: Run, provider: Provider) -> Completion:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from guard import Guard, ToolCall, VerifyContext, arguments_sha256, find_phi, issue_certificate
 from shared.ids import new_id
-from shared.store import documents, runs
+from shared.store import documents
 from workers import tools
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def _tool_message(call: dict[str, Any], content: dict[str, Any], is_error: bool)
             "content": json.dumps(content, ensure_ascii=False), "is_error": is_error}
 
 
-def _complete(run: Run, cur: Any, call: dict[str, Any], result: dict[str, Any] | None,
+def _complete(run: Run, call: dict[str, Any], result: dict[str, Any] | None,
               error: tools.ToolError | None) -> None:
     """Record a tool's outcome: event, message back to the model, call popped, counts."""
     state = run.state
@@ -73,7 +73,7 @@ def _complete(run: Run, cur: Any, call: dict[str, Any], result: dict[str, Any] |
     run.counts["tool_calls"] = run.counts.get("tool_calls", 0) + 1
     summary = ({k: v for k, v in result.items() if k not in ("content", "body", "text", "documents")}
                if result else {"error": content})
-    run.emit(cur, "tool.completed", {"call_id": call["id"], "tool": call["name"], "ok": ok, "result": summary})
+    run.emit("tool.completed", {"call_id": call["id"], "tool": call["name"], "ok": ok, "result": summary})
 
 
 def process_call(run: Run, call: dict[str, Any]) -> StepResult:
@@ -83,29 +83,28 @@ def process_call(run: Run, call: dict[str, Any]) -> StepResult:
         return _finish_external(run, call, call_key, resumed=True)
     with run.step() as cur:
         tc = ToolCall(call["name"], call["arguments"])
-        run.emit(cur, "tool.requested", {"call_id": call["id"], "tool": call["name"],
+        run.emit("tool.requested", {"call_id": call["id"], "tool": call["name"],
                                          "arguments": _preview(call["arguments"]), "step": call["step"]})
         decision = Guard.verify(tc, _context(run, cur))
-        run.emit(cur, "guard.decision", {"call_id": call["id"], **decision.to_dict()})
+        run.emit("guard.decision", {"call_id": call["id"], **decision.to_dict()})
         if not decision.allowed:
             try:
                 digest = arguments_sha256(call["arguments"])
             except (TypeError, ValueError):
                 digest = ""
-            runs.insert_violation(cur, run.id, call_key, call["name"], digest, decision.violations, decision.halt)
+            run.refuse(call_key, call["name"], digest, decision.violations, decision.halt)
             run.counts["blocked"] = run.counts.get("blocked", 0) + 1
-            run.emit(cur, "tool.blocked", {"call_id": call["id"], "tool": call["name"],
+            run.emit("tool.blocked", {"call_id": call["id"], "tool": call["name"],
                                            "violations": decision.violations, "halt": decision.halt})
             if decision.halt:
                 # Terminal in the same transaction as the refusal: a resume never re-judges it.
                 rules = sorted({v["rule"] for v in decision.violations})
                 reason = "budget_exceeded" if "budget_exceeded" in rules else "policy_violation"
                 run.state["pending"] = []
-                cur.events.append(runs.finish(cur, cur.row, "blocked", state=run.state,
-                                              result={"output": None, "reason": reason},
-                                              error={"code": reason, "violations": decision.violations,
-                                                     "message": f"{call['name']} refused by the {run.policy.name}"
-                                                                f" policy ({', '.join(rules)})"}))
+                run.end("blocked", result={"output": None, "reason": reason},
+                        error={"code": reason, "violations": decision.violations,
+                               "message": f"{call['name']} refused by the {run.policy.name} policy"
+                                          f" ({', '.join(rules)})"})
                 return StepResult(finished="blocked")
             content = {"error": "blocked_by_policy", "violations": decision.violations,
                        "message": "This call was refused by the compliance policy and did not run."}
@@ -116,10 +115,10 @@ def process_call(run: Run, call: dict[str, Any]) -> StepResult:
         cert = issue_certificate(run.key, certificate_id=new_id("cert"), execution_id=run.id,
                                  seq=state["cert_seq"] + 1, call=tc, decision=decision, policy=run.policy,
                                  issued_at=_now(), prev_hash=state["prev_hash"])
-        runs.insert_certificate(cur, run.id, call_key, cert)
+        run.certify(call_key, cert)
         state["cert_seq"], state["prev_hash"] = cert["seq"], cert["hash"]
         run.counts["certificates"] = run.counts.get("certificates", 0) + 1
-        run.emit(cur, "certificate.issued", {"call_id": call["id"], "tool": call["name"], "certificate": cert})
+        run.emit("certificate.issued", {"call_id": call["id"], "tool": call["name"], "certificate": cert})
         if call["name"] in tools.EXTERNAL:
             call["started"] = True  # committed with the certificate; the request runs after commit
             call["certificate_id"] = cert["certificate_id"]
@@ -127,9 +126,9 @@ def process_call(run: Run, call: dict[str, Any]) -> StepResult:
             ctx = tools.ToolContext(run.workspace_id, run.id, call_key, run.settings,
                                     tuple(state.get("record_names") or ()), cur)
             try:
-                _complete(run, cur, call, tools.run(call["name"], call["arguments"], ctx), None)
+                _complete(run, call, tools.run(call["name"], call["arguments"], ctx), None)
             except tools.ToolError as exc:
-                _complete(run, cur, call, None, exc)
+                _complete(run, call, None, exc)
             return StepResult()
     return _finish_external(run, call, call_key, resumed=False)
 
@@ -146,8 +145,8 @@ def _finish_external(run: Run, call: dict[str, Any], call_key: str, *, resumed: 
             result = tools.run(call["name"], call["arguments"], ctx)
         except tools.ToolError as exc:
             error = exc
-    with run.step() as cur:
-        _complete(run, cur, call, result, error)
+    with run.step():
+        _complete(run, call, result, error)
     return StepResult()
 
 

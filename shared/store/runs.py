@@ -7,15 +7,17 @@ transition lives here rather than in either.
 
 from __future__ import annotations
 
-from decimal import Decimal
+import functools
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.db import Json
-from shared.events import append_event
+from shared.events import event_dict
 from shared.ids import new_id
 from shared.store.executions import TERMINAL
 
 DELIVERY_TASK = "workers.delivery.execution_webhook"
+ADVANCE_TASK = "workers.workflows.advance"  # a stage's end advances its workflow
 
 
 def lock(cur: Any, execution_id: str) -> dict[str, Any] | None:
@@ -25,30 +27,167 @@ def lock(cur: Any, execution_id: str) -> dict[str, Any] | None:
     return cur.fetchone()
 
 
-def save(cur: Any, execution_id: str, *, state: dict[str, Any], spent_cents: Decimal, usage: dict[str, Any],
-         counts: dict[str, Any]) -> None:
-    cur.execute("UPDATE executions SET state = %s, spent_cents = %s, usage = %s, counts = %s, updated_at = now()"
-                " WHERE id = %s", (Json(state), spent_cents, Json(usage), Json(counts), execution_id))
+# queued → running with its `execution.started` event, in one statement that also returns the row
+# as it was (so a redelivery sees `running` and its saved state) and the active generated signing
+# key: the start of a run is one round trip.
+_BEGIN = """
+WITH u AS (
+  UPDATE executions SET status = 'running', started_at = now(), updated_at = now(),
+         event_count = event_count + 1
+   WHERE id = %(id)s AND status = 'queued' AND NOT cancel_requested
+  RETURNING id, event_count, provider, model
+), ev AS (
+  INSERT INTO execution_events (execution_id, seq, type, data)
+  SELECT id, event_count, 'execution.started', jsonb_build_object('provider', provider, 'model', model) FROM u
+  RETURNING execution_id, seq, type, at, data
+)
+SELECT e.*, ev.seq AS ev_seq, ev.at AS ev_at, ev.data AS ev_data, k.key_id AS key_id,
+       k.encrypted_seed AS key_encrypted_seed
+  FROM executions e
+  LEFT JOIN ev ON true
+  LEFT JOIN LATERAL (SELECT key_id, encrypted_seed FROM signing_keys
+                      WHERE retired_at IS NULL AND source = 'generated') k ON true
+ WHERE e.id = %(id)s
+"""
 
 
-def start(cur: Any, execution_id: str, state: dict[str, Any]) -> bool:
-    """Guarded queued → running; False when the row was not queued (or a cancel is pending)."""
-    cur.execute("UPDATE executions SET status = 'running', started_at = now(), updated_at = now(), state = %s"
-                " WHERE id = %s AND status = 'queued' AND NOT cancel_requested RETURNING id",
-                (Json(state), execution_id))
-    return cur.fetchone() is not None
+@dataclass
+class Begun:
+    row: dict[str, Any]  # the execution as it was before this statement
+    started: dict[str, Any] | None  # the execution.started event when this call started the run
+    signing_key: tuple[str, str] | None  # (key_id, encrypted seed) of the active generated key
 
 
-def insert_certificate(cur: Any, execution_id: str, call_key: str, cert: dict[str, Any]) -> None:
-    cur.execute("INSERT INTO certificates (id, execution_id, seq, call_key, certificate) VALUES (%s, %s, %s, %s, %s)",
-                (cert["certificate_id"], execution_id, cert["seq"], call_key, Json(cert)))
+def begin(cur: Any, execution_id: str) -> Begun | None:
+    """Start a queued run (or read a running one back); None when there is no such execution."""
+    cur.execute(_BEGIN, {"id": execution_id})
+    row = cur.fetchone()
+    if row is None:
+        return None
+    seq, at, data = row.pop("ev_seq"), row.pop("ev_at"), row.pop("ev_data")
+    key_id, seed = row.pop("key_id"), row.pop("key_encrypted_seed")
+    started = (event_dict({"execution_id": execution_id, "seq": seq, "type": "execution.started", "at": at,
+                           "data": data}) if seq is not None else None)
+    return Begun(row, started, (key_id, seed) if key_id else None)
 
 
-def insert_violation(cur: Any, execution_id: str, call_key: str, tool: str, arguments_sha256: str,
-                     violations: list[dict[str, Any]], halted: bool) -> None:
-    cur.execute("INSERT INTO violations (execution_id, call_key, tool, arguments_sha256, violations, halted)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (execution_id, call_key, tool, arguments_sha256, Json(violations), halted))
+@dataclass
+class Step:
+    """What one executor step writes, in one statement (see :func:`write_step`)."""
+
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    save: dict[str, Any] = field(default_factory=dict)  # state, spent_cents, usage, counts
+    certificate: tuple[str, dict[str, Any]] | None = None  # (call_key, certificate)
+    violation: tuple[str, str, str, list[dict[str, Any]], bool] | None = None  # call_key, tool, sha, list, halted
+    terminal: tuple[str, dict[str, Any] | None, dict[str, Any] | None] | None = None  # status, result, error
+
+
+_SAVABLE = ("state", "spent_cents", "usage", "counts")
+
+
+@functools.lru_cache(maxsize=64)
+def _step_sql(save: tuple[str, ...], certificate: bool, violation: bool, terminal: bool, running_only: bool) -> str:
+    sets = [f"{c} = %({c})s" for c in save if c != "state"]
+    if "state" in save:
+        sets.append("state = COALESCE(%(state)s, state)")
+    if terminal:
+        sets += ["status = %(status)s", "result = %(result)s", "error = %(error)s", "finished_at = now()",
+                 "cancel_requested = false"]
+    guard = "status = 'running' AND NOT cancel_requested" if running_only else "status IN ('queued', 'running')"
+    parts = [f"""
+WITH u AS (
+  UPDATE executions SET {", ".join([*sets, "event_count = event_count + %(n)s", "updated_at = now()"])}
+   WHERE id = %(id)s AND {guard}
+  RETURNING id, workspace_id, workflow_id, webhook_url, spent_cents, counts, event_count - %(n)s AS base
+), ev AS (
+  INSERT INTO execution_events (execution_id, seq, type, data)
+  SELECT u.id, u.base + v.ord, v.type, v.data
+    FROM u, unnest(%(types)s::text[], %(datas)s::jsonb[]) WITH ORDINALITY AS v(type, data, ord)"""]
+    if terminal:
+        # The terminal event carries the final spend and counts as stored.
+        parts.append("""
+  UNION ALL
+  SELECT u.id, u.base + %(n)s, 'execution.' || %(status)s,
+         jsonb_build_object('status', %(status)s::text, 'result', %(result)s::jsonb, 'error', %(error)s::jsonb,
+                            'spent_cents', u.spent_cents::float8, 'counts', u.counts)
+    FROM u""")
+    parts.append("\n  RETURNING execution_id, seq, type, at, data\n)")
+    if certificate:
+        parts.append(""", c AS (
+  INSERT INTO certificates (id, execution_id, seq, call_key, certificate)
+  SELECT %(cert_id)s, u.id, %(cert_seq)s, %(cert_call_key)s, %(cert)s FROM u
+)""")
+    if violation:
+        parts.append(""", vi AS (
+  INSERT INTO violations (execution_id, call_key, tool, arguments_sha256, violations, halted)
+  SELECT u.id, %(v_call_key)s, %(v_tool)s, %(v_sha)s, %(v_list)s, %(v_halted)s FROM u
+)""")
+    if terminal:
+        # Follow-ups enqueued iff the run ended: the workflow advances; the callback is delivered.
+        parts.append(f""", wf AS (
+  INSERT INTO outbox (task_name, args, queue)
+  SELECT '{ADVANCE_TASK}', jsonb_build_array(u.workflow_id), 'executions' FROM u WHERE u.workflow_id IS NOT NULL
+), d AS (
+  INSERT INTO webhook_deliveries (id, workspace_id, execution_id, url, event_type, webhook_id)
+  SELECT %(dlv_id)s, u.workspace_id, u.id, u.webhook_url, 'execution.completed', %(webhook_id)s
+    FROM u WHERE u.webhook_url IS NOT NULL
+  ON CONFLICT (execution_id, event_type) WHERE execution_id IS NOT NULL DO NOTHING RETURNING id
+), o AS (
+  INSERT INTO outbox (task_name, args, queue) SELECT '{DELIVERY_TASK}', jsonb_build_array(d.id), 'delivery' FROM d
+)""")
+    # The sentinel row (seq 0) says the guarded update happened, even for a step without events.
+    parts.append("""
+SELECT execution_id, seq, type, at, data FROM ev
+UNION ALL SELECT id, 0, NULL, NULL, NULL FROM u""")
+    return "".join(parts)
+
+
+def write_step(cur: Any, execution_id: str, step: Step, *, running_only: bool = True) -> list[dict[str, Any]] | None:
+    """Write one step in one statement: the guarded row update (state, spend, counts; terminal
+    status), its events with consecutive ``seq`` (numbered from the updated row, so appenders never
+    collide), a certificate or violation, and on a terminal step the follow-up outbox rows.
+
+    ``running_only`` guards with "running and no cancel requested" (the executor: a cancel or a
+    takeover makes the write a no-op); otherwise any non-terminal state. Returns the events to
+    publish after commit, or None when the guard refused and nothing was written."""
+    save = tuple(c for c in _SAVABLE if c in step.save)
+    params: dict[str, Any] = {
+        "id": execution_id, "types": [t for t, _ in step.events], "datas": [Json(d) for _, d in step.events],
+        "n": len(step.events) + (1 if step.terminal else 0)}
+    for c in save:
+        v = step.save[c]
+        params[c] = Json(v) if isinstance(v, dict) else v
+    if step.certificate is not None:
+        call_key, cert = step.certificate
+        params.update(cert_id=cert["certificate_id"], cert_seq=cert["seq"], cert_call_key=call_key, cert=Json(cert))
+    if step.violation is not None:
+        v_call_key, v_tool, v_sha, v_list, v_halted = step.violation
+        params.update(v_call_key=v_call_key, v_tool=v_tool, v_sha=v_sha, v_list=Json(v_list), v_halted=v_halted)
+    if step.terminal is not None:
+        status, result, error = step.terminal
+        if status not in TERMINAL:
+            raise ValueError(status)
+        delivery_id = new_id("dlv")
+        params.update(status=status, result=Json(result) if result is not None else None,
+                      error=Json(error) if error is not None else None, dlv_id=delivery_id,
+                      webhook_id="msg_" + delivery_id[4:])
+    cur.execute(_step_sql(save, step.certificate is not None, step.violation is not None, step.terminal is not None,
+                          running_only), params)
+    rows = cur.fetchall()
+    if not rows:
+        return None
+    return [event_dict(r) for r in sorted(rows, key=lambda r: r["seq"]) if r["seq"]]
+
+
+def finish(cur: Any, row: dict[str, Any], status: str, *, result: dict[str, Any] | None = None,
+           error: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Terminal transition from queued or running inside the caller's transaction, with the one
+    terminal event and the follow-ups of :func:`write_step`. Returns the event to publish."""
+    step = Step(save={"state": state}, terminal=(status, result, error))
+    written = write_step(cur, row["id"], step, running_only=False)
+    if not written:
+        raise RuntimeError(f"execution {row['id']} is already terminal")
+    return written[-1]
 
 
 def certificates(cur: Any, execution_id: str) -> list[dict[str, Any]]:
@@ -60,45 +199,6 @@ def violations(cur: Any, execution_id: str) -> list[dict[str, Any]]:
     cur.execute("SELECT call_key, tool, arguments_sha256, violations, halted, created_at FROM violations"
                 " WHERE execution_id = %s ORDER BY id", (execution_id,))
     return [{**r, "created_at": r["created_at"].isoformat()} for r in cur.fetchall()]
-
-
-def finish(cur: Any, row: dict[str, Any], status: str, *, result: dict[str, Any] | None = None,
-           error: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Terminal transition inside the caller's transaction (the row is locked by the caller).
-
-    Appends the one terminal event and, when the execution has a webhook_url, the webhook
-    delivery and its outbox row, so the callback is enqueued if and only if the run ended.
-    Returns the terminal event for publishing after commit.
-    """
-    if status not in TERMINAL:
-        raise ValueError(status)
-    execution_id = row["id"]
-    cur.execute("UPDATE executions SET status = %s, result = %s, error = %s, finished_at = now(),"
-                " updated_at = now(), state = COALESCE(%s, state), cancel_requested = false"
-                " WHERE id = %s AND status IN ('queued', 'running') RETURNING spent_cents, counts, workflow_id",
-                (status, Json(result) if result is not None else None, Json(error) if error is not None else None,
-                 Json(state) if state is not None else None, execution_id))
-    updated = cur.fetchone()
-    if updated is None:
-        raise RuntimeError(f"execution {execution_id} is already terminal")
-    event = append_event(cur, execution_id, f"execution.{status}", {
-        "status": status, "result": result, "error": error, "spent_cents": float(updated["spent_cents"]),
-        "counts": updated["counts"]})
-    if updated["workflow_id"]:  # a workflow stage: advance the workflow, enqueued iff the stage ended
-        cur.execute("INSERT INTO outbox (task_name, args, queue) VALUES (%s, %s, 'executions')",
-                    ("workers.workflows.advance", Json([updated["workflow_id"]])))
-    if row.get("webhook_url"):
-        delivery_id = new_id("dlv")
-        cur.execute("INSERT INTO webhook_deliveries (id, workspace_id, execution_id, url, event_type, webhook_id)"
-                    " VALUES (%s, %s, %s, %s, 'execution.completed', %s)"
-                    " ON CONFLICT (execution_id, event_type) WHERE execution_id IS NOT NULL DO NOTHING RETURNING id",
-                    (delivery_id, row["workspace_id"], execution_id, row["webhook_url"], "msg_" + delivery_id[4:]))
-        if cur.fetchone() is not None:
-            # Same transaction as the terminal update: the relay publishes after commit.
-            cur.execute("INSERT INTO outbox (task_name, args, queue) VALUES (%s, %s, 'delivery')",
-                        (DELIVERY_TASK, Json([delivery_id])))
-            cur.execute("SELECT pg_notify('warden_outbox', '')")
-    return event
 
 
 def request_cancel(cur: Any, workspace_id: str, execution_id: str) -> tuple[str, list[dict[str, Any]]] | None:

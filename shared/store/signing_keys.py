@@ -58,11 +58,14 @@ def active_generated(db: Database, secret_key: str, generate: Callable[[], KeyMa
                 return new
             cur.execute(select)
             row = cur.fetchone()
+    return KeyMaterial(row["key_id"], row["public_x"], decrypt_seed(row["encrypted_seed"], secret_key))
+
+
+def decrypt_seed(encrypted_seed: str, secret_key: str) -> str:
     try:
-        seed = _fernet(secret_key).decrypt(row["encrypted_seed"].encode()).decode()
+        return _fernet(secret_key).decrypt(encrypted_seed.encode()).decode()
     except InvalidToken:
         raise RuntimeError("the stored signing key cannot be decrypted: did WARDEN_SECRET_KEY change?") from None
-    return KeyMaterial(row["key_id"], row["public_x"], seed)
 
 
 def rotate(db: Database, secret_key: str, new: KeyMaterial) -> str | None:

@@ -21,7 +21,7 @@ from shared.paging import keyset_page
 from shared.store import executions, runs
 from shared.workflow_plan import ancestors, render
 
-ADVANCE_TASK = "workers.workflows.advance"
+ADVANCE_TASK = runs.ADVANCE_TASK
 STATUSES = ("running", "succeeded", "failed", "cancelled")
 FAILED = frozenset({"blocked", "error", "cancelled"})
 MIN_STAGE_BUDGET = 100
