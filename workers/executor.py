@@ -7,16 +7,19 @@ Exactly-once in effect under redelivery (``acks_late`` + ``reject_on_worker_lost
   so the redelivered message can take over; a duplicate message while the first is alive finds
   the lock taken and leaves.
 - State is persisted per step in ``executions.state`` (conversation, pending tool calls,
-  certificate chain head, names from the record). A step is one transaction: the guard
-  decision, the certificate, a database tool's effect, the events and the new state commit
-  together, so a step either happened once or not at all and is redone from the saved state.
+  certificate chain head, names from the record). A step is one transaction, written by one
+  guarded statement (``runs.write_step``): the guard decision's events, the certificate or
+  violation, the new state and, on the last step, the terminal status with its follow-ups, so a
+  step either happened once or not at all and is redone from the saved state. A database tool
+  runs inside that transaction before the write.
 - Network tools cannot join the transaction: the call is certified and marked ``started`` in
   one commit, run, then completed in a second. On resume an ``http_get`` is simply fetched
   again; an ``http_post`` whose outcome is unknown is not repeated (the model is told why).
-- The terminal transition is guarded (``WHERE status IN ('queued', 'running')``): one terminal
-  state, one terminal event.
+- The write is guarded by ``status = 'running' AND NOT cancel_requested``: a cancel that
+  arrived meanwhile undoes the step and ends the run ``cancelled``; one terminal state, one
+  terminal event.
 
-Cancel, budget and the step bound are checked before every step.
+Budget and the step bound are checked before every model call.
 """
 
 from __future__ import annotations
