@@ -50,9 +50,9 @@ def make_celery(settings: Settings, *, main: str = "warden") -> Celery:
             "socket_connect_timeout": 3,
         },
         result_backend_transport_options={"socket_connect_timeout": 3},
-        # Flower and `celery events` see task state changes.
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Flower and `celery events` see task state changes only when asked (WARDEN_CELERY_EVENTS=1).
+        worker_send_task_events=settings.celery_events,
+        task_send_sent_event=settings.celery_events,
         worker_hijack_root_logger=False,
         beat_schedule={
             "sweep-outbox": {

@@ -50,6 +50,9 @@ class Settings:
     webhook_backoff_s: float = 5.0  # first webhook retry delay; each next one is 4x longer
     log_level: str = "INFO"
     log_json: bool = True
+    # Celery's own task events (for Flower / `celery events`): off by default, since each task then
+    # costs extra Redis PUBLISHes on the hot path; the project's events and /metrics cover the rest.
+    celery_events: bool = False
 
     @property
     def broker_url(self) -> str:
@@ -89,6 +92,7 @@ _ENV: tuple[tuple[str, str, type | object], ...] = (
     ("WARDEN_WEBHOOK_BACKOFF_S", "webhook_backoff_s", float),
     ("WARDEN_LOG_LEVEL", "log_level", str),
     ("WARDEN_LOG_JSON", "log_json", _bool),
+    ("WARDEN_CELERY_EVENTS", "celery_events", _bool),
 )
 
 

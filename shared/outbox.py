@@ -67,7 +67,8 @@ def _drain(db: Database, celery_app: Any, *, batch: int, min_age_s: float) -> tu
                 try:
                     celery_app.send_task(
                         row["task_name"], args=row["args"], queue=row["queue"],
-                        task_id=f"outbox-{row['id']}", retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+                        task_id=f"outbox-{row['id']}", retry=True, retry_policy=PUBLISH_RETRY_POLICY,
+                        ignore_result=True)  # nobody waits on it: no result-channel subscription
                 except Exception as exc:  # kombu raises many types for an unreachable broker
                     error = f"{type(exc).__name__}: {exc}"[:500]
                     cur.execute("UPDATE outbox SET attempts = attempts + 1, last_error = %s WHERE id = %s",
