@@ -89,37 +89,39 @@ class Run:
     _step: runs.Step | None = None
 
     @contextmanager
-    def step(self) -> Iterator[Any]:
+    def step(self, *, transaction: bool = True) -> Iterator[Any]:
         """One step: the body reads (and a database tool writes) through the yielded cursor and
         records what happened with :meth:`emit`, :meth:`certify`, :meth:`refuse` and :meth:`end`;
         on exit all of it is written by one guarded statement (runs.write_step) and committed.
-        A cancel or takeover seen by that guard undoes the whole step. Without a statement of the
-        body's own, the step is a single autocommitted round trip. Events are published after
-        commit."""
+        A cancel or takeover seen by that guard undoes the whole step.
+
+        ``transaction=False`` is for a body that only reads: its reads and the write are
+        autocommitted, so a step without a statement of its own is a single round trip (no
+        BEGIN, no separate COMMIT). Events are published after commit."""
         conn = self.conn
         self._step = step = runs.Step()
+        conn.autocommit = not transaction
         try:
             with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 yield cur
                 step.save = {"state": self.state, "spent_cents": self.spent, "usage": self.usage,
                              "counts": self.counts}
-                in_transaction = conn.status != psycopg2.extensions.STATUS_READY
-                if in_transaction:
-                    written = runs.write_step(cur, self.id, step)
+                written = runs.write_step(cur, self.id, step)
+            if transaction:
+                if written is None:
+                    conn.rollback()
                 else:
-                    conn.autocommit = True
-                    try:
-                        written = runs.write_step(cur, self.id, step)
-                    finally:
-                        conn.autocommit = False
-            if in_transaction:
-                conn.commit()
+                    conn.commit()
         except BaseException:
-            if not conn.closed:
+            if not conn.closed and not conn.autocommit:
                 conn.rollback()
             raise
         finally:
             self._step = None
+            if not conn.closed:
+                if conn.status != psycopg2.extensions.STATUS_READY:
+                    conn.rollback()
+                conn.autocommit = False
         if written is None:
             self._interrupted()
         events.publish(_redis(), written)
@@ -272,7 +274,7 @@ def _execute_locked(execution_id: str, conn: Any, db: Any, settings: Settings) -
 
 def _finish(run: Run, stop: Stop) -> str:
     try:
-        with run.step():
+        with run.step(transaction=False):
             run.end(stop.status, result=stop.result, error=stop.error)
     except Stop as again:  # cancelled or already terminal meanwhile
         return again.status
@@ -295,7 +297,7 @@ def _one_step(run: Run, provider: Provider) -> None:
     cost = pricing.cost_cents(run.model, completion.input_tokens, completion.output_tokens,
                               run.settings.default_price_per_mtok_cents)
     calls = completion.tool_calls[:MAX_CALLS_PER_TURN]
-    with run.step():
+    with run.step(transaction=False):
         run.spent += cost
         u = run.usage
         u["input_tokens"] = u.get("input_tokens", 0) + completion.input_tokens

@@ -33,16 +33,16 @@ def _preview(arguments: dict[str, Any]) -> dict[str, Any]:
             for k, v in arguments.items()}
 
 
-def _context(run: Run, cur: Any) -> VerifyContext:
-    docs: dict[str, dict[str, Any]] = {}
-    for d in documents.list_all(cur, run.workspace_id):
+def _context(run: Run, docs: list[Any]) -> VerifyContext:
+    by_key: dict[str, dict[str, Any]] = {}
+    for d in docs:
         entry = {"labels": d.labels, "content": d.content}
-        docs[d.id] = entry
-        docs[d.name] = entry
+        by_key[d.id] = entry
+        by_key[d.name] = entry
     return VerifyContext(
         execution_id=run.id, policy=run.policy, effective_permissions=frozenset(run.effective_permissions),
         budget_cents=run.budget_cents, spent_cents=int(run.spent.to_integral_value(ROUND_CEILING)),
-        documents=docs, record_names=tuple(run.state.get("record_names") or ()))
+        documents=by_key, record_names=tuple(run.state.get("record_names") or ()))
 
 
 def _names_from(content: str) -> list[str]:
@@ -81,11 +81,14 @@ def process_call(run: Run, call: dict[str, Any]) -> StepResult:
     call_key = f"{call['step']}:{call['id']}"
     if call.get("started"):
         return _finish_external(run, call, call_key, resumed=True)
-    with run.step() as cur:
+    # A database-writing tool runs in the step's transaction; any other step is autocommitted reads
+    # plus the one guarded write.
+    with run.step(transaction=call["name"] in tools.WRITES) as cur:
         tc = ToolCall(call["name"], call["arguments"])
+        docs = documents.list_all(cur, run.workspace_id)
         run.emit("tool.requested", {"call_id": call["id"], "tool": call["name"],
                                          "arguments": _preview(call["arguments"]), "step": call["step"]})
-        decision = Guard.verify(tc, _context(run, cur))
+        decision = Guard.verify(tc, _context(run, docs))
         run.emit("guard.decision", {"call_id": call["id"], **decision.to_dict()})
         if not decision.allowed:
             try:
@@ -124,7 +127,7 @@ def process_call(run: Run, call: dict[str, Any]) -> StepResult:
             call["certificate_id"] = cert["certificate_id"]
         else:
             ctx = tools.ToolContext(run.workspace_id, run.id, call_key, run.settings,
-                                    tuple(state.get("record_names") or ()), cur)
+                                    tuple(state.get("record_names") or ()), cur, docs)
             try:
                 _complete(run, call, tools.run(call["name"], call["arguments"], ctx), None)
             except tools.ToolError as exc:
@@ -145,7 +148,7 @@ def _finish_external(run: Run, call: dict[str, Any], call_key: str, *, resumed: 
             result = tools.run(call["name"], call["arguments"], ctx)
         except tools.ToolError as exc:
             error = exc
-    with run.step():
+    with run.step(transaction=False):
         _complete(run, call, result, error)
     return StepResult()
 

@@ -21,6 +21,8 @@ from shared.ids import new_id
 from shared.store import documents
 
 EXTERNAL = frozenset({"http_get", "http_post"})
+# Tools whose effect is a database write: they run inside the step's transaction.
+WRITES = frozenset({"write_document", "send_email"})
 MAX_DOCUMENT_CHARS = 20_000  # what read_document hands the model
 MAX_HTTP_BODY_CHARS = 16_000
 HTTP_TIMEOUT_S = 10.0
@@ -41,6 +43,7 @@ class ToolContext:
     settings: Settings
     record_names: tuple[str, ...] = ()
     cur: Any = None  # the step transaction's cursor (database tools only)
+    documents: list[Any] | None = None  # the workspace's documents as the guard just read them
 
 
 def _read_document(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
@@ -53,7 +56,8 @@ def _read_document(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
 
 
 def _list_documents(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
-    return {"documents": [d.summary() for d in documents.list_all(ctx.cur, ctx.workspace_id)]}
+    docs = ctx.documents if ctx.documents is not None else documents.list_all(ctx.cur, ctx.workspace_id)
+    return {"documents": [d.summary() for d in docs]}
 
 
 def _write_document(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
