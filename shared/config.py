@@ -39,6 +39,8 @@ class Settings:
     # longest task time limit (executions_time_limit_s) or long runs would be started twice.
     visibility_timeout_s: int = 3600
     executions_time_limit_s: int = 900
+    # A queued execution untouched this long is re-enqueued (its broker message was lost).
+    requeue_queued_s: float = 600.0
     compile_timeout_s: float = 10.0
     allow_private_webhooks: bool = False
     default_provider: str | None = None  # openai | anthropic | local; None → first with a key, else local
@@ -81,6 +83,7 @@ _ENV: tuple[tuple[str, str, type | object], ...] = (
     ("WARDEN_OUTBOX_SWEEP_S", "outbox_sweep_s", float),
     ("WARDEN_VISIBILITY_TIMEOUT_S", "visibility_timeout_s", int),
     ("WARDEN_EXECUTIONS_TIME_LIMIT_S", "executions_time_limit_s", int),
+    ("WARDEN_REQUEUE_QUEUED_S", "requeue_queued_s", float),
     ("WARDEN_COMPILE_TIMEOUT_S", "compile_timeout_s", float),
     ("WARDEN_ALLOW_PRIVATE_WEBHOOKS", "allow_private_webhooks", _bool),
     ("WARDEN_DEFAULT_PROVIDER", "default_provider", str),
@@ -115,6 +118,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.rate_limit_per_s <= 0 or settings.rate_limit_burst <= 0:
         raise ConfigError("WARDEN_RATE_LIMIT_PER_S and WARDEN_RATE_LIMIT_BURST must be positive")
+    if settings.requeue_queued_s <= 0:
+        raise ConfigError("WARDEN_REQUEUE_QUEUED_S must be positive")
     if settings.default_price_per_mtok_cents <= 0:
         raise ConfigError("WARDEN_DEFAULT_PRICE_PER_MTOK_CENTS must be positive (a model is never free)")
     if settings.visibility_timeout_s <= settings.executions_time_limit_s:

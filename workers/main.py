@@ -18,6 +18,7 @@ logs.configure(settings.log_level, settings.log_json)
 app = make_celery(settings)
 app.set_default()  # the process entry: tasks and workers.runtime see this app as current
 app.set_current()
+app.conf.beat_schedule["requeue-stale"] = {"task": "workers.maintenance.requeue_stale", "schedule": 60.0}
 app.conf.beat_schedule["purge"] = {"task": "workers.maintenance.purge", "schedule": 3600.0}
 app.conf.beat_schedule["absence"] = {"task": "workers.evaluation.absence_sweep", "schedule": 10.0}
 app.conf.beat_schedule["alert-retries"] = {"task": "workers.delivery.alert_retry_sweep", "schedule": 15.0}

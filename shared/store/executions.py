@@ -107,6 +107,35 @@ def insert(cur: Any, new: NewExecution) -> datetime:
     return cur.fetchone()["created_at"]
 
 
+# Executions that should have moved by now: queued longer than `queued_s`, or running with no step
+# saved for longer than `running_s` (longer than a run's time limit: its worker is gone). Each gets
+# a fresh outbox row; its updated_at is touched so the next pass waits another interval. A second
+# message for a run that is in fact alive is harmless: the executor's advisory lock and guarded
+# transitions make it a no-op.
+_REQUEUE = f"""
+WITH stale AS (
+  UPDATE executions SET updated_at = now()
+   WHERE id IN (SELECT id FROM executions
+                 WHERE status IN ('queued', 'running')
+                   AND updated_at < now() - make_interval(secs => CASE status WHEN 'queued' THEN %(queued_s)s
+                                                                            ELSE %(running_s)s END)
+                 ORDER BY updated_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+  RETURNING id
+), o AS (
+  INSERT INTO outbox (task_name, args, queue) SELECT '{RUN_TASK}', jsonb_build_array(id), 'executions' FROM stale
+)
+SELECT id FROM stale
+"""
+
+
+def requeue_stale(db: Database, *, queued_s: float, running_s: float, limit: int = 500) -> list[str]:
+    """Re-enqueue executions whose message was lost (a broker that dropped it, a purge); returns
+    their ids. Run periodically by the beat (workers.maintenance.requeue_stale)."""
+    with db.autocommit() as cur:
+        cur.execute(_REQUEUE, {"queued_s": queued_s, "running_s": running_s, "limit": limit})
+        return [r["id"] for r in cur.fetchall()]
+
+
 def get(db: Database, workspace_id: str, execution_id: str) -> Execution | None:
     row = db.fetchone(f"SELECT {_COLUMNS} FROM executions WHERE id = %s AND workspace_id = %s",
                       (execution_id, workspace_id))
