@@ -5,10 +5,13 @@ plus the live events of each stage's execution.
   ``stage.started``, ``stage.finished``, ``stage.skipped``, ``workflow.succeeded|failed|cancelled``)
   are stored first, so they are replayed after ``after`` and streamed with no gap and no
   duplicate (a gap or a quiet spell re-reads PostgreSQL), exactly like execution streams.
-- Execution events of the stages are forwarded as published, each with a ``"stage"`` key added,
-  from the moment the stream subscribes to that stage (at connect for running stages, on
-  ``stage.started`` later). They are not replayed here: a client that needs every one reads
-  ``/ws/executions/<execution_id>?after=…`` or ``/api/v1/executions/<id>/events``.
+- Execution events of the stages ``{"execution_id","seq",…,"stage"}`` are replayable too: a
+  stage is followed when the stream starts (stages still queued or running), when its
+  ``stage.started`` or ``stage.finished`` is sent (replayed or live); following it sends its stored
+  events, then its live ones, in ``seq`` order with no gap and no duplicate per execution (a gap
+  re-reads PostgreSQL). A stage's events all precede its ``stage.finished``. ``after`` counts
+  workflow events only, so a client that reconnects with it may see a running stage's earlier
+  events again: deduplicate by ``(execution_id, seq)``.
 - After the terminal workflow event the server closes with 1000.
 
 Auth is the same as ``/ws/executions`` (the ``websocket_url`` token, or an API key): 401 without
@@ -29,7 +32,7 @@ from api.services import Services, services
 from api.ws import _workspace_for, sock, stream_state
 from shared.errors import BadRequest, NotFound
 from shared.events import channel_for as execution_channel
-from shared.store import workflows
+from shared.store import executions, workflows
 from shared.workflow_events import channel_for
 
 bp = Blueprint("ws_workflows", __name__)
@@ -63,12 +66,18 @@ def workflow_stream(ws: Any, workflow_id: str) -> None:
     WorkflowStream(ws, services(), hub, workflow_id, g.ws_workspace_id, g.ws_after).run()
 
 
+class _Stage:
+    """One stage's execution as this stream follows it."""
+
+    def __init__(self, name: str, sub: Subscription) -> None:
+        self.name, self.sub, self.last = name, sub, 0
+
+
 class WorkflowStream:
     def __init__(self, ws: Any, svc: Services, hub: Hub, workflow_id: str, workspace_id: str, after: int) -> None:
         self.ws, self.db, self.hub, self.workflow_id, self.last = ws, svc.db, hub, workflow_id, after
         self.workspace_id = workspace_id
-        self.exec_hub = stream_state().hub
-        self.stages: dict[str, tuple[str, Subscription]] = {}  # execution id → (stage, subscription)
+        self.stages: dict[str, _Stage] = {}  # execution id → its stage
         self.done = False
 
     def run(self) -> None:
@@ -98,18 +107,43 @@ class WorkflowStream:
                     self._catch_up()
         finally:
             self.hub.unsubscribe(sub)
-            for _, stage_sub in self.stages.values():
-                self.exec_hub.unsubscribe(stage_sub)
+            for st in self.stages.values():
+                self.hub.unsubscribe(st.sub)
 
-    def _follow(self, execution_id: str, stage: str) -> None:
-        if execution_id not in self.stages:
-            self.stages[execution_id] = (stage, self.exec_hub.subscribe(execution_channel(execution_id)))
+    def _follow(self, execution_id: str, stage: str) -> _Stage:
+        st = self.stages.get(execution_id)
+        if st is None:
+            # Subscribed before the stored events are read: nothing falls between the two.
+            st = self.stages[execution_id] = _Stage(stage, self.hub.subscribe(execution_channel(execution_id)))
+            self._fill(execution_id, st)
+        return st
+
+    def _fill(self, execution_id: str, st: _Stage) -> None:
+        """Send the stage's stored events after the last one sent."""
+        while not self.done:
+            page = executions.events_page(self.db, self.workspace_id, execution_id, after=st.last, limit=500) or []
+            for ev in page:
+                self._send_stage(st, ev)
+            if len(page) < 500:
+                return
+
+    def _send_stage(self, st: _Stage, ev: dict[str, Any]) -> None:
+        if ev["seq"] > st.last and not self.done:
+            self.ws.send(json.dumps({**ev, "stage": st.name}, separators=(",", ":"), default=str))
+            st.last = ev["seq"]
 
     def _drain_stages(self) -> None:
-        for stage, s in list(self.stages.values()):
-            for item in s.get(timeout=0):
-                if isinstance(item, Message) and not self.done:
-                    self.ws.send(json.dumps({**item.payload, "stage": stage}, separators=(",", ":")))
+        for execution_id, st in list(self.stages.items()):
+            for item in st.sub.get(timeout=0):
+                if item is RESYNC:
+                    self._fill(execution_id, st)
+                elif isinstance(item, Message):
+                    seq = item.payload.get("seq")
+                    if not isinstance(seq, int) or seq <= st.last:
+                        continue
+                    if seq > st.last + 1:
+                        self._fill(execution_id, st)
+                    self._send_stage(st, item.payload)
 
     def _on_workflow(self, msg: Message) -> None:
         seq = msg.payload.get("seq")
@@ -122,10 +156,13 @@ class WorkflowStream:
         self._send(msg.payload)
 
     def _send(self, ev: dict[str, Any]) -> None:
-        if ev["type"] == "stage.started":
-            self._follow(ev["data"]["execution_id"], ev["data"]["stage"])
-        elif ev["type"] == "stage.finished":
-            self._drain_stages()  # the stage's last events go out before its finished transition
+        data = ev.get("data") or {}
+        if ev["type"] in ("stage.started", "stage.finished") and data.get("execution_id"):
+            st = self._follow(data["execution_id"], data["stage"])
+            if ev["type"] == "stage.finished":
+                # The run ended before its stage did: all its events are stored; they go out first.
+                self._drain_stages()
+                self._fill(data["execution_id"], st)
         self.ws.send(json.dumps(ev, separators=(",", ":"), default=str))
         self.last = ev["seq"]
         if ev["type"] in TERMINAL:

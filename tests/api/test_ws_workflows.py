@@ -35,6 +35,22 @@ def workflow_events(got: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in got if "workflow_id" in e]
 
 
+def assert_complete_stage_streams(got: list[dict[str, Any]], stages: set[str]) -> None:
+    """Each stage's execution events: all of them, in seq order, once, before its stage.finished."""
+    by_exec: dict[str, list[dict[str, Any]]] = {}
+    for i, e in enumerate(got):
+        if "stage" in e and "execution_id" in e:
+            by_exec.setdefault(e["execution_id"], []).append({**e, "_pos": i})
+    assert {evs[0]["stage"] for evs in by_exec.values()} == stages
+    finished_at = {e["data"]["execution_id"]: i for i, e in enumerate(got) if e.get("type") == "stage.finished"}
+    for execution_id, evs in by_exec.items():
+        assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1)), [e["type"] for e in evs]
+        assert evs[0]["type"] == "execution.queued" and evs[-1]["type"].startswith("execution.")
+        assert evs[-1]["type"] in ("execution.succeeded", "execution.error", "execution.blocked",
+                                   "execution.cancelled")
+        assert evs[-1]["_pos"] < finished_at[execution_id]
+
+
 def test_live_stream_then_replay(stack, client: ApiClient) -> None:  # type: ignore[no-untyped-def]
     slow = SlowServer(1.0)
     try:
@@ -52,9 +68,25 @@ def test_live_stream_then_replay(stack, client: ApiClient) -> None:  # type: ign
     assert {e["stage"] for e in stage_events} == {"a", "b"}
     assert any(e["type"] == "execution.succeeded" and e["stage"] == "b" for e in stage_events)
 
+    assert_complete_stage_streams(got, {"a", "b"})
+
+    # Replayed after the end: the same workflow events and every stage's execution events.
+    replay, code = read_until_close(websocket.create_connection(body["websocket_url"], timeout=10))
+    assert code == 1000 and workflow_events(replay) == wf
+    assert_complete_stage_streams(replay, {"a", "b"})
+    assert [e for e in replay if "stage" in e] == stage_events_sorted(got)
+
     url = body["websocket_url"] + "&after=2"
     again, code = read_until_close(websocket.create_connection(url, timeout=10))
     assert code == 1000 and [e["seq"] for e in workflow_events(again)] == [3, 4, 5, 6]
+    assert_complete_stage_streams(again, {"a", "b"})  # a finished after seq 2: its events come again
+
+
+def stage_events_sorted(got: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stage events as a replay orders them: stage by stage, each in seq order."""
+    evs = [e for e in got if "stage" in e and "execution_id" in e]
+    order = {e["execution_id"]: i for i, e in reversed(list(enumerate(evs)))}
+    return sorted(evs, key=lambda e: (order[e["execution_id"]], e["seq"]))
 
 
 def test_auth(stack, server, client: ApiClient, db) -> None:  # type: ignore[no-untyped-def]
