@@ -39,7 +39,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from guard import Policy, SigningKey, load_policy
 from shared import events
 from shared.config import Settings
-from shared.store import runs
+from shared.store import policy_documents, runs
 from workers import pricing, signing
 from workers.providers import make_provider
 from workers.providers.base import MAX_OUTPUT_TOKENS, Completion, Provider, ProviderError
@@ -243,8 +243,13 @@ def _execute_locked(execution_id: str, conn: Any, db: Any, settings: Settings) -
         return "not_runnable"
     row, key = begun
     provider_name = row["provider"] or "local"
+    policy = load_policy(row["compliance_policy"])
+    policy_documents.record(db, policy.name, policy.version, policy.document)  # once per process
+    if policy.version != row["policy_version"]:
+        log.warning("execution %s was accepted under %s v%s; this worker applies v%s", execution_id,
+                    policy.name, row["policy_version"], policy.version)
     run = Run(id=execution_id, workspace_id=row["workspace_id"], task=row["task"],
-              policy=load_policy(row["compliance_policy"]), provider_name=provider_name,
+              policy=policy, provider_name=provider_name,
               model=row["model"] or "local-planner-1", budget_cents=row["budget_cents"],
               effective_permissions=row["effective_permissions"], settings=settings,
               key=key, state=row["state"], spent=Decimal(row["spent_cents"]),

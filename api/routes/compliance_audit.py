@@ -15,7 +15,7 @@ from guard.audit import build_package
 from guard.audit_workflow import build_workflow_package
 from guard.certificates import b64url_decode
 from shared.errors import Conflict, NotFound
-from shared.store import audit, signing_keys, workflows
+from shared.store import audit, policy_documents, signing_keys, workflows
 from shared.views import execution_json
 
 bp = Blueprint("compliance_audit", __name__)
@@ -47,16 +47,20 @@ def execution_package(svc: Services, ws_id: str, execution_id: str) -> bytes:
         raise Conflict(f"Execution {execution_id} is {e.status}; audit packages are for finished executions",
                        code="execution_not_finished", execution_status=e.status)
     policy = load_policy(e.compliance_policy)
+    document = policy.document
     if policy.version != e.policy_version:
-        # Policies ship with the code; only the current version's document is at hand.
-        raise Conflict(f"Policy {policy.name} v{e.policy_version} as applied is no longer available (now "
-                       f"v{policy.version})", code="policy_version_unavailable")
+        # Policies ship with the code: an older version's document is the one its worker recorded.
+        recorded = policy_documents.get(svc.db, e.compliance_policy, e.policy_version)
+        if recorded is None:
+            raise Conflict(f"Policy {policy.name} v{e.policy_version} as applied is no longer available (now "
+                           f"v{policy.version})", code="policy_version_unavailable")
+        document = recorded
     key = server_key(svc)
     kids = {str(c["key_id"]) for c in records.certificates if isinstance(c.get("key_id"), str)} | {key.key_id}
     keys = [{**public_jwk(b64url_decode(r["public_x"])), "kid": r["key_id"]}
             for r in audit.public_keys(svc.db, kids)]
     return build_package(execution=execution_json(e), events=records.events, certificates=records.certificates,
-                         violations=records.violations, policy_document=policy.document, keys=keys,
+                         violations=records.violations, policy_document=document, keys=keys,
                          signing_key=key, created_at=datetime.now(UTC).isoformat())
 
 

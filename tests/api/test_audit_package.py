@@ -115,3 +115,33 @@ def test_workflow_package_round_trip(stack, client: ApiClient, db, workspace, tm
     r = client.get(f"/api/v1/compliance/workflows/{running}/audit-package")
     assert r.status_code == 409 and r.json()["detail"]["code"] == "workflow_not_finished"
     assert client.get("/api/v1/compliance/workflows/wf_nope/audit-package").status_code == 404
+
+
+def test_package_embeds_the_policy_version_as_applied_after_an_upgrade(stack, client: ApiClient, db) -> None:  # type: ignore[no-untyped-def]
+    from guard import load_policy
+
+    execution_id = client.post("/api/v1/tasks", {"task": "List my documents", "compliance_policy": "sox"}
+                               ).json()["execution_id"]
+    _finished(client, execution_id)
+    current = load_policy("sox")
+    # The worker that applied it recorded the document of that version.
+    row = db.fetchone("SELECT document FROM policy_documents WHERE name = 'sox' AND version = %s",
+                      (current.version,))
+    assert row is not None and row["document"] == current.document
+
+    # As if the shipped policy had since moved on: the record says an older version was applied.
+    old_version = f"{current.version}-old-{execution_id[-6:]}"
+    db.execute("UPDATE executions SET policy_version = %s WHERE id = %s", (old_version, execution_id))
+    r = client.get(f"/api/v1/compliance/executions/{execution_id}/audit-package")
+    assert r.status_code == 409 and r.json()["detail"]["code"] == "policy_version_unavailable"
+
+    old_document = {**current.document, "version": old_version, "description": "as it was"}
+    db.execute("INSERT INTO policy_documents (name, version, document) VALUES ('sox', %s, %s)",
+               (old_version, json.dumps(old_document)))
+    r = client.get(f"/api/v1/compliance/executions/{execution_id}/audit-package")
+    assert r.status_code == 200, r.text
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        assert json.loads(zf.read("policy.json")) == old_document
+    # Only the record was edited here, not the signed certificates (issued under the current
+    # version): the verifier notices that they disagree with the embedded policy, and nothing else.
+    assert {p.code for p in verify_package(r.content).problems} == {"policy_mismatch"}
