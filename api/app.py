@@ -6,7 +6,7 @@ gunicorn entry: ``gunicorn -c api/gunicorn_conf.py 'api.app:create_app()'``.
 
 from __future__ import annotations
 
-import uuid
+import os
 
 from flask import Blueprint, Flask, Response, g, request
 
@@ -43,9 +43,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.before_request
     def _request_id() -> None:
-        rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-        g.request_id = rid[:64]
-        logs.request_id_var.set(g.request_id)
+        rid = request.environ.get("HTTP_X_REQUEST_ID") or os.urandom(16).hex()  # the X-Request-ID header
+        g.request_id = rid = rid[:64]
+        logs.request_id_var.set(rid)
 
     app.before_request(reject_nul_in_url)
 

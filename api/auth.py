@@ -22,15 +22,16 @@ _cache: dict[str, tuple[float, workspaces.Principal]] = {}
 
 
 def _lookup(key: str) -> workspaces.Principal | None:
-    ttl = services().settings.auth_cache_s
+    svc = services()
+    ttl = svc.settings.auth_cache_s
     if ttl <= 0:
-        return workspaces.authenticate(services().db, key)
+        return workspaces.authenticate(svc.db, key)
     digest = hashlib.sha256(key.encode()).hexdigest()
     now = time.monotonic()
     hit = _cache.get(digest)
     if hit is not None and hit[0] > now:
         return hit[1]
-    principal = workspaces.authenticate(services().db, key)
+    principal = workspaces.authenticate(svc.db, key)
     if principal is not None:
         if len(_cache) >= _MAX_CACHED:
             _cache.clear()

@@ -10,8 +10,7 @@ from flask import request
 from api.schemas import AgentTaskRequest
 from api.services import services
 from guard import UnknownPolicy, load_policy, resolve_permissions
-from shared import outbox
-from shared.config import resolve_provider
+from shared.config import PROVIDERS, resolve_provider
 from shared.errors import BadRequest, WardenError
 from shared.ids import new_id
 from shared.netsafe import check_url_literal
@@ -27,15 +26,73 @@ class _KeyRaced(Exception):
     """Another request claimed the same Idempotency-Key first."""
 
 
+_BASES: dict[tuple[object, ...], str] = {}
+_MAX_BASES = 256
+
+
+def _base_url() -> str:
+    """``ws(s)://host`` for this request: WARDEN_PUBLIC_URL, else the request's own host URL.
+    Remembered per (public URL, scheme, Host): building ``request.host_url`` costs more than the
+    rest of the URL (the Host header is client-supplied, hence the bound)."""
+    environ = request.environ
+    public = services().settings.public_url
+    key = (public, environ.get("wsgi.url_scheme"), environ.get("HTTP_HOST"), environ.get("SERVER_NAME"),
+           environ.get("SERVER_PORT"))
+    base = _BASES.get(key)
+    if base is None:
+        base = (public or request.host_url).rstrip("/")
+        if base.startswith("https://"):
+            base = "wss://" + base[len("https://"):]
+        elif base.startswith("http://"):
+            base = "ws://" + base[len("http://"):]
+        if len(_BASES) >= _MAX_BASES:
+            _BASES.clear()
+        _BASES[key] = base
+    return base
+
+
 def websocket_url(kind: str, resource_id: str, token: str) -> str:
-    base = services().settings.public_url or request.host_url
-    base = base.rstrip("/")
-    if base.startswith("https://"):
-        base = "wss://" + base[len("https://"):]
-    elif base.startswith("http://"):
-        base = "ws://" + base[len("http://"):]
     path = f"/ws/{kind}/{resource_id}" if resource_id else f"/ws/{kind}"
-    return f"{base}{path}?token={token}"
+    return f"{_base_url()}{path}?token={token}"
+
+
+_FAST_FIELDS = frozenset({"task", "compliance_policy", "budget_cents", "permissions", "provider", "model"})
+
+
+def _load(body: dict[str, Any]) -> dict[str, Any]:
+    """``AgentTaskRequest().load(body)``, with a hand-checked path for the plainly valid common
+    case (no webhook_url): the same result without marshmallow's per-field machinery. Anything
+    the fast path is unsure of goes to the schema, which owns every error message."""
+    data = _fast_load(body)
+    return data if data is not None else _schema.load(body)
+
+
+def _fast_load(body: dict[str, Any]) -> dict[str, Any] | None:
+    if not body.keys() <= _FAST_FIELDS:
+        return None
+    task = body.get("task")
+    if type(task) is not str or not 0 < len(task) <= 20000 or not task.strip():
+        return None
+    policy = body.get("compliance_policy", "default")
+    budget = body.get("budget_cents", 10000)
+    permissions = body.get("permissions")
+    provider = body.get("provider")
+    model = body.get("model")
+    if type(policy) is not str or type(budget) is not int or not 100 <= budget <= 1_000_000:
+        return None
+    if permissions is not None:
+        if type(permissions) is not list or len(permissions) > 50:
+            return None
+        for p in permissions:
+            if type(p) is not str or not 0 < len(p) <= 100:
+                return None
+        permissions = list(permissions)
+    if provider is not None and (type(provider) is not str or provider not in PROVIDERS):
+        return None
+    if model is not None and (type(model) is not str or not 0 < len(model) <= 200):
+        return None
+    return {"task": task, "compliance_policy": policy, "budget_cents": budget, "permissions": permissions,
+            "provider": provider, "model": model, "webhook_url": None}
 
 
 def _policy_name(body: dict[str, Any]) -> None:
@@ -51,7 +108,7 @@ def submit_execution(workspace_id: str, body: dict[str, Any], idem_key: str | No
                      ) -> tuple[int, dict[str, Any], dict[str, str]]:
     svc = services()
     _policy_name(body)  # an unknown policy is a 400, before field validation's 422
-    data = _schema.load(body)
+    data = _load(body)
     policy = load_policy(data["compliance_policy"])
     resolution = resolve_permissions(policy, data["permissions"])
     if not resolution.effective:
@@ -80,7 +137,7 @@ def submit_execution(workspace_id: str, body: dict[str, Any], idem_key: str | No
     if idem_key is None:
         with svc.db.autocommit() as cur:  # the insert is one statement: atomic on its own
             executions.insert(cur, new)
-        outbox.wake(svc.redis.client)
+        svc.waker.wake()
         return 201, payload, headers
 
     if not idem_key or len(idem_key) > MAX_IDEMPOTENCY_KEY:
@@ -96,7 +153,7 @@ def submit_execution(workspace_id: str, body: dict[str, Any], idem_key: str | No
                                      ttl):
                 raise _KeyRaced
             executions.insert(cur, new)
-        outbox.wake(svc.redis.client)
+        svc.waker.wake()
     except _KeyRaced:
         with svc.db.transaction() as cur:
             stored = idempotency.lookup(cur, workspace_id, idem_key, req_hash, ttl)

@@ -63,13 +63,24 @@ def init_app(app: Flask, services: Any) -> None:
     def _start() -> None:
         g._t0 = time.perf_counter()
 
+    # (method, route, status) → its two children: labels() takes a lock and builds a key per call.
+    children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
     @app.after_request
     def _observe(response: Response) -> Response:
         t0 = g.pop("_t0", None)
         if t0 is not None:
-            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            LATENCY.labels(request.method, route).observe(time.perf_counter() - t0)
-            REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+            elapsed = time.perf_counter() - t0
+            rule = request.url_rule
+            route = rule.rule if rule is not None else "unmatched"
+            key = (request.method, route, response.status_code)
+            pair = children.get(key)
+            if pair is None:
+                if len(children) >= 4096:  # methods are client-chosen: keep the memo bounded
+                    children.clear()
+                pair = children[key] = (LATENCY.labels(key[0], route), REQUESTS.labels(key[0], route, str(key[2])))
+            pair[0].observe(elapsed)
+            pair[1].inc()
         return response
 
     @app.get("/metrics")

@@ -2,15 +2,24 @@
 
 Written by hand because the maintained Flask limiters count fixed or sliding windows, while the
 contract here is a token bucket (steady rate plus burst) with RateLimit-* headers.
+
+It is the one Redis round trip on every authenticated request, so it is sent lean (see
+:class:`LeanRedis`): a pre-packed ``EVALSHA`` on a connection of its own, RESP2, without
+redis-py's generic per-command machinery (retry wrapper, pool bookkeeping, observability hooks,
+reply callbacks), which cost more CPU than the round trip itself. The script is loaded on a
+NOSCRIPT answer (a restarted or flushed Redis).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass
 
 import redis
+from redis.exceptions import NoScriptError
 
 _SCRIPT = """
 local key = KEYS[1]
@@ -28,6 +37,66 @@ redis.call('HSET', key, 'tokens', tokens, 'ts', now)
 redis.call('EXPIRE', key, math.ceil(burst / rate) + 1)
 return {allowed, tostring(tokens)}
 """
+_SCRIPT_B = _SCRIPT.encode()
+_SHA_B = hashlib.sha1(_SCRIPT_B).hexdigest().encode()  # noqa: S324 - Redis names scripts by SHA-1
+
+
+def _pack(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+class LeanRedis:
+    """Request/reply on idle connections kept per process (LIFO, at most ``max_idle``).
+
+    Connections are redis-py's own (the URL decides TCP, TLS or a Unix socket, AUTH and db), only
+    the per-command path is skipped. A reused connection that fails to connect, send or read is
+    dropped and the command tried once more on a fresh one (a timeout is not retried); any other
+    failure drops the connection and raises, so no connection with an unread reply is reused.
+    """
+
+    def __init__(self, url: str, *, max_idle: int = 64) -> None:
+        self._pool = redis.ConnectionPool.from_url(url, protocol=2, socket_connect_timeout=3, socket_timeout=10)
+        self._max_idle = max_idle
+        self._idle: list[redis.connection.AbstractConnection] = []
+        self._pid = os.getpid()
+
+    def call(self, packed: bytes):  # type: ignore[no-untyped-def]
+        if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+            self._idle, self._pid = [], os.getpid()
+        idle = self._idle
+        if idle:
+            conn = idle.pop()
+            try:
+                return self._roundtrip(conn, packed)
+            except redis.ConnectionError:
+                pass  # stale (Redis restarted, idle timeout): once more on a fresh connection
+        conn = self._pool.connection_class(**self._pool.connection_kwargs)
+        conn.connect()
+        return self._roundtrip(conn, packed)
+
+    def _roundtrip(self, conn, packed: bytes):  # type: ignore[no-untyped-def]
+        try:
+            conn.send_packed_command([packed], check_health=False)
+            reply = conn.read_response(disconnect_on_error=False)
+        except redis.ResponseError:
+            self._release(conn)  # an error reply was read in full: the connection is clean
+            raise
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._release(conn)
+        return reply
+
+    def _release(self, conn) -> None:  # type: ignore[no-untyped-def]
+        if len(self._idle) < self._max_idle:
+            self._idle.append(conn)
+        else:
+            conn.disconnect()
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()
 
 
 @dataclass(frozen=True)
@@ -40,14 +109,22 @@ class Verdict:
 
 
 class TokenBucket:
-    def __init__(self, client: redis.Redis, rate_per_s: float, burst: int) -> None:
+    def __init__(self, client: LeanRedis, rate_per_s: float, burst: int) -> None:
         self.client = client
         self.rate = rate_per_s
         self.burst = burst
-        self._script = client.register_script(_SCRIPT)
+        # Everything but the key and the clock is fixed: packed once.
+        self._rate_arg = repr(float(rate_per_s)).encode()
+        self._burst_arg = str(int(burst)).encode()
 
     def hit(self, bucket: str) -> Verdict:
-        allowed, tokens_raw = self._script(keys=[f"ratelimit:{bucket}"], args=[self.rate, self.burst, time.time()])
+        packed = _pack(b"EVALSHA", _SHA_B, b"1", f"ratelimit:{bucket}".encode(), self._rate_arg, self._burst_arg,
+                       repr(time.time()).encode())
+        try:
+            allowed, tokens_raw = self.client.call(packed)
+        except NoScriptError:
+            self.client.call(_pack(b"SCRIPT", b"LOAD", _SCRIPT_B))
+            allowed, tokens_raw = self.client.call(packed)
         tokens = float(tokens_raw)
         retry_after = 0 if allowed else max(1, math.ceil((1 - tokens) / self.rate))
         reset = math.ceil((self.burst - tokens) / self.rate)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
 
-from api.ratelimit import TokenBucket
+from api.ratelimit import LeanRedis, TokenBucket
 from api.tokens import StreamTokens
+from api.wakeup import OutboxWaker
 from shared.config import Settings
 from shared.db import Database
 from shared.redis_client import RedisHandle
@@ -22,13 +24,24 @@ class Services:
     tokens: StreamTokens
     celery: Any
     _bucket: TokenBucket | None = None
+    _bucket_pid: int = 0
+    _waker: OutboxWaker | None = None
 
     @property
     def bucket(self) -> TokenBucket:
-        if self._bucket is None or self._bucket.client is not self.redis.client:
-            self._bucket = TokenBucket(self.redis.client, self.settings.rate_limit_per_s,
-                                       self.settings.rate_limit_burst)
-        return self._bucket
+        bucket = self._bucket
+        if bucket is None or self._bucket_pid != os.getpid():  # a client of its own per process
+            bucket = TokenBucket(LeanRedis(self.redis.url), self.settings.rate_limit_per_s,
+                                 self.settings.rate_limit_burst)
+            self._bucket, self._bucket_pid = bucket, os.getpid()
+        return bucket
+
+    @property
+    def waker(self) -> OutboxWaker:
+        """Coalesced outbox wake-ups: call ``waker.wake()`` after committing an outbox row."""
+        if self._waker is None:
+            self._waker = OutboxWaker(self.redis)
+        return self._waker
 
 
 def services() -> Services:

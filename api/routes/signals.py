@@ -19,7 +19,6 @@ from api.body import json_object
 from api.monitoring_schemas import load_400
 from api.services import services
 from api.signals_schemas import ReplayRequest, SignalBatchRequest, SignalItem, fast_items
-from shared import outbox
 from shared.errors import BadRequest, NotFound, ServiceUnavailable, Unprocessable, WardenError
 from shared.paging import decode_cursor, encode_cursor, parse_limit
 from shared.store import alerts, signals
@@ -76,7 +75,7 @@ def ingest() -> tuple[Response, int]:
     svc, ws = services(), workspace_id()
     with svc.db.autocommit() as cur:  # one statement: the batch and its outbox row, atomically
         stored = signals.ingest(cur, ws, rows)
-    outbox.wake(svc.redis.client)
+    svc.waker.wake()
     return jsonify({"accepted": len(rows), "stored": stored, "duplicates": len(rows) - stored}), 202
 
 

@@ -20,7 +20,7 @@ from api.services import services
 from api.workflow_schemas import WorkflowCreateRequest
 from guard import UnknownPolicy, load_policy, resolve_permissions
 from shared import events as execution_events
-from shared import outbox, workflow_events, workflow_plan
+from shared import workflow_events, workflow_plan
 from shared.config import resolve_provider
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.paging import decode_cursor, encode_cursor, parse_limit
@@ -105,7 +105,7 @@ def create_workflow() -> Response:
     with svc.db.transaction() as cur:
         workflow_id, result = workflows.create(cur, workspace_id=ws_id, name=data["name"],
                                                budget_cents=data["budget_cents"], stages=stages)
-    outbox.wake(svc.redis.client)
+    svc.waker.wake()
     workflow_events.publish(svc.redis.client, result.events)
     token = svc.tokens.issue(ws_id, workflow_id)
     resp = jsonify({"workflow_id": workflow_id, "status": result.status or "running",
@@ -188,7 +188,7 @@ def cancel_workflow(workflow_id: str) -> Response:
     what, result, exec_events = outcome
     execution_events.publish(svc.redis.client, exec_events)
     workflow_events.publish(svc.redis.client, result.events)
-    outbox.wake(svc.redis.client)
+    svc.waker.wake()
     body = _get(workflow_id)
     if what == "terminal":
         raise Conflict(f"Workflow {workflow_id} already finished ({body['status']})", code="workflow_finished",
