@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import request
 
+from api.idempotency import create_once
 from api.schemas import AgentTaskRequest
 from api.services import services
 from guard import UnknownPolicy, load_policy, resolve_permissions
@@ -14,16 +15,9 @@ from shared.config import PROVIDERS, resolve_provider
 from shared.errors import BadRequest, WardenError
 from shared.ids import new_id
 from shared.netsafe import check_url_literal
-from shared.store import executions, idempotency
-from shared.store.idempotency import StoredResponse
+from shared.store import executions
 
 _schema = AgentTaskRequest()
-
-MAX_IDEMPOTENCY_KEY = 255
-
-
-class _KeyRaced(Exception):
-    """Another request claimed the same Idempotency-Key first."""
 
 
 _BASES: dict[tuple[object, ...], str] = {}
@@ -140,28 +134,14 @@ def submit_execution(workspace_id: str, body: dict[str, Any], idem_key: str | No
         svc.waker.wake()
         return 201, payload, headers
 
-    if not idem_key or len(idem_key) > MAX_IDEMPOTENCY_KEY:
-        raise BadRequest(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters", code="invalid_idempotency_key")
-    ttl = svc.settings.idempotency_ttl_s
-    req_hash = idempotency.request_hash("POST", "/api/v1/tasks", body)
-    try:
-        with svc.db.transaction() as cur:
-            stored = idempotency.lookup(cur, workspace_id, idem_key, req_hash, ttl)
-            if stored is not None:
-                return stored.status_code, stored.body, stored.headers
-            if not idempotency.claim(cur, workspace_id, idem_key, req_hash, StoredResponse(201, payload, headers),
-                                     ttl):
-                raise _KeyRaced
-            executions.insert(cur, new)
+    def create(cur: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+        executions.insert(cur, new)
+        return 201, payload, headers
+
+    response, created = create_once(svc, workspace_id, idem_key, "/api/v1/tasks", body, create)
+    if created:
         svc.waker.wake()
-    except _KeyRaced:
-        with svc.db.transaction() as cur:
-            stored = idempotency.lookup(cur, workspace_id, idem_key, req_hash, ttl)
-        if stored is None:  # the other request rolled back; the client may simply retry
-            raise WardenError("A request with this Idempotency-Key is in progress; retry", code="idempotency_conflict",
-                              status=409) from None
-        return stored.status_code, stored.body, stored.headers
-    return 201, payload, headers
+    return response
 
 
 class _NoPermissions(WardenError):

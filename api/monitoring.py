@@ -15,7 +15,7 @@ from flask import Response, jsonify, request
 from api import monitoring_present as present
 from api.auth import workspace_id
 from api.compile_client import compile_remote
-from api.intake import MAX_IDEMPOTENCY_KEY
+from api.idempotency import check_key, create_once
 from api.monitoring_schemas import PATCHABLE, MonitoringTaskRequest, TaskPatchRequest, load_400
 from api.services import Services, services
 from compiler import CompileError, load_guardrails
@@ -25,7 +25,6 @@ from shared.ids import new_id
 from shared.netsafe import check_url_literal
 from shared.store import conditions, idempotency, tasks
 from shared.store import guardrails as guardrails_store
-from shared.store.idempotency import StoredResponse
 
 _create_schema = MonitoringTaskRequest()
 _patch_schema = TaskPatchRequest()
@@ -88,9 +87,7 @@ def create_task(body: dict[str, Any]) -> Response:
     ttl = svc.settings.idempotency_ttl_s
     req_hash = idempotency.request_hash("POST", "/api/v1/tasks", body)
     if idem_key is not None:
-        if not idem_key or len(idem_key) > MAX_IDEMPOTENCY_KEY:
-            raise BadRequest(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters",
-                             code="invalid_idempotency_key")
+        check_key(idem_key)
         with svc.db.transaction() as cur:  # a repeat answers before compiling anything
             stored = idempotency.lookup(cur, ws, idem_key, req_hash, ttl)
         if stored is not None:
@@ -109,20 +106,12 @@ def create_task(body: dict[str, Any]) -> Response:
     if idem_key is None:
         with svc.db.autocommit() as cur:  # one statement writes all four rows: atomic on its own
             return _json(200, present.task(tasks.insert(cur, new)), headers)
-    try:
-        with svc.db.transaction() as cur:
-            task = tasks.insert(cur, new)
-            payload = present.task(task)
-            if not idempotency.claim(cur, ws, idem_key, req_hash, StoredResponse(200, payload, headers), ttl):
-                raise _KeyRaced
-    except _KeyRaced:
-        with svc.db.transaction() as cur:
-            stored = idempotency.lookup(cur, ws, idem_key, req_hash, ttl)
-        if stored is None:
-            raise Conflict("A request with this Idempotency-Key is in progress; retry",
-                           code="idempotency_conflict") from None
-        return _json(stored.status_code, stored.body, stored.headers)
-    return _json(200, payload, headers)
+
+    def create(cur: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+        return 200, present.task(tasks.insert(cur, new)), headers
+
+    (status, payload, stored_headers), _ = create_once(svc, ws, idem_key, "/api/v1/tasks", body, create)
+    return _json(status, payload, stored_headers)
 
 
 def _guardrails_for(svc: Services, ws: str, revision: int) -> Any:

@@ -15,6 +15,7 @@ from marshmallow import ValidationError
 
 from api.auth import workspace_id
 from api.body import json_object
+from api.idempotency import create_once
 from api.intake import websocket_url
 from api.services import services
 from api.workflow_schemas import WorkflowCreateRequest
@@ -90,11 +91,14 @@ def create_workflow() -> Response:
     ---
     post:
       tags: [workflows]
+      parameters:
+        - {in: header, name: Idempotency-Key, required: false, schema: {type: string, maxLength: 255}, description: "Same key and body within 24 h: the first response again, nothing created twice"}
       requestBody: {required: true, content: {application/json: {schema: WorkflowCreateRequest}}}
       responses:
         201: {description: Workflow started (stages without dependencies are queued), headers: {Location: {schema: {type: string}}}, content: {application/json: {schema: WorkflowCreated}}}
         400: {description: Body is not a JSON object or a stage names an unknown compliance policy, content: {application/json: {schema: ErrorResponse}}}
         401: {description: Missing or invalid API key, content: {application/json: {schema: ErrorResponse}}}
+        409: {description: A request with the same Idempotency-Key is still in progress, content: {application/json: {schema: ErrorResponse}}}
         422: {description: "Field errors, duplicate or unknown stage names, a dependency cycle, a bad template reference, or a stage with no effective permissions (errors name them)", content: {application/json: {schema: ErrorResponse}}}
     """
     body = json_object()
@@ -102,16 +106,30 @@ def create_workflow() -> Response:
     stages = _resolve_stages(data)
     svc = services()
     ws_id = workspace_id()
-    with svc.db.transaction() as cur:
+    published: list[dict[str, Any]] = []
+
+    def create(cur: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
         workflow_id, result = workflows.create(cur, workspace_id=ws_id, name=data["name"],
                                                budget_cents=data["budget_cents"], stages=stages)
-    svc.waker.wake()
-    workflow_events.publish(svc.redis.client, result.events)
-    token = svc.tokens.issue(ws_id, workflow_id)
-    resp = jsonify({"workflow_id": workflow_id, "status": result.status or "running",
-                    "websocket_url": websocket_url("workflows", workflow_id, token)})
-    resp.status_code = 201
-    resp.headers["Location"] = f"/api/v1/workflows/{workflow_id}"
+        published.extend(result.events)
+        token = svc.tokens.issue(ws_id, workflow_id)
+        return 201, {"workflow_id": workflow_id, "status": result.status or "running",
+                     "websocket_url": websocket_url("workflows", workflow_id, token)}, \
+            {"Location": f"/api/v1/workflows/{workflow_id}"}
+
+    idem_key = request.headers.get("Idempotency-Key")
+    if idem_key is None:
+        with svc.db.transaction() as cur:
+            status, payload, headers = create(cur)
+        created = True
+    else:
+        (status, payload, headers), created = create_once(svc, ws_id, idem_key, "/api/v1/workflows", body, create)
+    if created:
+        svc.waker.wake()
+        workflow_events.publish(svc.redis.client, published)
+    resp = jsonify(payload)
+    resp.status_code = status
+    resp.headers.update(headers)
     return resp
 
 

@@ -242,3 +242,32 @@ def test_other_workspace_sees_nothing(stack, client: ApiClient, server, db) -> N
     assert other.get(f"/api/v1/workflows/{workflow_id}").status_code == 404
     assert other.post(f"/api/v1/workflows/{workflow_id}/cancel").status_code == 404
     assert workflow_id not in str(other.get("/api/v1/workflows").json())
+
+
+def test_idempotency_key_creates_one_workflow(client: ApiClient) -> None:
+    import concurrent.futures
+
+    body = {"name": "idem", "stages": [stage("a"), stage("b", depends_on=["a"])]}
+
+    def post(_: int) -> tuple[int, dict[str, Any], str]:
+        r = ApiClient(client.base_url, client.key).post("/api/v1/workflows", body,
+                                                        headers={"Idempotency-Key": "wf-1"})
+        return r.status_code, r.json(), r.headers.get("Location", "")
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(post, range(6)))
+    assert {s for s, _, _ in results} == {201}
+    assert len({json_key(b) for _, b, _ in results}) == 1 and len({loc for _, _, loc in results}) == 1
+    listed = client.get("/api/v1/workflows").json()
+    assert listed["total_count"] == 1
+    reused = client.post("/api/v1/workflows", {**body, "name": "other"}, headers={"Idempotency-Key": "wf-1"})
+    assert reused.status_code == 422 and reused.json()["detail"]["code"] == "idempotency_key_reused"
+    bad = client.post("/api/v1/workflows", body, headers={"Idempotency-Key": "x" * 256})
+    assert bad.status_code == 400 and bad.json()["detail"]["code"] == "invalid_idempotency_key"
+    assert client.get("/api/v1/workflows").json()["total_count"] == 1
+
+
+def json_key(body: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(body, sort_keys=True)
