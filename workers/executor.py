@@ -246,8 +246,10 @@ def _execute_locked(execution_id: str, conn: Any, db: Any, settings: Settings) -
     policy = load_policy(row["compliance_policy"])
     policy_documents.record(db, policy.name, policy.version, policy.document)  # once per process
     if policy.version != row["policy_version"]:
+        # A rolling deploy: the record (and so its audit package) names the version actually applied.
         log.warning("execution %s was accepted under %s v%s; this worker applies v%s", execution_id,
                     policy.name, row["policy_version"], policy.version)
+        db.execute("UPDATE executions SET policy_version = %s WHERE id = %s", (policy.version, execution_id))
     run = Run(id=execution_id, workspace_id=row["workspace_id"], task=row["task"],
               policy=policy, provider_name=provider_name,
               model=row["model"] or "local-planner-1", budget_cents=row["budget_cents"],
