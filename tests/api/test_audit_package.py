@@ -145,3 +145,26 @@ def test_package_embeds_the_policy_version_as_applied_after_an_upgrade(stack, cl
     # Only the record was edited here, not the signed certificates (issued under the current
     # version): the verifier notices that they disagree with the embedded policy, and nothing else.
     assert {p.code for p in verify_package(r.content).problems} == {"policy_mismatch"}
+
+
+def test_rolling_deploy_records_the_policy_version_applied(stack, client: ApiClient, db, workspace) -> None:  # type: ignore[no-untyped-def]
+    """Accepted under a version this worker no longer ships: the worker applies its own version, the
+    record says so, and the package (certificates and policy) verifies."""
+    from guard import load_policy
+    from shared.ids import new_id
+    from shared.store import executions
+
+    current = load_policy("hipaa")
+    eid = new_id("exec")
+    with db.transaction() as cur:
+        executions.insert(cur, executions.NewExecution(
+            id=eid, workspace_id=workspace[0], task="List my documents", compliance_policy="hipaa",
+            policy_version="1999.1.1", provider="local", model="local-planner-1", budget_cents=1000,
+            requested_permissions=None, effective_permissions=["fs:read"], denied_permissions=[],
+            webhook_url=None))
+    # No wake-up needed: the relay also polls, so the row is published within its sweep interval.
+    execution = _finished(client, eid)
+    assert execution["policy_version"] == current.version
+    r = client.get(f"/api/v1/compliance/executions/{eid}/audit-package")
+    assert r.status_code == 200, r.text
+    assert verify_package(r.content).ok
