@@ -203,9 +203,7 @@ class _StreamedCertificates(Sequence[Any]):
 
 
 def _open(source: str | Path | bytes | IO[bytes]) -> zipfile.ZipFile:
-    if isinstance(source, bytes | bytearray):
-        return zipfile.ZipFile(io.BytesIO(source))
-    return zipfile.ZipFile(source)
+    return zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
 
 
 def _read_json(zf: zipfile.ZipFile, name: str, report: Report) -> Any:
@@ -225,6 +223,11 @@ def verify_package(source: str | Path | bytes | IO[bytes], *, progress: Progress
     ``trusted_keys`` (JWKs, e.g. from GET /api/v1/compliance/keys) pins the signer: without it the
     package's own keys.json is used, which proves integrity but not who signed.
     """
+    return run_verifier(_verify, source, progress, trusted_keys)
+
+
+def run_verifier(verify: Callable[..., None], source: Any, progress: Progress | None, trusted_keys: Any) -> Report:
+    """Open the package and run ``verify`` on it; a file that is not a zip is the one problem."""
     report = Report()
     try:
         zf = _open(source)
@@ -232,7 +235,7 @@ def verify_package(source: str | Path | bytes | IO[bytes], *, progress: Progress
         report.add("(package)", None, "not_a_zip", str(exc))
         return report
     with zf:
-        _verify(zf, report, progress, trusted_keys)
+        verify(zf, report, progress, trusted_keys)
     return report
 
 

@@ -25,10 +25,10 @@ from guard.audit import (
     _chained_lines,
     _Counter,
     _jwk_list,
-    _open,
     _read_json,
     _verify_checkpoint,
     _verify_log,
+    run_verifier,
     verify_package,
 )
 from guard.certificates import SigningKey, b64url_encode, canonical_json
@@ -82,15 +82,7 @@ def verify_any(source: str | Path | bytes | IO[bytes], *, progress: Progress | N
 
 def verify_workflow_package(source: str | Path | bytes | IO[bytes], *, progress: Progress | None = None,
                             trusted_keys: Iterable[Mapping[str, Any]] | Mapping[str, Any] | None = None) -> Report:
-    report = Report()
-    try:
-        zf = _open(source)
-    except (zipfile.BadZipFile, OSError) as exc:
-        report.add("(package)", None, "not_a_zip", str(exc))
-        return report
-    with zf:
-        _verify(zf, report, progress, trusted_keys)
-    return report
+    return run_verifier(_verify, source, progress, trusted_keys)
 
 
 def _verify(zf: zipfile.ZipFile, report: Report, progress: Progress | None, trusted_keys: Any) -> None:
