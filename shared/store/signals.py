@@ -3,7 +3,7 @@ series heads, window reads, the active tasks watching a series, and transition s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -141,6 +141,16 @@ def _rows(cur: Any, sql: str, params: Any) -> list[tuple[Any, ...]]:
         return raw.fetchall()  # type: ignore[no-any-return]
 
 
+def _series(keys: Sequence[tuple[str, str]], rows: Iterable[Any]) -> dict[tuple[str, str], Series]:
+    """Rows ``(entity, metric, ts, epoch, value)`` in order → per series ``(points, stamps)``."""
+    out: dict[tuple[str, str], Series] = {k: ([], []) for k in keys}
+    for e, m, ts, t, value in rows:
+        points, stamps = out[(e, m)]
+        points.append((t, value))
+        stamps.append(ts)
+    return out
+
+
 def read_series(cur: Any, workspace_id: str, bounds: dict[tuple[str, str], datetime | None],
                 upto: datetime | None = None) -> dict[tuple[str, str], Series]:
     """Per series: the points after its bound plus the last point at or before it (the change
@@ -162,12 +172,7 @@ def read_series(cur: Any, workspace_id: str, bounds: dict[tuple[str, str], datet
         " ) s ORDER BY g.e, g.m, s.ts",
         {"e": [k[0] for k in keys], "m": [k[1] for k in keys], "lo": [bounds[k] for k in keys],
          "ws": workspace_id, "upto": upto})
-    out: dict[tuple[str, str], Series] = {k: ([], []) for k in keys}
-    for e, m, ts, t, value in rows:
-        points, stamps = out[(e, m)]
-        points.append((t, value))
-        stamps.append(ts)
-    return out
+    return _series(keys, rows)
 
 
 def read_edges(cur: Any, workspace_id: str, specs: Mapping[tuple[str, str], tuple[datetime, Sequence[float]]]
@@ -209,12 +214,7 @@ def read_edges(cur: Any, workspace_id: str, specs: Mapping[tuple[str, str], tupl
         {"e": [k[0] for k in keys], "m": [k[1] for k in keys], "h": [specs[k][0] for k in keys],
          "we": [k[0] for k, _ in wins], "wm": [k[1] for k, _ in wins], "wh": [specs[k][0] for k, _ in wins],
          "ww": [float(w) for _, w in wins], "ws": workspace_id})
-    out: dict[tuple[str, str], Series] = {k: ([], []) for k in keys}
-    for e, m, ts, t, value in rows:
-        points, stamps = out[(e, m)]
-        points.append((t, value))
-        stamps.append(ts)
-    return out
+    return _series(keys, rows)
 
 
 def last_points(cur: Any, workspace_id: str, groups: Sequence[tuple[str, str]], upto: datetime
