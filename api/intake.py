@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import request
 
+from api import schemas
 from api.idempotency import create_once
 from api.schemas import AgentTaskRequest
 from api.services import services
@@ -65,25 +66,25 @@ def _fast_load(body: dict[str, Any]) -> dict[str, Any] | None:
     if not body.keys() <= _FAST_FIELDS:
         return None
     task = body.get("task")
-    if type(task) is not str or not 0 < len(task) <= 20000 or not task.strip():
+    if type(task) is not str or not 0 < len(task) <= schemas.TASK_MAX_CHARS or not task.strip():
         return None
     policy = body.get("compliance_policy", "default")
-    budget = body.get("budget_cents", 10000)
+    budget = body.get("budget_cents", schemas.BUDGET_DEFAULT)
     permissions = body.get("permissions")
     provider = body.get("provider")
     model = body.get("model")
-    if type(policy) is not str or type(budget) is not int or not 100 <= budget <= 1_000_000:
+    if type(policy) is not str or type(budget) is not int or not schemas.BUDGET_MIN <= budget <= schemas.BUDGET_MAX:
         return None
     if permissions is not None:
-        if type(permissions) is not list or len(permissions) > 50:
+        if type(permissions) is not list or len(permissions) > schemas.PERMISSIONS_MAX:
             return None
         for p in permissions:
-            if type(p) is not str or not 0 < len(p) <= 100:
+            if type(p) is not str or not 0 < len(p) <= schemas.PERMISSION_MAX_CHARS:
                 return None
         permissions = list(permissions)
     if provider is not None and (type(provider) is not str or provider not in PROVIDERS):
         return None
-    if model is not None and (type(model) is not str or not 0 < len(model) <= 200):
+    if model is not None and (type(model) is not str or not 0 < len(model) <= schemas.MODEL_MAX_CHARS):
         return None
     return {"task": task, "compliance_policy": policy, "budget_cents": budget, "permissions": permissions,
             "provider": provider, "model": model, "webhook_url": None}

@@ -20,26 +20,33 @@ class StrictInt(fields.Integer):
         return int(value)
 
 
+# TaskRequest limits (seed 000), shared with the intake's fast path (api/intake.py).
+TASK_MAX_CHARS = 20000
+BUDGET_DEFAULT, BUDGET_MIN, BUDGET_MAX = 10000, 100, 1_000_000
+PERMISSIONS_MAX, PERMISSION_MAX_CHARS = 50, 100
+MODEL_MAX_CHARS = 200
+
+
 class AgentTaskRequest(Schema):
     """TaskRequest (seed 000): submit a governed agent execution."""
 
     class Meta:
         unknown = RAISE
 
-    task = fields.String(required=True, validate=validate.Length(min=1, max=20000),
+    task = fields.String(required=True, validate=validate.Length(min=1, max=TASK_MAX_CHARS),
                          metadata={"description": "Natural-language description of what the agent should do."})
     compliance_policy = fields.String(
         load_default="default",
         metadata={"enum": list(POLICY_NAMES),
                   "description": "Active policy preset. \"legal\" is an alias for \"legal_privilege\"."})
-    budget_cents = StrictInt(load_default=10000, validate=validate.Range(min=100, max=1_000_000),
+    budget_cents = StrictInt(load_default=BUDGET_DEFAULT, validate=validate.Range(min=BUDGET_MIN, max=BUDGET_MAX),
                              metadata={"description": "Per-task budget. Default 10000; range [100, 1000000]."})
-    permissions = fields.List(fields.String(validate=validate.Length(min=1, max=100)),
-                              validate=validate.Length(max=50), load_default=None, allow_none=True,
+    permissions = fields.List(fields.String(validate=validate.Length(min=1, max=PERMISSION_MAX_CHARS)),
+                              validate=validate.Length(max=PERMISSIONS_MAX), load_default=None, allow_none=True,
                               metadata={"description": "Requested capabilities, intersected with the ceiling."})
     provider = fields.String(validate=validate.OneOf(PROVIDERS), load_default=None, allow_none=True,
                              metadata={"description": "LLM provider override (local = offline rule-based planner)."})
-    model = fields.String(validate=validate.Length(min=1, max=200), load_default=None, allow_none=True)
+    model = fields.String(validate=validate.Length(min=1, max=MODEL_MAX_CHARS), load_default=None, allow_none=True)
     webhook_url = fields.Url(schemes={"http", "https"}, require_tld=False, load_default=None, allow_none=True,
                              validate=validate.Length(max=2048))
 
