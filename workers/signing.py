@@ -12,40 +12,35 @@ def _material(key: SigningKey) -> signing_keys.KeyMaterial:
     return signing_keys.KeyMaterial(key.key_id, key.public_jwk()["x"], key.seed_base64url())
 
 
-def active_key(db: Database, settings: Settings) -> SigningKey:
-    """Read at the start of each run (one query), so a rotation takes effect for new runs."""
-    if settings.signing_key:
-        key = SigningKey.load(settings.signing_key)
-        signing_keys.register_configured(db, key.key_id, key.public_jwk()["x"])
-        return key
-    material = signing_keys.active_generated(db, settings.secret_key, lambda: _material(SigningKey.generate()))
-    return SigningKey.from_base64url(material.seed)
-
-
-# Decrypted keys by (secret, key id, encrypted seed): a stored key never changes, so each process
-# decrypts it once. Configured keys are registered once per (database, key id) per process.
-_decrypted: dict[tuple[str, str, str], SigningKey] = {}
+# A stored or configured key never changes, so each process decodes it once: generated keys by
+# (secret, key id, encrypted seed), configured ones by their value; a configured key is registered
+# (its public half listed) once per database per process.
+_generated: dict[tuple[str, str, str], SigningKey] = {}
+_configured: dict[str, SigningKey] = {}
 _registered: set[tuple[str, str]] = set()
 
 
 def key_for_run(db: Database, settings: Settings, stored: tuple[str, str] | None) -> SigningKey:
-    """The key for a run that is starting, given the active generated key read with the run's
-    first statement (runs.begin): no query of its own unless there is no generated key yet or a
-    configured key is new to this process. A rotation takes effect for the next run."""
+    """The key for a run that is starting: the configured WARDEN_SIGNING_KEY, else the active
+    generated key as read with the run's first statement (``stored``: key id and encrypted seed,
+    from runs.begin), generated here when there is none yet. No query in the usual case; a
+    rotation takes effect for the next run."""
     if settings.signing_key:
-        key = _decrypted.get(("", "configured", settings.signing_key)) or SigningKey.load(settings.signing_key)
-        _decrypted[("", "configured", settings.signing_key)] = key
+        key = _configured.get(settings.signing_key)
+        if key is None:
+            key = _configured[settings.signing_key] = SigningKey.load(settings.signing_key)
         if (db.url, key.key_id) not in _registered:
             signing_keys.register_configured(db, key.key_id, key.public_jwk()["x"])
             _registered.add((db.url, key.key_id))
         return key
-    if stored is None:
-        return active_key(db, settings)
+    if stored is None:  # the first run of a fresh database: create (or read a racing creator's) key
+        material = signing_keys.active_generated(db, settings.secret_key, lambda: _material(SigningKey.generate()))
+        return SigningKey.from_base64url(material.seed)
     cache_key = (settings.secret_key, *stored)
-    key = _decrypted.get(cache_key)
+    key = _generated.get(cache_key)
     if key is None:
-        key = SigningKey.from_base64url(signing_keys.decrypt_seed(stored[1], settings.secret_key))
-        _decrypted[cache_key] = key
+        key = _generated[cache_key] = SigningKey.from_base64url(signing_keys.decrypt_seed(stored[1],
+                                                                                          settings.secret_key))
     return key
 
 
