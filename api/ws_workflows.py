@@ -32,7 +32,8 @@ from api.services import Services, services
 from api.ws import _workspace_for, sock, stream_state
 from shared.errors import BadRequest, NotFound
 from shared.events import channel_for as execution_channel
-from shared.store import executions, workflows
+from shared.events import list_events
+from shared.store import workflows
 from shared.workflow_events import channel_for
 
 bp = Blueprint("ws_workflows", __name__)
@@ -121,7 +122,8 @@ class WorkflowStream:
     def _fill(self, execution_id: str, st: _Stage) -> None:
         """Send the stage's stored events after the last one sent."""
         while not self.done:
-            page = executions.events_page(self.db, self.workspace_id, execution_id, after=st.last, limit=500) or []
+            with self.db.transaction() as cur:  # a stage of this (already authorised) workflow
+                page = list_events(cur, execution_id, after=st.last, limit=500)
             for ev in page:
                 self._send_stage(st, ev)
             if len(page) < 500:
