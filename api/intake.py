@@ -130,8 +130,7 @@ def submit_execution(workspace_id: str, body: dict[str, Any], idem_key: str | No
                       "budget_cents": data["budget_cents"], "provider": provider, "model": model},
     )
     if idem_key is None:
-        with svc.db.autocommit() as cur:  # the insert is one statement: atomic on its own
-            executions.insert(cur, new)
+        svc.execution_writer.submit(new)  # committed (with concurrent requests' rows) on return
         svc.waker.wake()
         return 201, payload, headers
 

@@ -48,11 +48,9 @@ def _json(status: int, payload: dict[str, Any], headers: dict[str, str] | None =
 def compile_request(svc: Services, ws: str, intent: str, entity_scope: str, delivery: dict[str, Any],
                     constraints: dict[str, Any] | None) -> tuple[dict[str, Any], int]:
     """(compiled dict, guardrails revision) under the workspace's current guardrails; 422 / 400 / 503."""
-    revision = guardrails_store.current_revision(svc.db, ws)
-    answer = compile_remote(svc, {
+    answer, revision = compile_remote(svc, {
         "intent": intent, "entity_scope": entity_scope, "delivery": delivery, "constraints": constraints,
-        "workspace_id": ws, "guardrails_revision": revision,
-        "allow_private_webhooks": svc.settings.allow_private_webhooks,
+        "workspace_id": ws, "allow_private_webhooks": svc.settings.allow_private_webhooks,
     })
     if answer.get("ok"):
         return answer["compiled"], revision

@@ -13,7 +13,9 @@ from api.tokens import StreamTokens
 from api.wakeup import OutboxWaker
 from shared.config import Settings
 from shared.db import Database
+from shared.groupcommit import GroupWriter
 from shared.redis_client import RedisHandle
+from shared.store import executions
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Services:
     _bucket: TokenBucket | None = None
     _bucket_pid: int = 0
     _waker: OutboxWaker | None = None
+    _execution_writer: GroupWriter[executions.NewExecution, Any] | None = None
+    _compiles: GroupWriter[dict[str, Any], Any] | None = None
 
     @property
     def bucket(self) -> TokenBucket:
@@ -42,6 +46,28 @@ class Services:
         if self._waker is None:
             self._waker = OutboxWaker(self.redis)
         return self._waker
+
+
+    @property
+    def execution_writer(self) -> GroupWriter[executions.NewExecution, Any]:
+        """Intake's inserts: concurrent requests' executions written by one statement."""
+        if self._execution_writer is None:
+            def write(news: list[executions.NewExecution]) -> list[Any]:
+                with self.db.autocommit() as cur:  # one statement: atomic on its own
+                    return executions.insert_many(cur, news)
+
+            self._execution_writer = GroupWriter(write)
+        return self._execution_writer
+
+
+    @property
+    def compiles(self) -> GroupWriter[dict[str, Any], Any]:
+        """Compile requests on their way to the compiler queue, grouped (api/compile_client.py)."""
+        if self._compiles is None:
+            from api.compile_client import compile_many  # it imports this module
+
+            self._compiles = GroupWriter(lambda requests: compile_many(self, requests))
+        return self._compiles
 
 
 def services() -> Services:

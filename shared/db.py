@@ -111,18 +111,20 @@ class Database:
                 if not conn.closed:
                     conn.autocommit = False
 
+    # One statement each, so autocommit: a statement is atomic on its own (a string of several runs
+    # as one implicit transaction), and it saves the BEGIN and COMMIT round trips.
     def fetchone(self, sql: str, params: Any = None) -> dict[str, Any] | None:
-        with self.transaction() as cur:
+        with self.autocommit() as cur:
             cur.execute(sql, params)
             return cur.fetchone()
 
     def fetchall(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
-        with self.transaction() as cur:
+        with self.autocommit() as cur:
             cur.execute(sql, params)
             return list(cur.fetchall())
 
     def execute(self, sql: str, params: Any = None) -> int:
-        with self.transaction() as cur:
+        with self.autocommit() as cur:
             cur.execute(sql, params)
             return cur.rowcount
 

@@ -72,39 +72,49 @@ class Execution:
         return self.status in TERMINAL
 
 
-# One statement, one round trip: the execution, its first event and its outbox row. (The relay is
-# woken through Redis after commit, not NOTIFY: NOTIFY takes a global lock at commit that halves
-# commit throughput under concurrency.)
+# One statement, one round trip: the executions, their first events and their outbox rows, for
+# any number of executions (the API's intake writes concurrent requests together: see
+# shared/groupcommit.py). Rows arrive as one JSON array, so the statement text never changes.
+# (The relay is woken through Redis after commit, not NOTIFY: NOTIFY takes a global lock at
+# commit that halves commit throughput under concurrency.)
 _INSERT = """
-WITH e AS (
+WITH r AS (
+  SELECT * FROM jsonb_to_recordset(%(rows)s) AS r(
+    id text, workspace_id text, task text, compliance_policy text, policy_version text, provider text,
+    model text, budget_cents integer, requested_permissions jsonb, effective_permissions jsonb,
+    denied_permissions jsonb, webhook_url text, queued_event jsonb)
+), e AS (
   INSERT INTO executions (id, workspace_id, task, status, compliance_policy, policy_version, provider,
                           model, budget_cents, requested_permissions, effective_permissions,
                           denied_permissions, webhook_url, event_count)
-  VALUES (%(id)s, %(workspace_id)s, %(task)s, 'queued', %(compliance_policy)s, %(policy_version)s,
-          %(provider)s, %(model)s, %(budget_cents)s, %(requested_permissions)s, %(effective_permissions)s,
-          %(denied_permissions)s, %(webhook_url)s, 1)
+  SELECT id, workspace_id, task, 'queued', compliance_policy, policy_version, provider, model, budget_cents,
+         nullif(requested_permissions, 'null'), effective_permissions, denied_permissions, webhook_url, 1
+    FROM r
   RETURNING id, created_at
 ), ev AS (
   INSERT INTO execution_events (execution_id, seq, type, data)
-  SELECT id, 1, 'execution.queued', %(queued_event)s FROM e
+  SELECT id, 1, 'execution.queued', queued_event FROM r
 ), o AS (
-  INSERT INTO outbox (task_name, args, queue) SELECT %(task_name)s, jsonb_build_array(id), 'executions' FROM e
+  INSERT INTO outbox (task_name, args, queue) SELECT %(task_name)s, jsonb_build_array(id), 'executions' FROM r
 )
-SELECT created_at FROM e
+SELECT id, created_at FROM e
 """
 
 
+def insert_many(cur: Any, news: list[NewExecution]) -> list[datetime]:
+    """Write the executions (with first event and outbox row each); their created_at, in order."""
+    rows = [{"id": n.id, "workspace_id": n.workspace_id, "task": n.task, "compliance_policy": n.compliance_policy,
+             "policy_version": n.policy_version, "provider": n.provider, "model": n.model,
+             "budget_cents": n.budget_cents, "requested_permissions": n.requested_permissions,
+             "effective_permissions": n.effective_permissions, "denied_permissions": n.denied_permissions,
+             "webhook_url": n.webhook_url, "queued_event": n.queued_event} for n in news]
+    cur.execute(_INSERT, {"rows": Json(rows), "task_name": RUN_TASK})
+    created = {r["id"]: r["created_at"] for r in cur.fetchall()}
+    return [created[n.id] for n in news]
+
+
 def insert(cur: Any, new: NewExecution) -> datetime:
-    cur.execute(_INSERT, {
-        "id": new.id, "workspace_id": new.workspace_id, "task": new.task,
-        "compliance_policy": new.compliance_policy, "policy_version": new.policy_version,
-        "provider": new.provider, "model": new.model, "budget_cents": new.budget_cents,
-        "requested_permissions": Json(new.requested_permissions) if new.requested_permissions is not None else None,
-        "effective_permissions": Json(new.effective_permissions),
-        "denied_permissions": Json(new.denied_permissions), "webhook_url": new.webhook_url,
-        "queued_event": Json(new.queued_event), "task_name": RUN_TASK,
-    })
-    return cur.fetchone()["created_at"]
+    return insert_many(cur, [new])[0]
 
 
 # Executions that should have moved by now: queued longer than `queued_s`, or running with no step

@@ -7,6 +7,7 @@ documents that carry the same ``version`` label still get distinct versions.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,11 +42,13 @@ def current(db: Database | None, workspace_id: str, *, cur: Any = None) -> Guard
     return GuardrailsRevision(**row) if row else None
 
 
-def current_revision(db: Database, workspace_id: str) -> int:
-    """The workspace's current revision number (0: the shipped default), without the document:
-    the hot path of task creation needs only the number (the worker loads and caches the body)."""
-    row = db.fetchone("SELECT max(revision) AS n FROM guardrails_versions WHERE workspace_id = %s", (workspace_id,))
-    return int(row["n"] or 0) if row else 0
+def current_revisions(db: Database, workspace_ids: Iterable[str]) -> dict[str, int]:
+    """The workspaces' current revision numbers (absent: 0, the shipped default), without the
+    documents: the hot path of task creation needs only the numbers (the worker loads and caches
+    the bodies). One query for a group of concurrent requests."""
+    rows = db.fetchall("SELECT workspace_id, max(revision) AS n FROM guardrails_versions"
+                       " WHERE workspace_id = ANY(%s) GROUP BY workspace_id", (list(workspace_ids),))
+    return {r["workspace_id"]: int(r["n"]) for r in rows}
 
 
 def get_revision(db: Database, workspace_id: str, revision: int) -> GuardrailsRevision | None:
