@@ -13,6 +13,7 @@ from flask import Blueprint, Flask, Response, g, request
 from api import errors, metrics, openapi, ws, ws_notifications, ws_workflows
 from api.auth import authenticate_request, ratelimit_headers
 from api.body import reject_nul_in_url
+from api.jsonprovider import FastJSONProvider
 from api.routes import compliance, compliance_audit, conditions, documents, executions, health, monitoring, tasks
 from api.routes import notifications as notifications_routes
 from api.routes import signals as signals_routes
@@ -30,8 +31,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     logs.configure(settings.log_level, settings.log_json)
     app = Flask("warden", static_folder=None)
-    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes)
+    app.json = FastJSONProvider(app)
     svc = Services(
         settings=settings,
         db=Database(settings.database_url, minconn=settings.db_pool_min, maxconn=settings.db_pool_max),
