@@ -8,6 +8,7 @@ from typing import Any
 from flask import request
 
 from api import schemas
+from api.dispatch import GRACE_S
 from api.idempotency import create_once
 from api.schemas import AgentTaskRequest
 from api.services import services
@@ -130,17 +131,19 @@ def submit_execution(workspace_id: str, body: dict[str, Any], idem_key: str | No
                       "budget_cents": data["budget_cents"], "provider": provider, "model": model},
     )
     if idem_key is None:
-        svc.execution_writer.submit(new)  # committed (with concurrent requests' rows) on return
-        svc.waker.wake()
+        inserted = svc.execution_writer.submit(new)  # committed (with concurrent requests' rows) on return
+        svc.dispatcher.dispatch(inserted.outbox_id, execution_id)
         return 201, payload, headers
 
+    outbox_ids: list[int] = []
+
     def create(cur: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
-        executions.insert(cur, new)
+        outbox_ids.append(executions.insert(cur, new, publish_after_s=GRACE_S).outbox_id)
         return 201, payload, headers
 
     response, created = create_once(svc, workspace_id, idem_key, "/api/v1/tasks", body, create)
     if created:
-        svc.waker.wake()
+        svc.dispatcher.dispatch(outbox_ids[-1], execution_id)
     return response
 
 

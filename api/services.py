@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import current_app
 
+from api.dispatch import GRACE_S, Dispatcher
 from api.ratelimit import LeanRedis, TokenBucket
 from api.tokens import StreamTokens
 from api.wakeup import OutboxWaker
@@ -30,6 +31,7 @@ class Services:
     _waker: OutboxWaker | None = None
     _execution_writer: GroupWriter[executions.NewExecution, Any] | None = None
     _compiles: GroupWriter[dict[str, Any], Any] | None = None
+    _dispatcher: Dispatcher | None = None
 
     @property
     def bucket(self) -> TokenBucket:
@@ -49,12 +51,19 @@ class Services:
 
 
     @property
+    def dispatcher(self) -> Dispatcher:
+        """Publishes intake's run messages after commit (api/dispatch.py)."""
+        if self._dispatcher is None:
+            self._dispatcher = Dispatcher(self.db, self.celery)
+        return self._dispatcher
+
+    @property
     def execution_writer(self) -> GroupWriter[executions.NewExecution, Any]:
         """Intake's inserts: concurrent requests' executions written by one statement."""
         if self._execution_writer is None:
             def write(news: list[executions.NewExecution]) -> list[Any]:
                 with self.db.autocommit() as cur:  # one statement: atomic on its own
-                    return executions.insert_many(cur, news)
+                    return executions.insert_many(cur, news, publish_after_s=GRACE_S)
 
             self._execution_writer = GroupWriter(write)
         return self._execution_writer

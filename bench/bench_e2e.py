@@ -22,7 +22,7 @@ from bench import stack
 
 TERMINAL = {"execution.succeeded", "execution.blocked", "execution.error", "execution.cancelled"}
 THROUGHPUT_CLIENTS = 8
-WORKER_ARGS = ["--concurrency", "2", "--prefetch-multiplier", "1", "-l", "WARNING"]
+WORKER_ARGS = ["--concurrency", "4", "--prefetch-multiplier", "1", "-l", "WARNING"]
 
 
 def _pct(values: list[float], p: float) -> float:

@@ -30,10 +30,12 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "warden:outbox"
 
-# SKIP LOCKED so that two relays (or a relay and the sweeper) grab separate rows.
+# SKIP LOCKED so that two relays (or a relay and the sweeper) grab separate rows. Rows whose
+# `publish_after` lies ahead are being published by the API process that wrote them (api/dispatch.py).
 _CLAIM = """
 SELECT id, task_name, args, queue FROM outbox
  WHERE dispatched_at IS NULL AND created_at <= now() - make_interval(secs => %s)
+   AND (publish_after IS NULL OR publish_after <= now())
  ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
 """
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shared import outbox
 from shared.logs import execution_id_var
 from workers import runtime
 from workers.base import task
@@ -31,9 +30,6 @@ def run(self: Any, execution_id: str) -> str:
     execution_id_var.set(execution_id)
     outcome = execute(execution_id, runtime.db(), runtime.settings())
     log.info("execution %s: %s", execution_id, outcome)
-    # The terminal transition may have written outbox rows (workflow advance, webhook delivery):
-    # wake the relay now that it is committed instead of leaving them to its next poll.
-    outbox.wake(runtime.redis().client)
     if outcome == "locked_elsewhere":
         raise self.retry(countdown=LOCKED_RETRY_S)
     return outcome

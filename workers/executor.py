@@ -37,7 +37,7 @@ import tenacity
 from celery.exceptions import SoftTimeLimitExceeded
 
 from guard import Policy, SigningKey, load_policy
-from shared import events
+from shared import events, outbox
 from shared.config import Settings
 from shared.store import policy_documents, runs
 from workers import pricing, signing
@@ -171,10 +171,6 @@ def _redis() -> Any:
     return runtime.redis().client
 
 
-def _lock_key(execution_id: str) -> str:
-    return "warden:execution:" + execution_id
-
-
 def _autocommit_scalar(conn: Any, sql: str, params: tuple[Any, ...]) -> Any:
     conn.autocommit = True
     try:
@@ -185,20 +181,39 @@ def _autocommit_scalar(conn: Any, sql: str, params: tuple[Any, ...]) -> Any:
         conn.autocommit = False
 
 
+def _unlock(conn: Any, execution_id: str) -> None:
+    _autocommit_scalar(conn, "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (runs.lock_key(execution_id),))
+
+
 def execute(execution_id: str, db: Any, settings: Settings) -> str:
     """Drive one execution to a terminal state (or leave it to the runner holding the lock).
     Returns what happened, for logs and tests."""
     with db.connection() as conn:
-        if not _autocommit_scalar(conn, "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
-                                  (_lock_key(execution_id),)):
+        conn.autocommit = True
+        try:
+            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                begun = runs.begin(cur, execution_id)  # takes the advisory lock: one round trip
+        except BaseException:
+            if not conn.closed:  # the lock may have been taken before the statement failed
+                conn.autocommit = False
+                _unlock(conn, execution_id)
+            raise
+        finally:
+            if not conn.closed:
+                conn.autocommit = False
+        if not begun.locked:
             return "locked_elsewhere"
         try:
-            return _execute_locked(execution_id, conn, db, settings)
+            return _execute_locked(begun, conn, db, settings)
         finally:
             if not conn.closed:
                 conn.rollback()
-                _autocommit_scalar(conn, "SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
-                                   (_lock_key(execution_id),))
+                _unlock(conn, execution_id)
+            row = begun.row
+            if row is None or row["webhook_url"] or row["workflow_id"]:
+                # The terminal step wrote outbox rows (webhook delivery, workflow advance): wake the
+                # relay now that they are committed instead of leaving them to its next poll.
+                outbox.wake(_redis())
 
 
 def _initial_state(task: str) -> dict[str, Any]:
@@ -206,18 +221,13 @@ def _initial_state(task: str) -> dict[str, Any]:
             "prev_hash": None, "record_names": []}
 
 
-def _begin(execution_id: str, conn: Any, db: Any, settings: Settings) -> tuple[dict[str, Any], SigningKey] | None:
-    """queued → running (first delivery) or pick up a running one (redelivery); None when there
-    is nothing to run. One round trip in the usual case."""
-    conn.autocommit = True
-    try:
-        with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-            begun = runs.begin(cur, execution_id)
-    finally:
-        conn.autocommit = False
-    if begun is None:
-        return None
+def _begin(begun: runs.Begun, conn: Any, db: Any, settings: Settings) -> tuple[dict[str, Any], SigningKey] | None:
+    """What runs.begin found: the run to drive (started now, or a redelivery's saved state), or
+    None when there is nothing to run."""
     row = begun.row
+    if row is None:
+        return None
+    execution_id = row["id"]
     if begun.started is not None:
         row["state"] = _initial_state(row["task"])
         events.publish(_redis(), [begun.started])
@@ -237,11 +247,12 @@ def _begin(execution_id: str, conn: Any, db: Any, settings: Settings) -> tuple[d
     return row, signing.key_for_run(db, settings, begun.signing_key)
 
 
-def _execute_locked(execution_id: str, conn: Any, db: Any, settings: Settings) -> str:
-    begun = _begin(execution_id, conn, db, settings)
-    if begun is None:
+def _execute_locked(begun: runs.Begun, conn: Any, db: Any, settings: Settings) -> str:
+    runnable = _begin(begun, conn, db, settings)
+    if runnable is None:
         return "not_runnable"
-    row, key = begun
+    row, key = runnable
+    execution_id = row["id"]
     provider_name = row["provider"] or "local"
     policy = load_policy(row["compliance_policy"])
     policy_documents.record(db, policy.name, policy.version, policy.document)  # once per process

@@ -95,26 +95,37 @@ WITH r AS (
   INSERT INTO execution_events (execution_id, seq, type, data)
   SELECT id, 1, 'execution.queued', queued_event FROM r
 ), o AS (
-  INSERT INTO outbox (task_name, args, queue) SELECT %(task_name)s, jsonb_build_array(id), 'executions' FROM r
+  INSERT INTO outbox (task_name, args, queue, publish_after)
+  SELECT %(task_name)s, jsonb_build_array(id), 'executions', now() + make_interval(secs => %(grace)s) FROM r
+  RETURNING id AS outbox_id, args->>0 AS id
 )
-SELECT id, created_at FROM e
+SELECT e.id, e.created_at, o.outbox_id FROM e JOIN o USING (id)
 """
 
 
-def insert_many(cur: Any, news: list[NewExecution]) -> list[datetime]:
-    """Write the executions (with first event and outbox row each); their created_at, in order."""
+@dataclass(frozen=True)
+class Inserted:
+    created_at: datetime
+    outbox_id: int  # the run message's outbox row
+
+
+def insert_many(cur: Any, news: list[NewExecution], *, publish_after_s: float | None = None) -> list[Inserted]:
+    """Write the executions (with first event and outbox row each); what was written, in order.
+
+    ``publish_after_s``: the caller publishes the run messages itself after commit (the API's
+    dispatcher), so the relay leaves the rows alone for that long. None: the relay publishes."""
     rows = [{"id": n.id, "workspace_id": n.workspace_id, "task": n.task, "compliance_policy": n.compliance_policy,
              "policy_version": n.policy_version, "provider": n.provider, "model": n.model,
              "budget_cents": n.budget_cents, "requested_permissions": n.requested_permissions,
              "effective_permissions": n.effective_permissions, "denied_permissions": n.denied_permissions,
              "webhook_url": n.webhook_url, "queued_event": n.queued_event} for n in news]
-    cur.execute(_INSERT, {"rows": Json(rows), "task_name": RUN_TASK})
-    created = {r["id"]: r["created_at"] for r in cur.fetchall()}
-    return [created[n.id] for n in news]
+    cur.execute(_INSERT, {"rows": Json(rows), "task_name": RUN_TASK, "grace": publish_after_s})
+    written = {r["id"]: Inserted(r["created_at"], r["outbox_id"]) for r in cur.fetchall()}
+    return [written[n.id] for n in news]
 
 
-def insert(cur: Any, new: NewExecution) -> datetime:
-    return insert_many(cur, [new])[0]
+def insert(cur: Any, new: NewExecution, *, publish_after_s: float | None = None) -> Inserted:
+    return insert_many(cur, [new], publish_after_s=publish_after_s)[0]
 
 
 # Executions that should have moved by now: queued longer than `queued_s`, or running with no step

@@ -27,48 +27,58 @@ def lock(cur: Any, execution_id: str) -> dict[str, Any] | None:
     return cur.fetchone()
 
 
-# queued → running with its `execution.started` event, in one statement that also returns the row
-# as it was (so a redelivery sees `running` and its saved state) and the active generated signing
-# key: the start of a run is one round trip.
+# The runner's session-level advisory lock (see workers/executor.py), then queued → running with its
+# `execution.started` event, in one statement that also returns the row as it was (so a
+# redelivery sees `running` and its saved state) and the active generated signing key: the start
+# of a run is one round trip. Without the lock nothing is written.
 _BEGIN = """
-WITH u AS (
+WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock(hashtextextended(%(lock)s, 0)) AS locked),
+u AS (
   UPDATE executions SET status = 'running', started_at = now(), updated_at = now(),
          event_count = event_count + 1
-   WHERE id = %(id)s AND status = 'queued' AND NOT cancel_requested
+   WHERE id = %(id)s AND status = 'queued' AND NOT cancel_requested AND (SELECT locked FROM l)
   RETURNING id, event_count, provider, model
 ), ev AS (
   INSERT INTO execution_events (execution_id, seq, type, data)
   SELECT id, event_count, 'execution.started', jsonb_build_object('provider', provider, 'model', model) FROM u
   RETURNING execution_id, seq, type, at, data
 )
-SELECT e.*, ev.seq AS ev_seq, ev.at AS ev_at, ev.data AS ev_data, k.key_id AS key_id,
+SELECT l.locked, e.*, ev.seq AS ev_seq, ev.at AS ev_at, ev.data AS ev_data, k.key_id AS key_id,
        k.encrypted_seed AS key_encrypted_seed
-  FROM executions e
+  FROM l
+  LEFT JOIN executions e ON e.id = %(id)s
   LEFT JOIN ev ON true
   LEFT JOIN LATERAL (SELECT key_id, encrypted_seed FROM signing_keys
                       WHERE retired_at IS NULL AND source = 'generated') k ON true
- WHERE e.id = %(id)s
 """
+
+
+def lock_key(execution_id: str) -> str:
+    """The key of the advisory lock a runner holds for the whole run (hashtextextended'ed)."""
+    return "warden:execution:" + execution_id
 
 
 @dataclass
 class Begun:
-    row: dict[str, Any]  # the execution as it was before this statement
+    locked: bool  # the advisory lock is now held by this session (False: another runner has it)
+    row: dict[str, Any] | None  # the execution as it was before this statement (None: no such execution)
     started: dict[str, Any] | None  # the execution.started event when this call started the run
     signing_key: tuple[str, str] | None  # (key_id, encrypted seed) of the active generated key
 
 
-def begin(cur: Any, execution_id: str) -> Begun | None:
-    """Start a queued run (or read a running one back); None when there is no such execution."""
-    cur.execute(_BEGIN, {"id": execution_id})
+def begin(cur: Any, execution_id: str) -> Begun:
+    """Take the run's advisory lock and start a queued run (or read a running one back). Run in
+    autocommit: the lock is the session's, and outlives the statement."""
+    cur.execute(_BEGIN, {"id": execution_id, "lock": lock_key(execution_id)})
     row = cur.fetchone()
-    if row is None:
-        return None
+    locked = bool(row.pop("locked"))
+    if not locked or row["id"] is None:
+        return Begun(locked, None, None, None)
     seq, at, data = row.pop("ev_seq"), row.pop("ev_at"), row.pop("ev_data")
     key_id, seed = row.pop("key_id"), row.pop("key_encrypted_seed")
     started = (event_dict({"execution_id": execution_id, "seq": seq, "type": "execution.started", "at": at,
                            "data": data}) if seq is not None else None)
-    return Begun(row, started, (key_id, seed) if key_id else None)
+    return Begun(True, row, started, (key_id, seed) if key_id else None)
 
 
 @dataclass

@@ -115,3 +115,36 @@ def test_duplicate_message_runs_once(stack: LiveServer, client: ApiClient, celer
     assert [e["type"] for e in events].count("execution.started") == 1
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_intake_publishes_its_own_run_messages_without_the_relay(isolated: Any) -> None:
+    """No relay runs: the API process that committed the executions publishes their run messages
+    (once each, with the outbox row's task id) and marks the rows dispatched."""
+    from api.app import create_app
+    from shared.outbox import pending_count
+    from shared.store import workspaces
+
+    settings, db, broker, port = isolated
+    (broker.data_dir).mkdir(parents=True, exist_ok=True)
+    (broker.data_dir / "port").write_text(str(port))
+    url = broker.start()
+    ws = workspaces.get_or_create_workspace(db, "dispatch")
+    srv = LiveServer(create_app(settings))
+    srv.start()
+    try:
+        client = ApiClient(srv.url, workspaces.create_key(db, ws.id))
+        ids = [client.post("/api/v1/tasks", {"task": f"dispatched {i}"}).json()["execution_id"] for i in range(3)]
+        ids.append(client.post("/api/v1/tasks", {"task": "keyed"}, headers={"Idempotency-Key": "k-1"})
+                   .json()["execution_id"])
+        wait_for(lambda: pending_count(db) == 0, timeout=5)
+        rows = db.fetchall("SELECT id, args, attempts, dispatched_at FROM outbox ORDER BY id")
+        assert [r["args"] for r in rows] == [[eid] for eid in ids]
+        assert all(r["attempts"] == 1 for r in rows)
+        queued = redis_lib.Redis.from_url(url).lrange("executions", 0, -1)
+        assert len(queued) == 4
+        bodies = b"".join(queued)
+        for eid, row in zip(ids, rows, strict=True):
+            assert bodies.count(eid.encode()) == 1
+            assert bodies.count(f"outbox-{row['id']}".encode()) >= 1
+    finally:
+        srv.stop()

@@ -1,0 +1,104 @@
+"""The API's dispatcher: run messages published by the process that committed them.
+
+Intake commits the execution with its outbox row (``publish_after`` a few seconds ahead, so the
+relay leaves it alone) and hands the row to this process's dispatcher; the request answers at
+once. A background sender publishes to the broker right after, then marks the rows dispatched,
+one UPDATE per burst. This takes the relay's hop (wake-up, claim transaction, publish, mark) off
+the way from a request to a running execution: about 1.3 ms of latency and 0.6 ms of CPU per
+execution (see the README's benchmark notes).
+
+Nothing is lost if it fails: a refused publish clears ``publish_after`` on the rows left so the
+relay takes them at once, and if the process dies the relay takes them when ``publish_after``
+passes. A message published twice (the process died between publishing and marking) runs once:
+the run task is idempotent.
+
+Publishing never happens in the request (Celery's publish can hang while the broker is
+unreachable): under gunicorn's gevent worker the sender is a greenlet (``threading`` is
+monkey-patched), elsewhere a daemon thread, started lazily per process (also after a fork).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from typing import Any
+
+from shared.db import Database
+from shared.outbox import PUBLISH_RETRY_POLICY
+from shared.store.executions import RUN_TASK
+
+log = logging.getLogger(__name__)
+
+#: How long the relay leaves an intake row to its API process (PUBLISH_RETRY_POLICY fails within ~1 s).
+GRACE_S = 5.0
+#: Rows waiting beyond this are left to the relay (a broker far slower than intake).
+MAX_PENDING = 10_000
+
+
+class Dispatcher:
+    def __init__(self, db: Database, celery: Any) -> None:
+        self.db = db
+        self.celery = celery
+        self.published = 0  # messages this process published (tests, debugging)
+        self._pid = 0
+        self._pending: deque[tuple[int, str]] = deque()
+        self._event: threading.Event | None = None
+        self._lock = threading.Lock()
+
+    def dispatch(self, outbox_id: int, execution_id: str) -> None:
+        """Queue a committed execution's run message. Never blocks, never touches the broker."""
+        event = self._event
+        if event is None or self._pid != os.getpid():
+            event = self._start()
+        if len(self._pending) < MAX_PENDING:
+            self._pending.append((outbox_id, execution_id))
+            event.set()
+
+    def _start(self) -> threading.Event:
+        with self._lock:
+            if self._event is None or self._pid != os.getpid():
+                # threading.* is looked up now, after gevent's monkey-patching, not at import.
+                self._event = threading.Event()
+                self._pending = deque()
+                threading.Thread(target=self._run, args=(self._event,), daemon=True, name="dispatcher").start()
+                self._pid = os.getpid()
+            return self._event
+
+    def _run(self, event: threading.Event) -> None:
+        while True:
+            event.wait()
+            event.clear()  # rows queued from here on get the next pass
+            batch = []
+            while self._pending:
+                batch.append(self._pending.popleft())
+            if not batch:
+                continue
+            try:
+                self._publish(batch)
+            except Exception:  # never let the sender die; the relay covers whatever was left
+                log.exception("dispatcher: publishing %d run message(s) failed", len(batch))
+
+    def _publish(self, batch: list[tuple[int, str]]) -> None:
+        done: list[int] = []
+        error: str | None = None
+        for outbox_id, execution_id in batch:
+            try:
+                self.celery.send_task(RUN_TASK, args=[execution_id], queue="executions",
+                                      task_id=f"outbox-{outbox_id}", retry=True,
+                                      retry_policy=PUBLISH_RETRY_POLICY, ignore_result=True)
+            except Exception as exc:  # kombu raises many types for an unreachable broker
+                error = f"{type(exc).__name__}: {exc}"[:500]
+                break
+            done.append(outbox_id)
+        self.published += len(done)
+        if done:
+            self.db.execute("UPDATE outbox SET dispatched_at = now(), attempts = attempts + 1"
+                            " WHERE id = ANY(%s) AND dispatched_at IS NULL", (done,))
+        if error is not None:
+            left = [oid for oid, _ in batch[len(done):]]
+            log.warning("dispatcher: broker refused; %d run message(s) left to the relay: %s", len(left), error)
+            # The relay takes them now rather than when publish_after passes.
+            self.db.execute("UPDATE outbox SET publish_after = NULL, attempts = attempts + 1, last_error = %s"
+                            " WHERE id = ANY(%s) AND dispatched_at IS NULL", (error, left))
