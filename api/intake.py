@@ -131,19 +131,21 @@ def submit_execution(workspace_id: str, body: dict[str, Any], idem_key: str | No
                       "budget_cents": data["budget_cents"], "provider": provider, "model": model},
     )
     if idem_key is None:
-        inserted = svc.execution_writer.submit(new)  # committed (with concurrent requests' rows) on return
-        svc.dispatcher.dispatch(inserted.outbox_id, execution_id)
+        svc.execution_writer.submit(new)  # committed (with concurrent requests' rows) on return
         return 201, payload, headers
 
+    own = svc.dispatcher.takes(1)
     outbox_ids: list[int] = []
 
     def create(cur: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
-        outbox_ids.append(executions.insert(cur, new, publish_after_s=GRACE_S).outbox_id)
+        outbox_ids.append(executions.insert(cur, new, publish_after_s=GRACE_S if own else None).outbox_id)
         return 201, payload, headers
 
     response, created = create_once(svc, workspace_id, idem_key, "/api/v1/tasks", body, create)
-    if created:
+    if created and own:
         svc.dispatcher.dispatch(outbox_ids[-1], execution_id)
+    elif created:
+        svc.waker.wake()
     return response
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import redis
 from redis.exceptions import NoScriptError
 
+from shared.groupcommit import GroupWriter
+
 _SCRIPT = """
 local key = KEYS[1]
 local rate = tonumber(ARGV[1])
@@ -61,6 +63,14 @@ class LeanRedis:
         self._pid = os.getpid()
 
     def call(self, packed: bytes):  # type: ignore[no-untyped-def]
+        reply = self.call_many([packed])[0]
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return reply
+
+    def call_many(self, packed: list[bytes]) -> list:  # type: ignore[type-arg]
+        """Pipelined: every command sent in one write, the replies read in order. An error reply
+        is returned in its place (as the ResponseError), not raised."""
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours
             self._idle, self._pid = [], os.getpid()
         idle = self._idle
@@ -74,18 +84,20 @@ class LeanRedis:
         conn.connect()
         return self._roundtrip(conn, packed)
 
-    def _roundtrip(self, conn, packed: bytes):  # type: ignore[no-untyped-def]
+    def _roundtrip(self, conn, packed: list[bytes]) -> list:  # type: ignore[no-untyped-def, type-arg]
+        replies = []
         try:
-            conn.send_packed_command([packed], check_health=False)
-            reply = conn.read_response(disconnect_on_error=False)
-        except redis.ResponseError:
-            self._release(conn)  # an error reply was read in full: the connection is clean
-            raise
+            conn.send_packed_command(packed, check_health=False)
+            for _ in packed:
+                try:
+                    replies.append(conn.read_response(disconnect_on_error=False))
+                except redis.ResponseError as exc:  # read in full: the connection stays clean
+                    replies.append(exc)
         except BaseException:
             conn.disconnect()
             raise
         self._release(conn)
-        return reply
+        return replies
 
     def _release(self, conn) -> None:  # type: ignore[no-untyped-def]
         if len(self._idle) < self._max_idle:
@@ -109,6 +121,10 @@ class Verdict:
 
 
 class TokenBucket:
+    """``hit(bucket)`` for each request. Concurrent requests of one process share a round trip:
+    their EVALSHAs are pipelined in one write (:class:`shared.groupcommit.GroupWriter`; a lone
+    request is sent at once)."""
+
     def __init__(self, client: LeanRedis, rate_per_s: float, burst: int) -> None:
         self.client = client
         self.rate = rate_per_s
@@ -116,15 +132,27 @@ class TokenBucket:
         # Everything but the key and the clock is fixed: packed once.
         self._rate_arg = repr(float(rate_per_s)).encode()
         self._burst_arg = str(int(burst)).encode()
+        self._group: GroupWriter[str, Verdict] = GroupWriter(self._hit_many)
 
     def hit(self, bucket: str) -> Verdict:
-        packed = _pack(b"EVALSHA", _SHA_B, b"1", f"ratelimit:{bucket}".encode(), self._rate_arg, self._burst_arg,
-                       repr(time.time()).encode())
-        try:
-            allowed, tokens_raw = self.client.call(packed)
-        except NoScriptError:
+        return self._group.submit(bucket)
+
+    def _hit_many(self, buckets: list[str]) -> list[Verdict]:
+        now = repr(time.time()).encode()
+        packed = [_pack(b"EVALSHA", _SHA_B, b"1", f"ratelimit:{b}".encode(), self._rate_arg, self._burst_arg, now)
+                  for b in buckets]
+        replies = self.client.call_many(packed)
+        if any(isinstance(r, NoScriptError) for r in replies):  # a restarted or flushed Redis
             self.client.call(_pack(b"SCRIPT", b"LOAD", _SCRIPT_B))
-            allowed, tokens_raw = self.client.call(packed)
+            redo = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            for i, r in zip(redo, self.client.call_many([packed[i] for i in redo]), strict=True):
+                replies[i] = r
+        return [self._verdict(r) for r in replies]
+
+    def _verdict(self, reply: object) -> Verdict:
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        allowed, tokens_raw = reply  # type: ignore[misc]
         tokens = float(tokens_raw)
         retry_after = 0 if allowed else max(1, math.ceil((1 - tokens) / self.rate))
         reset = math.ceil((self.burst - tokens) / self.rate)

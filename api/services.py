@@ -59,13 +59,21 @@ class Services:
 
     @property
     def execution_writer(self) -> GroupWriter[executions.NewExecution, Any]:
-        """Intake's inserts: concurrent requests' executions written by one statement."""
+        """Intake's inserts: concurrent requests' executions written by one statement, their run
+        messages published by this process's dispatcher or, under load, the relay."""
         if self._execution_writer is None:
             def write(news: list[executions.NewExecution]) -> list[Any]:
+                own = self.dispatcher.takes(len(news), waiting=writer.waiting)
                 with self.db.autocommit() as cur:  # one statement: atomic on its own
-                    return executions.insert_many(cur, news, publish_after_s=GRACE_S)
+                    rows = executions.insert_many(cur, news, publish_after_s=GRACE_S if own else None)
+                if own:
+                    for new, row in zip(news, rows, strict=True):
+                        self.dispatcher.dispatch(row.outbox_id, new.id)
+                else:
+                    self.waker.wake()
+                return rows
 
-            self._execution_writer = GroupWriter(write)
+            self._execution_writer = writer = GroupWriter(write)
         return self._execution_writer
 
 

@@ -76,6 +76,11 @@ class GroupWriter(Generic[T, R]):
             self._pid = os.getpid()
         return lock
 
+    @property
+    def waiting(self) -> int:
+        """Callers queued behind the group being written (a measure of this process's load)."""
+        return len(self._queue)
+
     def submit(self, item: T) -> R:
         slot: _Slot[T, R] = _Slot(item)
         with self._guard():

@@ -84,6 +84,33 @@ def test_token_bucket_round_trip_survives_script_flush_and_dropped_connections(s
     lean.close()
 
 
+def test_concurrent_hits_share_round_trips_and_stay_exact(settings: Any) -> None:
+    """Pipelined hits (one write for a group of concurrent requests) keep the bucket exact: of 40
+    simultaneous hits on a burst of 10, exactly 10 pass, also right after a script flush."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lean = LeanRedis(settings.redis_url)
+    bucket = TokenBucket(lean, rate_per_s=0.001, burst=10)
+    admin = redis_lib.Redis.from_url(settings.redis_url)
+    for round_ in range(2):
+        key = f"c-{round_}-{time.monotonic_ns()}"
+        admin.script_flush()  # the group meets NOSCRIPT: loaded once, every hit answered
+        start = threading.Barrier(40)
+
+        def hit(_: int, key: str = key) -> bool:
+            start.wait()
+            return bucket.hit(key).allowed
+
+        with ThreadPoolExecutor(40) as pool:
+            verdicts = list(pool.map(hit, range(40)))
+        assert verdicts.count(True) == 10
+    assert bucket._group.batches < 80  # they were grouped
+    replies = lean.call_many([_pack(b"PING"), _pack(b"NOSUCHCOMMAND"), _pack(b"PING")])
+    assert replies[0] == replies[2] and isinstance(replies[1], redis_lib.ResponseError)
+    assert lean.call(_pack(b"PING"))  # the connection read every reply: still clean
+    lean.close()
+
+
 def test_wake_is_immediate_when_idle_and_coalesced_in_bursts(settings: Any) -> None:
     handle = RedisHandle(settings.redis_url)
     sub = redis_lib.Redis.from_url(settings.redis_url).pubsub(ignore_subscribe_messages=True)
