@@ -11,7 +11,8 @@ Exactly-once in effect under redelivery (``acks_late`` + ``reject_on_worker_lost
   guarded statement (``runs.write_step``): the guard decision's events, the certificate or
   violation, the new state and, on the last step, the terminal status with its follow-ups, so a
   step either happened once or not at all and is redone from the saved state. A database tool
-  runs inside that transaction before the write.
+  runs inside that transaction before the write; the first such call of a model answer is run in
+  the answer's own step (a resume before that commit asks the model again).
 - Network tools cannot join the transaction: the call is certified and marked ``started`` in
   one commit, run, then completed in a second. On resume an ``http_get`` is simply fetched
   again; an ``http_post`` whose outcome is unknown is not repeated (the model is told why).
@@ -40,10 +41,10 @@ from guard import Policy, SigningKey, load_policy
 from shared import events, outbox
 from shared.config import Settings
 from shared.store import policy_documents, runs
-from workers import pricing, signing
+from workers import pricing, signing, tools
 from workers.providers import make_provider
 from workers.providers.base import MAX_OUTPUT_TOKENS, Completion, Provider, ProviderError
-from workers.steps import StepResult, process_call
+from workers.steps import StepResult, judge_and_run, process_call
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,12 @@ def _one_step(run: Run, provider: Provider) -> None:
     cost = pricing.cost_cents(run.model, completion.input_tokens, completion.output_tokens,
                               run.settings.default_price_per_mtok_cents)
     calls = completion.tool_calls[:MAX_CALLS_PER_TURN]
-    with run.step(transaction=False):
+    # The first call, when it runs in the database (not a network tool), is judged and run in the
+    # same step as the answer that asked for it: one statement and one commit instead of two. Until
+    # that commit nothing of either happened; a resume calls the model again.
+    merged = bool(calls) and calls[0]["name"] not in tools.EXTERNAL
+    outcome: StepResult | None = None
+    with run.step(transaction=merged and calls[0]["name"] in tools.WRITES) as cur:
         run.spent += cost
         u = run.usage
         u["input_tokens"] = u.get("input_tokens", 0) + completion.input_tokens
@@ -334,8 +340,12 @@ def _one_step(run: Run, provider: Provider) -> None:
             "stop_reason": completion.stop_reason})
         if not calls:  # the final answer: the same statement ends the run
             run.end("succeeded", result={"output": completion.text or ""})
+        elif merged:
+            outcome = judge_and_run(run, state["pending"][0], cur)
     if not calls:
         raise Stop("finished", result={"status": "succeeded"})
+    if outcome is not None and outcome.finished is not None:
+        raise Stop("finished", result={"status": outcome.finished})
 
 
 def _call_model(run: Run, provider: Provider) -> Completion:

@@ -76,64 +76,78 @@ def _complete(run: Run, call: dict[str, Any], result: dict[str, Any] | None,
     run.emit("tool.completed", {"call_id": call["id"], "tool": call["name"], "ok": ok, "result": summary})
 
 
+def call_key(call: dict[str, Any]) -> str:
+    return f"{call['step']}:{call['id']}"
+
+
 def process_call(run: Run, call: dict[str, Any]) -> StepResult:
     """Take the first pending call one step further (see the executor's docstring)."""
-    call_key = f"{call['step']}:{call['id']}"
     if call.get("started"):
-        return _finish_external(run, call, call_key, resumed=True)
+        return _finish_external(run, call, call_key(call), resumed=True)
     # A database-writing tool runs in the step's transaction; any other step is autocommitted reads
     # plus the one guarded write.
     with run.step(transaction=call["name"] in tools.WRITES) as cur:
-        tc = ToolCall(call["name"], call["arguments"])
-        docs = documents.list_all(cur, run.workspace_id)
-        run.emit("tool.requested", {"call_id": call["id"], "tool": call["name"],
-                                         "arguments": _preview(call["arguments"]), "step": call["step"]})
-        decision = Guard.verify(tc, _context(run, docs))
-        run.emit("guard.decision", {"call_id": call["id"], **decision.to_dict()})
-        if not decision.allowed:
-            try:
-                digest = arguments_sha256(call["arguments"])
-            except (TypeError, ValueError):
-                digest = ""
-            run.refuse(call_key, call["name"], digest, decision.violations, decision.halt)
-            run.counts["blocked"] = run.counts.get("blocked", 0) + 1
-            run.emit("tool.blocked", {"call_id": call["id"], "tool": call["name"],
-                                           "violations": decision.violations, "halt": decision.halt})
-            if decision.halt:
-                # Terminal in the same transaction as the refusal: a resume never re-judges it.
-                rules = sorted({v["rule"] for v in decision.violations})
-                reason = "budget_exceeded" if "budget_exceeded" in rules else "policy_violation"
-                run.state["pending"] = []
-                run.end("blocked", result={"output": None, "reason": reason},
-                        error={"code": reason, "violations": decision.violations,
-                               "message": f"{call['name']} refused by the {run.policy.name} policy"
-                                          f" ({', '.join(rules)})"})
-                return StepResult(finished="blocked")
-            content = {"error": "blocked_by_policy", "violations": decision.violations,
-                       "message": "This call was refused by the compliance policy and did not run."}
-            run.state["messages"].append(_tool_message(call, content, True))
-            run.state["pending"].pop(0)
-            return StepResult()
-        state = run.state
-        cert = issue_certificate(run.key, certificate_id=new_id("cert"), execution_id=run.id,
-                                 seq=state["cert_seq"] + 1, call=tc, decision=decision, policy=run.policy,
-                                 issued_at=_now(), prev_hash=state["prev_hash"])
-        run.certify(call_key, cert)
-        state["cert_seq"], state["prev_hash"] = cert["seq"], cert["hash"]
-        run.counts["certificates"] = run.counts.get("certificates", 0) + 1
-        run.emit("certificate.issued", {"call_id": call["id"], "tool": call["name"], "certificate": cert})
-        if call["name"] in tools.EXTERNAL:
-            call["started"] = True  # committed with the certificate; the request runs after commit
-            call["certificate_id"] = cert["certificate_id"]
-        else:
-            ctx = tools.ToolContext(run.workspace_id, run.id, call_key, run.settings,
-                                    tuple(state.get("record_names") or ()), cur, docs)
-            try:
-                _complete(run, call, tools.run(call["name"], call["arguments"], ctx), None)
-            except tools.ToolError as exc:
-                _complete(run, call, None, exc)
-            return StepResult()
-    return _finish_external(run, call, call_key, resumed=False)
+        result = judge_and_run(run, call, cur)
+    if result is None:
+        return _finish_external(run, call, call_key(call), resumed=False)
+    return result
+
+
+def judge_and_run(run: Run, call: dict[str, Any], cur: Any) -> StepResult | None:
+    """Inside an open step (``run.step()``): the call's events, Guard.verify, then the refusal, or
+    the certificate and, for a database tool, the tool itself through ``cur``. None: an external
+    call was certified and marked started; it runs after this step commits."""
+    key = call_key(call)
+    tc = ToolCall(call["name"], call["arguments"])
+    docs = documents.list_all(cur, run.workspace_id)
+    run.emit("tool.requested", {"call_id": call["id"], "tool": call["name"],
+                                "arguments": _preview(call["arguments"]), "step": call["step"]})
+    decision = Guard.verify(tc, _context(run, docs))
+    run.emit("guard.decision", {"call_id": call["id"], **decision.to_dict()})
+    if not decision.allowed:
+        try:
+            digest = arguments_sha256(call["arguments"])
+        except (TypeError, ValueError):
+            digest = ""
+        run.refuse(key, call["name"], digest, decision.violations, decision.halt)
+        run.counts["blocked"] = run.counts.get("blocked", 0) + 1
+        run.emit("tool.blocked", {"call_id": call["id"], "tool": call["name"],
+                                  "violations": decision.violations, "halt": decision.halt})
+        if decision.halt:
+            # Terminal in the same transaction as the refusal: a resume never re-judges it.
+            rules = sorted({v["rule"] for v in decision.violations})
+            reason = "budget_exceeded" if "budget_exceeded" in rules else "policy_violation"
+            run.state["pending"] = []
+            run.end("blocked", result={"output": None, "reason": reason},
+                    error={"code": reason, "violations": decision.violations,
+                           "message": f"{call['name']} refused by the {run.policy.name} policy"
+                                      f" ({', '.join(rules)})"})
+            return StepResult(finished="blocked")
+        content = {"error": "blocked_by_policy", "violations": decision.violations,
+                   "message": "This call was refused by the compliance policy and did not run."}
+        run.state["messages"].append(_tool_message(call, content, True))
+        run.state["pending"].pop(0)
+        return StepResult()
+    state = run.state
+    cert = issue_certificate(run.key, certificate_id=new_id("cert"), execution_id=run.id,
+                             seq=state["cert_seq"] + 1, call=tc, decision=decision, policy=run.policy,
+                             issued_at=_now(), prev_hash=state["prev_hash"])
+    run.certify(key, cert)
+    state["cert_seq"], state["prev_hash"] = cert["seq"], cert["hash"]
+    run.counts["certificates"] = run.counts.get("certificates", 0) + 1
+    run.emit("certificate.issued", {"call_id": call["id"], "tool": call["name"], "certificate": cert})
+    if call["name"] in tools.EXTERNAL:
+        call["started"] = True  # committed with the certificate; the request runs after commit
+        call["certificate_id"] = cert["certificate_id"]
+    else:
+        ctx = tools.ToolContext(run.workspace_id, run.id, key, run.settings,
+                                tuple(state.get("record_names") or ()), cur, docs)
+        try:
+            _complete(run, call, tools.run(call["name"], call["arguments"], ctx), None)
+        except tools.ToolError as exc:
+            _complete(run, call, None, exc)
+        return StepResult()
+    return None
 
 
 def _finish_external(run: Run, call: dict[str, Any], call_key: str, *, resumed: bool) -> StepResult:
@@ -159,4 +173,4 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-__all__ = ["process_call", "StepResult"]
+__all__ = ["process_call", "judge_and_run", "StepResult"]

@@ -97,7 +97,7 @@ def test_concurrent_hits_share_round_trips_and_stay_exact(settings: Any) -> None
         admin.script_flush()  # the group meets NOSCRIPT: loaded once, every hit answered
         start = threading.Barrier(40)
 
-        def hit(_: int, key: str = key) -> bool:
+        def hit(_: int, key: str = key, start: threading.Barrier = start) -> bool:
             start.wait()
             return bucket.hit(key).allowed
 
