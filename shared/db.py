@@ -6,8 +6,11 @@ after import), so no connection is ever shared between processes.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +24,54 @@ from shared.errors import ServiceUnavailable
 psycopg2.extras.register_default_jsonb(globally=True, loads=__import__("json").loads)
 
 Json = psycopg2.extras.Json
+
+_NAMED = re.compile(r"%\((\w+)\)s(::[\w\[\]]+)?")
+
+
+class Prepared:
+    """A statement PREPAREd once per connection and EXECUTEd from then on: PostgreSQL parses and
+    plans it once per session instead of on every call (for the executor's step statement, a CTE
+    over five tables, planning was about half of its server time).
+
+    psycopg2 has no server-side prepared statements, hence by hand: the ``%(name)s`` SQL is turned
+    into ``$n`` form once; each call sends ``EXECUTE name (…)`` with the values interpolated by
+    psycopg2 as usual. Each connection remembers what was prepared on it in a weak map, so a
+    closed connection takes its entries along; a prepared statement outlives rolled-back
+    transactions (PREPARE is not transactional). The result columns must be listed explicitly (no
+    ``*``): a migration that adds a column would otherwise change a cached plan's result type.
+    Not for transaction-mode connection poolers (PgBouncer), which do not keep sessions.
+    """
+
+    _on: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, sql: str) -> None:
+        names: list[str] = []
+        casts: dict[str, str] = {}
+
+        def number(m: re.Match[str]) -> str:
+            if m.group(1) not in names:
+                names.append(m.group(1))
+            if m.group(2):
+                casts.setdefault(m.group(1), m.group(2))
+            return f"${names.index(m.group(1)) + 1}{m.group(2) or ''}"
+
+        body = _NAMED.sub(number, sql).replace("%%", "%")
+        self.name = "warden_" + hashlib.sha1(body.encode()).hexdigest()[:16]  # noqa: S324 - a name, not a secret
+        self._prepare = f"PREPARE {self.name} AS {body}"
+        # A value cast in the statement is cast in EXECUTE too: psycopg2 sends a list as ARRAY[…],
+        # typed text[], which would not be coerced to, say, a jsonb[] parameter.
+        args = ", ".join(f"%({n})s{casts.get(n, '')}" for n in names)
+        self._execute = f"EXECUTE {self.name}" + (f" ({args})" if names else "")
+
+    def execute(self, cur: Any, params: dict[str, Any] | None = None) -> None:
+        conn = cur.connection
+        done = self._on.get(conn)
+        if done is None:
+            done = self._on[conn] = set()
+        if self.name not in done:
+            cur.execute(self._prepare)
+            done.add(self.name)
+        cur.execute(self._execute, params)
 
 
 class Database:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.db import Database, Json
+from shared.db import Database, Json, Prepared
 from shared.ids import new_id
 
 _COLUMNS = "id, workspace_id, name, content, labels, created_by, created_at, updated_at"
@@ -54,9 +54,12 @@ def get(cur: Any, workspace_id: str, key: str) -> Document | None:
     return Document(**row) if row else None
 
 
+# Every tool call reads the workspace's documents for Guard.verify: prepared once per connection.
+_LIST_ALL = Prepared(f"SELECT {_COLUMNS} FROM documents WHERE workspace_id = %(ws)s ORDER BY id LIMIT %(limit)s")
+
+
 def list_all(cur: Any, workspace_id: str, limit: int = CONTEXT_LIMIT) -> list[Document]:
-    cur.execute(f"SELECT {_COLUMNS} FROM documents WHERE workspace_id = %s ORDER BY id LIMIT %s",
-                (workspace_id, limit))
+    _LIST_ALL.execute(cur, {"ws": workspace_id, "limit": limit})
     return [Document(**r) for r in cur.fetchall()]
 
 

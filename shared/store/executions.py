@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from shared.db import Database, Json
+from shared.db import Database, Json, Prepared
 from shared.events import event_dict, list_events
 from shared.paging import keyset_page
 
@@ -77,7 +77,7 @@ class Execution:
 # shared/groupcommit.py). Rows arrive as one JSON array, so the statement text never changes.
 # (The relay is woken through Redis after commit, not NOTIFY: NOTIFY takes a global lock at
 # commit that halves commit throughput under concurrency.)
-_INSERT = """
+_INSERT = Prepared("""
 WITH r AS (
   SELECT * FROM jsonb_to_recordset(%(rows)s) AS r(
     id text, workspace_id text, task text, compliance_policy text, policy_version text, provider text,
@@ -100,7 +100,7 @@ WITH r AS (
   RETURNING id AS outbox_id, args->>0 AS id
 )
 SELECT e.id, e.created_at, o.outbox_id FROM e JOIN o USING (id)
-"""
+""")
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def insert_many(cur: Any, news: list[NewExecution], *, publish_after_s: float | 
              "budget_cents": n.budget_cents, "requested_permissions": n.requested_permissions,
              "effective_permissions": n.effective_permissions, "denied_permissions": n.denied_permissions,
              "webhook_url": n.webhook_url, "queued_event": n.queued_event} for n in news]
-    cur.execute(_INSERT, {"rows": Json(rows), "task_name": RUN_TASK, "grace": publish_after_s})
+    _INSERT.execute(cur, {"rows": Json(rows), "task_name": RUN_TASK, "grace": publish_after_s})
     written = {r["id"]: Inserted(r["created_at"], r["outbox_id"]) for r in cur.fetchall()}
     return [written[n.id] for n in news]
 

@@ -11,7 +11,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.db import Json
+from shared.db import Json, Prepared
 from shared.events import event_dict
 from shared.ids import new_id
 from shared.store.executions import TERMINAL
@@ -31,7 +31,7 @@ def lock(cur: Any, execution_id: str) -> dict[str, Any] | None:
 # `execution.started` event, in one statement that also returns the row as it was (so a
 # redelivery sees `running` and its saved state) and the active generated signing key: the start
 # of a run is one round trip. Without the lock nothing is written.
-_BEGIN = """
+_BEGIN = Prepared("""
 WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock(hashtextextended(%(lock)s, 0)) AS locked),
 u AS (
   UPDATE executions SET status = 'running', started_at = now(), updated_at = now(),
@@ -43,14 +43,16 @@ u AS (
   SELECT id, event_count, 'execution.started', jsonb_build_object('provider', provider, 'model', model) FROM u
   RETURNING execution_id, seq, type, at, data
 )
-SELECT l.locked, e.*, ev.seq AS ev_seq, ev.at AS ev_at, ev.data AS ev_data, k.key_id AS key_id,
-       k.encrypted_seed AS key_encrypted_seed
+SELECT l.locked, e.id, e.workspace_id, e.task, e.status, e.compliance_policy, e.policy_version, e.provider,
+       e.model, e.budget_cents, e.spent_cents, e.effective_permissions, e.state, e.usage, e.counts,
+       e.cancel_requested, e.webhook_url, e.workflow_id, ev.seq AS ev_seq, ev.at AS ev_at, ev.data AS ev_data,
+       k.key_id AS key_id, k.encrypted_seed AS key_encrypted_seed
   FROM l
   LEFT JOIN executions e ON e.id = %(id)s
   LEFT JOIN ev ON true
   LEFT JOIN LATERAL (SELECT key_id, encrypted_seed FROM signing_keys
                       WHERE retired_at IS NULL AND source = 'generated') k ON true
-"""
+""")
 
 
 def lock_key(execution_id: str) -> str:
@@ -69,7 +71,7 @@ class Begun:
 def begin(cur: Any, execution_id: str) -> Begun:
     """Take the run's advisory lock and start a queued run (or read a running one back). Run in
     autocommit: the lock is the session's, and outlives the statement."""
-    cur.execute(_BEGIN, {"id": execution_id, "lock": lock_key(execution_id)})
+    _BEGIN.execute(cur, {"id": execution_id, "lock": lock_key(execution_id)})
     row = cur.fetchone()
     locked = bool(row.pop("locked"))
     if not locked or row["id"] is None:
@@ -96,6 +98,11 @@ _SAVABLE = ("state", "spent_cents", "usage", "counts")
 
 
 @functools.lru_cache(maxsize=64)
+def _step_statement(save: tuple[str, ...], certificate: bool, violation: bool, terminal: bool,
+                    running_only: bool) -> Prepared:
+    return Prepared(_step_sql(save, certificate, violation, terminal, running_only))
+
+
 def _step_sql(save: tuple[str, ...], certificate: bool, violation: bool, terminal: bool, running_only: bool) -> str:
     sets = [f"{c} = %({c})s" for c in save if c != "state"]
     if "state" in save:
@@ -181,8 +188,8 @@ def write_step(cur: Any, execution_id: str, step: Step, *, running_only: bool = 
         params.update(status=status, result=Json(result) if result is not None else None,
                       error=Json(error) if error is not None else None, dlv_id=delivery_id,
                       webhook_id="msg_" + delivery_id[4:])
-    cur.execute(_step_sql(save, step.certificate is not None, step.violation is not None, step.terminal is not None,
-                          running_only), params)
+    _step_statement(save, step.certificate is not None, step.violation is not None, step.terminal is not None,
+                    running_only).execute(cur, params)
     rows = cur.fetchall()
     if not rows:
         return None

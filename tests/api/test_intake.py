@@ -39,7 +39,7 @@ def test_defaults(client: ApiClient) -> None:
     assert e["provider"] == "local"
     assert e["requested_permissions"] is None
     assert e["denied_permissions"] == []
-    assert e["status"] in ("queued", "running")
+    assert e["status"] in ("queued", "running", "succeeded")  # a worker may already have run it
 
 
 def test_legal_alias_is_stored_as_legal_privilege(client: ApiClient) -> None:
