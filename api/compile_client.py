@@ -20,7 +20,6 @@ import time
 import uuid
 from typing import Any
 
-import orjson
 import redis
 from kombu.exceptions import KombuError
 
@@ -77,10 +76,7 @@ def compile_many(svc: Services, requests: list[dict[str, Any]]) -> list[tuple[di
             log.warning("waiting for the compiler failed: %s", exc)
             raise _unavailable("Could not wait for the compiler (Redis unreachable); retry shortly") from None
         if item is not None:
-            try:
-                answers = orjson.loads(item[1])
-            except orjson.JSONDecodeError:  # escapes orjson refuses (lone surrogates): the worker wrote them
-                answers = json.loads(item[1])
+            answers = json.loads(item[1])  # (not orjson: it reads integers beyond 64 bits as floats)
             if not isinstance(answers, list) or len(answers) != len(batch):
                 raise RuntimeError(f"compiler answered {type(answers).__name__} for {len(batch)} requests")
             return [(a, b["guardrails_revision"]) for a, b in zip(answers, batch, strict=True)]

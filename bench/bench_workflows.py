@@ -24,7 +24,8 @@ STAGES = 10
 def _workflow_done(redis_url: str) -> TerminalWatcher:
     """When each workflow's terminal event is published (pattern subscription on workflows:*)."""
     return TerminalWatcher(redis_url, "workflows:*", "workflow_id",
-                           lambda t: t.startswith("workflow.") and t != "workflow.created")
+                           lambda t: t.startswith("workflow.") and t != "workflow.created",
+                           markers=(b'"type":"workflow.',))
 
 
 def run(n_single: int = 20, n_chains: int = 5) -> dict[str, Any]:

@@ -7,13 +7,12 @@ Pub/sub forgets; the table does not. A subscriber that missed something reads it
 from __future__ import annotations
 
 import contextlib
-import json
 from datetime import datetime
 from typing import Any
 
 import redis
 
-from shared.db import Json
+from shared.db import Json, dumps_json
 
 
 def channel_for(execution_id: str) -> str:
@@ -54,7 +53,7 @@ def publish(client: redis.Redis, events: list[dict[str, Any]]) -> None:
         return
     pipe = client.pipeline(transaction=False)
     for ev in events:
-        pipe.publish(channel_for(ev["execution_id"]), json.dumps(ev, separators=(",", ":")))
+        pipe.publish(channel_for(ev["execution_id"]), dumps_json(ev))
     with contextlib.suppress(redis.RedisError):  # stored already; readers catch up from PostgreSQL
         pipe.execute()
 

@@ -14,14 +14,12 @@ A repeat of the same message computes the same answer (the pipeline is determini
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict
 from typing import Any
 
-import orjson
-
 from compiler import CompileError, compile_intent
+from shared.db import dumps_json
 from shared.netsafe import check_url_literal
 from shared.store import guardrails as guardrails_store
 from workers import runtime
@@ -72,19 +70,12 @@ def run_pipeline(request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "compiled": compiled.to_dict()}
 
 
-def _dumps(answer: Any) -> bytes | str:
-    try:
-        return orjson.dumps(answer)  # several times faster; the API reads it back with orjson too
-    except TypeError:  # a lone surrogate from the request's text: the standard library escapes it
-        return json.dumps(answer, separators=(",", ":"))
-
-
 def _reply(reply_to: str | None, answer: Any) -> None:
     if not reply_to:
         return
     client = runtime.redis().client
     with client.pipeline(transaction=False) as pipe:  # one round trip; nobody else writes this list
-        pipe.rpush(reply_to, _dumps(answer))
+        pipe.rpush(reply_to, dumps_json(answer))
         pipe.expire(reply_to, REPLY_TTL_S)
         pipe.execute()
 
