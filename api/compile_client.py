@@ -14,7 +14,6 @@ times that, so under load this is what decides dry-run latency.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -24,6 +23,7 @@ import redis
 from kombu.exceptions import KombuError
 
 from api.services import Services
+from shared.db import loads_json
 from shared.errors import ServiceUnavailable
 from shared.store import guardrails as guardrails_store
 
@@ -76,7 +76,7 @@ def compile_many(svc: Services, requests: list[dict[str, Any]]) -> list[tuple[di
             log.warning("waiting for the compiler failed: %s", exc)
             raise _unavailable("Could not wait for the compiler (Redis unreachable); retry shortly") from None
         if item is not None:
-            answers = json.loads(item[1])  # (not orjson: it reads integers beyond 64 bits as floats)
+            answers = loads_json(item[1])
             if not isinstance(answers, list) or len(answers) != len(batch):
                 raise RuntimeError(f"compiler answered {type(answers).__name__} for {len(batch)} requests")
             return [(a, b["guardrails_revision"]) for a, b in zip(answers, batch, strict=True)]

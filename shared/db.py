@@ -33,8 +33,26 @@ def dumps_json(obj: Any) -> str:
         return json.dumps(obj)
 
 
-# Reading stays with the standard library: orjson turns integers beyond 64 bits into floats.
-psycopg2.extras.register_default_jsonb(globally=True, loads=json.loads)
+_LONG_NUMBER = re.compile(rb"\d{19,}")
+
+
+def loads_json(raw: str | bytes) -> Any:
+    """orjson where it is exact: it reads an integer beyond 64 bits as a float, so text with a run
+    of 19 or more digits (any integer that might not fit) goes to the standard library, as does
+    anything orjson refuses (escaped lone surrogates)."""
+    try:
+        data = raw.encode() if isinstance(raw, str) else raw
+    except UnicodeEncodeError:  # an unescaped lone surrogate: not UTF-8, so not for orjson
+        return json.loads(raw)
+    if _LONG_NUMBER.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
+
+
+psycopg2.extras.register_default_jsonb(globally=True, loads=loads_json)
 
 
 class Json(psycopg2.extras.Json):  # type: ignore[misc]
