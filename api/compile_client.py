@@ -39,17 +39,27 @@ def _unavailable(message: str) -> ServiceUnavailable:
     return ServiceUnavailable(message, code="compiler_unavailable", retry_after=1)
 
 
+def _no_answer(timeout: float) -> ServiceUnavailable:
+    return _unavailable(f"No compiler worker answered within {timeout:g} s; "
+                        "is a worker consuming the 'compiler' queue?")
+
+
 def compile_remote(svc: Services, request: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """The worker's answer for ``request`` (which names its ``workspace_id``), compiled under the
     workspace's current guardrails: ``({"ok": True, "compiled": …} or {"ok": False, "error": …},
     guardrails revision)``. Waits at most ``Settings.compile_timeout_s``; 503 past that."""
-    return svc.compiles.submit(request)
+    return svc.compiles.submit((request, time.monotonic() + svc.settings.compile_timeout_s))
 
 
-def compile_many(svc: Services, requests: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
-    """One message for ``requests``, one wait for all their answers (GroupWriter's write)."""
+def compile_many(svc: Services, items: list[tuple[dict[str, Any], float]]) -> list[tuple[dict[str, Any], int]]:
+    """One message for the requests, one wait for all their answers (GroupWriter's write). Each
+    request came with its own deadline (arrival + the timeout; it may have queued behind the
+    group before): the group waits until the earliest, so no request waits past its own."""
     timeout = svc.settings.compile_timeout_s
-    deadline = time.monotonic() + timeout
+    deadline = min(d for _, d in items)
+    if deadline - time.monotonic() <= 0:
+        raise _no_answer(timeout)
+    requests = [r for r, _ in items]
     revisions = guardrails_store.current_revisions(svc.db, {r["workspace_id"] for r in requests})
     batch = [{**r, "guardrails_revision": revisions.get(r["workspace_id"], 0)} for r in requests]
     reply_to = f"warden:compile:reply:{uuid.uuid4().hex}"
@@ -59,7 +69,8 @@ def compile_many(svc: Services, requests: list[dict[str, Any]]) -> list[tuple[di
         # argsrepr/kwargsrepr: a short fixed label instead of Celery's repr of the request, which
         # costs CPU per call and would copy users' intents into the monitoring event stream.
         svc.celery.send_task(COMPILE_TASK, kwargs={"requests": batch, "reply_to": reply_to},
-                             expires=timeout, retry=True, retry_policy=_RETRY_POLICY, ignore_result=True,
+                             expires=max(0.01, deadline - time.monotonic()), retry=True,
+                             retry_policy=_RETRY_POLICY, ignore_result=True,
                              argsrepr="()", kwargsrepr=f"{{'requests': [{len(batch)} …]}}")
     except (KombuError, redis.RedisError, OSError) as exc:
         log.warning("compiler queue unreachable: %s", exc)
@@ -68,8 +79,7 @@ def compile_many(svc: Services, requests: list[dict[str, Any]]) -> list[tuple[di
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise _unavailable(f"No compiler worker answered within {timeout:g} s; is a worker consuming the "
-                               "'compiler' queue?")
+            raise _no_answer(timeout)
         try:
             item = client.blpop([reply_to], timeout=max(0.01, min(remaining, _BLPOP_SLICE_S)))
         except redis.RedisError as exc:

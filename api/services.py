@@ -30,7 +30,7 @@ class Services:
     _bucket_pid: int = 0
     _waker: OutboxWaker | None = None
     _execution_writer: GroupWriter[executions.NewExecution, Any] | None = None
-    _compiles: GroupWriter[dict[str, Any], Any] | None = None
+    _compiles: GroupWriter[tuple[dict[str, Any], float], Any] | None = None
     _dispatcher: Dispatcher | None = None
 
     @property
@@ -78,12 +78,12 @@ class Services:
 
 
     @property
-    def compiles(self) -> GroupWriter[dict[str, Any], Any]:
+    def compiles(self) -> GroupWriter[tuple[dict[str, Any], float], Any]:
         """Compile requests on their way to the compiler queue, grouped (api/compile_client.py)."""
         if self._compiles is None:
             from api.compile_client import compile_many  # it imports this module
 
-            self._compiles = GroupWriter(lambda requests: compile_many(self, requests))
+            self._compiles = GroupWriter(lambda items: compile_many(self, items))
         return self._compiles
 
 

@@ -51,3 +51,24 @@ def test_no_compiler_worker_is_503_after_the_timeout(stack, settings, db):
                                                        "entity_scope": "AAPL"})
         assert r.status_code == 503
         assert c.get("/api/v1/tasks").json()["total_count"] == 0
+
+
+def test_concurrent_requests_without_a_worker_each_wait_at_most_the_timeout(stack, settings, db):
+    """Requests that queue behind a group in flight still answer within their own timeout (the
+    group waits until its earliest deadline), not one group's timeout after another's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = urlsplit(settings.redis_url)
+    index = int((parts.path or "/0").strip("/") or 0)
+    idle_broker = urlunsplit(parts._replace(path=f"/{(index + 7) % 16}"))
+    with server_with(settings, db, celery_broker_url=idle_broker, compile_timeout_s=0.6) as c:
+        def timed(i: int) -> tuple[int, float]:
+            time.sleep(0.05 * i)  # arrivals spread while the first group is waiting
+            start = time.monotonic()
+            r = c.post("/api/v1/tasks", json={**body(), "dry_run": True})
+            return r.status_code, time.monotonic() - start
+
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(timed, range(6)))
+        assert [code for code, _ in results] == [503] * 6
+        assert max(elapsed for _, elapsed in results) < 1.1, results
