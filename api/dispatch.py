@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -58,13 +59,17 @@ class Dispatcher:
         ``waiting``: requests already queued behind this group (more load on the way)."""
         return n + waiting <= OWN_GROUP and len(self._pending) + n <= OWN_BACKLOG
 
-    def dispatch(self, outbox_id: int, execution_id: str) -> None:
-        """Queue a committed execution's run message. Never blocks, never touches the broker."""
+    def dispatch(self, rows: list[tuple[int, str]]) -> None:
+        """Queue committed executions' run messages, ``(outbox id, execution id)`` each. Never
+        touches the broker; it only yields once, so that the sender's publish goes out before the
+        caller's response (under gevent ``time.sleep`` is cooperative: the sender runs up to its
+        first network write and control comes back; with threads it is a GIL hand-off)."""
         event = self._event
         if event is None or self._pid != os.getpid():
             event = self._start()
-        self._pending.append((outbox_id, execution_id))
+        self._pending.extend(rows)
         event.set()
+        time.sleep(0)
 
     def _start(self) -> threading.Event:
         with self._lock:

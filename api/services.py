@@ -67,8 +67,7 @@ class Services:
                 with self.db.autocommit() as cur:  # one statement: atomic on its own
                     rows = executions.insert_many(cur, news, publish_after_s=GRACE_S if own else None)
                 if own:
-                    for new, row in zip(news, rows, strict=True):
-                        self.dispatcher.dispatch(row.outbox_id, new.id)
+                    self.dispatcher.dispatch([(row.outbox_id, new.id) for new, row in zip(news, rows, strict=True)])
                 else:
                     self.waker.wake()
                 return rows

@@ -1,4 +1,5 @@
-"""Redis clients (one pool per process, created lazily, re-created after fork)."""
+"""Redis clients (one pool per process, created lazily, re-created after fork), and the lean
+request/reply path for the hottest commands (rate-limit checks, event publishes)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ class RedisHandle:
     def __init__(self, url: str) -> None:
         self.url = url
         self._client: redis.Redis | None = None
+        self._lean: LeanRedis | None = None
         self._pid = 0
         self._lock = threading.Lock()
 
@@ -31,3 +33,83 @@ class RedisHandle:
             return bool(self.client.ping())
         except redis.RedisError:
             return False
+
+    @property
+    def lean(self) -> LeanRedis:
+        """This URL's :class:`LeanRedis` (one per process)."""
+        lean = self._lean
+        if lean is None:
+            with self._lock:
+                if self._lean is None:
+                    self._lean = LeanRedis(self.url)
+                lean = self._lean
+        return lean
+
+
+def pack(*args: bytes) -> bytes:
+    """One command in RESP, ready to send."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+class LeanRedis:
+    """Request/reply on idle connections kept per process (LIFO, at most ``max_idle``).
+
+    Connections are redis-py's own (the URL decides TCP, TLS or a Unix socket, AUTH and db), only
+    the per-command path is skipped. A reused connection that fails to connect, send or read is
+    dropped and the command tried once more on a fresh one (a timeout is not retried); any other
+    failure drops the connection and raises, so no connection with an unread reply is reused.
+    """
+
+    def __init__(self, url: str, *, max_idle: int = 64) -> None:
+        self._pool = redis.ConnectionPool.from_url(url, protocol=2, socket_connect_timeout=3, socket_timeout=10)
+        self._max_idle = max_idle
+        self._idle: list[redis.connection.AbstractConnection] = []
+        self._pid = os.getpid()
+
+    def call(self, packed: bytes):  # type: ignore[no-untyped-def]
+        reply = self.call_many([packed])[0]
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return reply
+
+    def call_many(self, packed: list[bytes]) -> list:  # type: ignore[type-arg]
+        """Pipelined: every command sent in one write, the replies read in order. An error reply
+        is returned in its place (as the ResponseError), not raised."""
+        if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+            self._idle, self._pid = [], os.getpid()
+        idle = self._idle
+        if idle:
+            conn = idle.pop()
+            try:
+                return self._roundtrip(conn, packed)
+            except redis.ConnectionError:
+                pass  # stale (Redis restarted, idle timeout): once more on a fresh connection
+        conn = self._pool.connection_class(**self._pool.connection_kwargs)
+        conn.connect()
+        return self._roundtrip(conn, packed)
+
+    def _roundtrip(self, conn, packed: list[bytes]) -> list:  # type: ignore[no-untyped-def, type-arg]
+        replies = []
+        try:
+            conn.send_packed_command(packed, check_health=False)
+            for _ in packed:
+                try:
+                    replies.append(conn.read_response(disconnect_on_error=False))
+                except redis.ResponseError as exc:  # read in full: the connection stays clean
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._release(conn)
+        return replies
+
+    def _release(self, conn) -> None:  # type: ignore[no-untyped-def]
+        if len(self._idle) < self._max_idle:
+            self._idle.append(conn)
+        else:
+            conn.disconnect()
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()

@@ -167,9 +167,10 @@ class Run:
 
 
 def _redis() -> Any:
+    """Where events are published: the lean path (pre-packed PUBLISHes, one write per step)."""
     from workers import runtime
 
-    return runtime.redis().client
+    return runtime.redis().lean
 
 
 def _autocommit_scalar(conn: Any, sql: str, params: tuple[Any, ...]) -> Any:
@@ -214,7 +215,9 @@ def execute(execution_id: str, db: Any, settings: Settings) -> str:
             if row is None or row["webhook_url"] or row["workflow_id"]:
                 # The terminal step wrote outbox rows (webhook delivery, workflow advance): wake the
                 # relay now that they are committed instead of leaving them to its next poll.
-                outbox.wake(_redis())
+                from workers import runtime
+
+                outbox.wake(runtime.redis().client)
 
 
 def _initial_state(task: str) -> dict[str, Any]:

@@ -17,11 +17,11 @@ from itsdangerous import URLSafeTimedSerializer
 from marshmallow import ValidationError
 
 from api.intake import _fast_load, _schema
-from api.ratelimit import LeanRedis, TokenBucket, _pack
+from api.ratelimit import TokenBucket
 from api.tokens import StreamTokens
 from api.wakeup import OutboxWaker
 from shared.outbox import CHANNEL
-from shared.redis_client import RedisHandle
+from shared.redis_client import LeanRedis, RedisHandle, pack
 from tests.support import ApiClient
 
 _values = st.one_of(
@@ -77,10 +77,10 @@ def test_token_bucket_round_trip_survives_script_flush_and_dropped_connections(s
     admin = redis_lib.Redis.from_url(settings.redis_url)
     admin.script_flush()  # NOSCRIPT: loaded again, answered as before
     assert bucket.hit(key + "-b").allowed
-    own_id = lean.call(_pack(b"CLIENT", b"ID"))  # the one idle connection (nobody else's is touched)
+    own_id = lean.call(pack(b"CLIENT", b"ID"))  # the one idle connection (nobody else's is touched)
     admin.client_kill_filter(_id=str(own_id))  # it dies while idle: the next hit uses a fresh one
     assert bucket.hit(key + "-c").allowed
-    assert lean.call(_pack(b"CLIENT", b"ID")) != own_id
+    assert lean.call(pack(b"CLIENT", b"ID")) != own_id
     lean.close()
 
 
@@ -105,9 +105,9 @@ def test_concurrent_hits_share_round_trips_and_stay_exact(settings: Any) -> None
             verdicts = list(pool.map(hit, range(40)))
         assert verdicts.count(True) == 10
     assert bucket._group.batches < 80  # they were grouped
-    replies = lean.call_many([_pack(b"PING"), _pack(b"NOSUCHCOMMAND"), _pack(b"PING")])
+    replies = lean.call_many([pack(b"PING"), pack(b"NOSUCHCOMMAND"), pack(b"PING")])
     assert replies[0] == replies[2] and isinstance(replies[1], redis_lib.ResponseError)
-    assert lean.call(_pack(b"PING"))  # the connection read every reply: still clean
+    assert lean.call(pack(b"PING"))  # the connection read every reply: still clean
     lean.close()
 
 
