@@ -59,10 +59,12 @@ def test_broker_outage_loses_nothing_and_publishes_exactly_once(isolated: Any) -
         ids = [client.post("/api/v1/tasks", {"task": f"during outage {i}"}).json()["execution_id"]
                for i in range(3)]
         assert time.monotonic() - t0 < 3.0, "intake must not wait for the broker"
-        time.sleep(1.0)  # the relay tries, fails, keeps the rows
+        time.sleep(1.0)  # the API's dispatcher and the relay try, fail, keep the rows
         assert pending_count(db) == 3
-        row = db.fetchone("SELECT max(attempts) AS a, max(last_error) AS e FROM outbox")
+        row = db.fetchone("SELECT max(attempts) AS a, max(last_error) AS e,"
+                          " count(*) FILTER (WHERE publish_after IS NOT NULL) AS held FROM outbox")
         assert row["a"] >= 1 and row["e"]
+        assert row["held"] == 0  # a refused dispatch hands its rows to the relay at once
 
         broker.data_dir.mkdir(parents=True, exist_ok=True)
         # Bring the broker up on the very port the settings name.
@@ -146,5 +148,49 @@ def test_intake_publishes_its_own_run_messages_without_the_relay(isolated: Any) 
         for eid, row in zip(ids, rows, strict=True):
             assert bodies.count(eid.encode()) == 1
             assert bodies.count(f"outbox-{row['id']}".encode()) >= 1
+    finally:
+        srv.stop()
+
+
+def test_a_busy_api_leaves_its_run_messages_to_the_relay(isolated: Any) -> None:
+    """Dispatcher.takes: a group bigger than OWN_GROUP (a loaded API process) is written for the
+    relay (no publish_after) and the API publishes none of it; a lone request is the API's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from api.app import create_app
+    from api.dispatch import OWN_GROUP
+    from shared.outbox import pending_count
+    from shared.store import workspaces
+
+    settings, db, broker, port = isolated
+    broker.data_dir.mkdir(parents=True, exist_ok=True)
+    (broker.data_dir / "port").write_text(str(port))
+    broker.start()
+    app = create_app(settings)
+    svc = app.extensions["warden"]
+    srv = LiveServer(app)
+    srv.start()
+    try:
+        client = ApiClient(srv.url, workspaces.create_key(db, workspaces.get_or_create_workspace(db, "busy").id))
+        lone = client.post("/api/v1/tasks", {"task": "lone"}).json()["execution_id"]
+        wait_for(lambda: pending_count(db) == 0, timeout=5)  # published and marked by the API
+        assert svc.dispatcher.published == 1
+        # Hold the writer's statement so that a crowd queues behind it and goes as one big group.
+        with db.connection() as conn:
+            conn.autocommit = False
+            with conn.cursor() as cur:
+                cur.execute("LOCK TABLE outbox IN EXCLUSIVE MODE")
+                with ThreadPoolExecutor(3 * OWN_GROUP) as pool:
+                    futures = [pool.submit(client.post, "/api/v1/tasks", {"task": f"crowd {i}"})
+                               for i in range(3 * OWN_GROUP)]
+                    time.sleep(1.0)  # the first request holds the writer; the rest queue behind it
+                    conn.rollback()  # release the lock
+                    crowd = [f.result().json()["execution_id"] for f in futures]
+        rows = {r["args"][0]: r for r in db.fetchall("SELECT args, publish_after, dispatched_at FROM outbox")}
+        assert rows[lone]["dispatched_at"] is not None
+        relay_rows = [rows[e] for e in crowd if rows[e]["publish_after"] is None]
+        assert len(relay_rows) >= 2 * OWN_GROUP  # the big group went to the relay...
+        assert all(r["dispatched_at"] is None for r in relay_rows)  # ...and nobody else published it
+        assert svc.dispatcher.published <= 1 + OWN_GROUP
     finally:
         srv.stop()
