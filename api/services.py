@@ -9,13 +9,13 @@ from typing import Any
 from flask import current_app
 
 from api.dispatch import GRACE_S, Dispatcher
-from api.ratelimit import LeanRedis, TokenBucket
+from api.ratelimit import TokenBucket
 from api.tokens import StreamTokens
 from api.wakeup import OutboxWaker
 from shared.config import Settings
 from shared.db import Database
 from shared.groupcommit import GroupWriter
-from shared.redis_client import RedisHandle
+from shared.redis_client import LeanRedis, RedisHandle
 from shared.store import executions
 
 
@@ -49,7 +49,6 @@ class Services:
             self._waker = OutboxWaker(self.redis)
         return self._waker
 
-
     @property
     def dispatcher(self) -> Dispatcher:
         """Publishes intake's run messages after commit (api/dispatch.py)."""
@@ -74,7 +73,6 @@ class Services:
 
             self._execution_writer = writer = GroupWriter(write)
         return self._execution_writer
-
 
     @property
     def compiles(self) -> GroupWriter[tuple[dict[str, Any], float], Any]:
