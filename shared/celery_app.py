@@ -6,9 +6,12 @@ Routes are configuration, not call-site arguments: the task name's module decide
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from celery import Celery
 
 from shared.config import Settings
+from shared.kombu_redis import TRANSPORT as REDIS_TRANSPORT
 
 QUEUES = ("executions", "compiler", "evaluation", "delivery")
 
@@ -62,6 +65,8 @@ def make_celery(settings: Settings, *, main: str = "warden") -> Celery:
             },
         },
     )
+    if urlsplit(settings.broker_url).scheme == "redis":  # (rediss and sentinel keep kombu's own)
+        app.conf.broker_transport = REDIS_TRANSPORT  # kombu's, one client per channel (shared/kombu_redis.py)
     # Agent runs are bounded by configuration; the Redis visibility timeout is validated to exceed it.
     limit = settings.executions_time_limit_s
     app.conf.task_annotations = {"workers.executions.run": {
