@@ -27,8 +27,8 @@ import time
 from collections import deque
 from typing import Any
 
+from shared import outbox
 from shared.db import Database
-from shared.outbox import PUBLISH_RETRY_POLICY
 from shared.store.executions import RUN_TASK
 
 log = logging.getLogger(__name__)
@@ -96,24 +96,11 @@ class Dispatcher:
                 log.exception("dispatcher: publishing %d run message(s) failed", len(batch))
 
     def _publish(self, batch: list[tuple[int, str]]) -> None:
-        done: list[int] = []
-        error: str | None = None
-        for outbox_id, execution_id in batch:
-            try:
-                self.celery.send_task(RUN_TASK, args=[execution_id], queue="executions",
-                                      task_id=f"outbox-{outbox_id}", retry=True,
-                                      retry_policy=PUBLISH_RETRY_POLICY, ignore_result=True)
-            except Exception as exc:  # kombu raises many types for an unreachable broker
-                error = f"{type(exc).__name__}: {exc}"[:500]
-                break
-            done.append(outbox_id)
+        done, error = outbox.publish_rows(self.celery, [(oid, RUN_TASK, [eid], "executions") for oid, eid in batch])
         self.published += len(done)
-        if done:
-            self.db.execute("UPDATE outbox SET dispatched_at = now(), attempts = attempts + 1"
-                            " WHERE id = ANY(%s) AND dispatched_at IS NULL", (done,))
-        if error is not None:
-            left = [oid for oid, _ in batch[len(done):]]
-            log.warning("dispatcher: broker refused; %d run message(s) left to the relay: %s", len(left), error)
-            # The relay takes them now rather than when publish_after passes.
-            self.db.execute("UPDATE outbox SET publish_after = NULL, attempts = attempts + 1, last_error = %s"
-                            " WHERE id = ANY(%s) AND dispatched_at IS NULL", (error, left))
+        with self.db.autocommit() as cur:
+            outbox.record_published(cur, done)
+            if error is not None:
+                left = [oid for oid, _ in batch[len(done):]]
+                log.warning("dispatcher: broker refused; %d run message(s) left to the relay: %s", len(left), error)
+                outbox.record_refused(cur, left, error, release=True)  # the relay takes them now

@@ -49,6 +49,36 @@ def wake(client: redis.Redis) -> None:
         client.publish(CHANNEL, b"")
 
 
+def publish_rows(celery_app: Any, rows: list[tuple[int, str, Any, str]]) -> tuple[list[int], str | None]:
+    """Publish ``(outbox id, task name, args, queue)`` rows in order until the broker refuses one:
+    (the ids published, the refusal or None). Shared by the relay and the API's dispatcher."""
+    done: list[int] = []
+    for outbox_id, task_name, args, queue in rows:
+        try:
+            celery_app.send_task(task_name, args=args, queue=queue, task_id=f"outbox-{outbox_id}", retry=True,
+                                 retry_policy=PUBLISH_RETRY_POLICY,
+                                 ignore_result=True)  # nobody waits on it: no result-channel subscription
+        except Exception as exc:  # kombu raises many types for an unreachable broker
+            return done, f"{type(exc).__name__}: {exc}"[:500]
+        done.append(outbox_id)
+    return done, None
+
+
+def record_published(cur: Any, ids: list[int]) -> None:
+    if ids:
+        cur.execute("UPDATE outbox SET dispatched_at = now(), attempts = attempts + 1"
+                    " WHERE id = ANY(%s) AND dispatched_at IS NULL", (ids,))
+
+
+def record_refused(cur: Any, ids: list[int], error: str, *, release: bool = False) -> None:
+    """Count a refused attempt; ``release`` also hands rows an API process held (publish_after)
+    to the relay at once."""
+    if ids:
+        cur.execute("UPDATE outbox SET attempts = attempts + 1, last_error = %s"
+                    + (", publish_after = NULL" if release else "")
+                    + " WHERE id = ANY(%s) AND dispatched_at IS NULL", (error, ids))
+
+
 def drain(db: Database, celery_app: Any, *, batch: int = 200, min_age_s: float = 0.0) -> int:
     """Publish pending rows; return how many were published. Stops at the first broker error."""
     return _drain(db, celery_app, batch=batch, min_age_s=min_age_s)[0]
@@ -63,23 +93,10 @@ def _drain(db: Database, celery_app: Any, *, batch: int, min_age_s: float) -> tu
             rows = cur.fetchall()
             if not rows:
                 return published, False
-            done: list[int] = []
-            error: str | None = None
-            for row in rows:
-                try:
-                    celery_app.send_task(
-                        row["task_name"], args=row["args"], queue=row["queue"],
-                        task_id=f"outbox-{row['id']}", retry=True, retry_policy=PUBLISH_RETRY_POLICY,
-                        ignore_result=True)  # nobody waits on it: no result-channel subscription
-                except Exception as exc:  # kombu raises many types for an unreachable broker
-                    error = f"{type(exc).__name__}: {exc}"[:500]
-                    cur.execute("UPDATE outbox SET attempts = attempts + 1, last_error = %s WHERE id = %s",
-                                (error, row["id"]))
-                    break
-                done.append(row["id"])
-            if done:
-                cur.execute("UPDATE outbox SET dispatched_at = now(), attempts = attempts + 1 "
-                            "WHERE id = ANY(%s)", (done,))
+            done, error = publish_rows(celery_app, [(r["id"], r["task_name"], r["args"], r["queue"]) for r in rows])
+            record_published(cur, done)
+            if error is not None:
+                record_refused(cur, [rows[len(done)]["id"]], error)
             published += len(done)
         if error is not None:
             log.warning("outbox: broker refused publish, %d row(s) left pending: %s", len(rows) - len(done), error)
