@@ -27,6 +27,7 @@ import time
 from collections import deque
 from typing import Any
 
+from api.wakeup import OutboxWaker
 from shared import outbox
 from shared.db import Database
 from shared.store.executions import RUN_TASK
@@ -45,9 +46,10 @@ OWN_BACKLOG = 16
 
 
 class Dispatcher:
-    def __init__(self, db: Database, celery: Any) -> None:
+    def __init__(self, db: Database, celery: Any, waker: OutboxWaker) -> None:
         self.db = db
         self.celery = celery
+        self.waker = waker
         self.published = 0  # messages this process published (tests, debugging)
         self._pid = 0
         self._pending: deque[tuple[int, str]] = deque()
@@ -58,6 +60,14 @@ class Dispatcher:
         """Whether this process should publish ``n`` more run messages itself (else: the relay).
         ``waiting``: requests already queued behind this group (more load on the way)."""
         return n + waiting <= OWN_GROUP and len(self._pending) + n <= OWN_BACKLOG
+
+    def announce(self, rows: list[tuple[int, str]], *, own: bool) -> None:
+        """After commit: publish the rows' run messages here (``own``, decided by :meth:`takes`
+        before they were written with ``publish_after``) or wake the relay for them."""
+        if own:
+            self.dispatch(rows)
+        else:
+            self.waker.wake()
 
     def dispatch(self, rows: list[tuple[int, str]]) -> None:
         """Queue committed executions' run messages, ``(outbox id, execution id)`` each. Never

@@ -142,10 +142,8 @@ def submit_execution(workspace_id: str, body: dict[str, Any], idem_key: str | No
         return 201, payload, headers
 
     response, created = create_once(svc, workspace_id, idem_key, "/api/v1/tasks", body, create)
-    if created and own:
-        svc.dispatcher.dispatch([(outbox_ids[-1], execution_id)])
-    elif created:
-        svc.waker.wake()
+    if created:
+        svc.dispatcher.announce([(outbox_ids[-1], execution_id)], own=own)
     return response
 
 

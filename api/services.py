@@ -53,7 +53,7 @@ class Services:
     def dispatcher(self) -> Dispatcher:
         """Publishes intake's run messages after commit (api/dispatch.py)."""
         if self._dispatcher is None:
-            self._dispatcher = Dispatcher(self.db, self.celery)
+            self._dispatcher = Dispatcher(self.db, self.celery, self.waker)
         return self._dispatcher
 
     @property
@@ -61,18 +61,15 @@ class Services:
         """Intake's inserts: concurrent requests' executions written by one statement, their run
         messages published by this process's dispatcher or, under load, the relay."""
         if self._execution_writer is None:
-            def write(news: list[executions.NewExecution]) -> list[Any]:
-                own = self.dispatcher.takes(len(news), waiting=writer.waiting)
-                with self.db.autocommit() as cur:  # one statement: atomic on its own
-                    rows = executions.insert_many(cur, news, publish_after_s=GRACE_S if own else None)
-                if own:
-                    self.dispatcher.dispatch([(row.outbox_id, new.id) for new, row in zip(news, rows, strict=True)])
-                else:
-                    self.waker.wake()
-                return rows
-
-            self._execution_writer = writer = GroupWriter(write)
+            self._execution_writer = GroupWriter(self._write_executions)
         return self._execution_writer
+
+    def _write_executions(self, news: list[executions.NewExecution]) -> list[executions.Inserted]:
+        own = self.dispatcher.takes(len(news), waiting=self.execution_writer.waiting)
+        with self.db.autocommit() as cur:  # one statement: atomic on its own
+            rows = executions.insert_many(cur, news, publish_after_s=GRACE_S if own else None)
+        self.dispatcher.announce([(row.outbox_id, new.id) for new, row in zip(news, rows, strict=True)], own=own)
+        return rows
 
     @property
     def compiles(self) -> GroupWriter[tuple[dict[str, Any], float], Any]:
