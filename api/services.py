@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,7 @@ from api.wakeup import OutboxWaker
 from shared.config import Settings
 from shared.db import Database
 from shared.groupcommit import GroupWriter
-from shared.redis_client import LeanRedis, RedisHandle
+from shared.redis_client import RedisHandle
 from shared.store import executions
 
 
@@ -27,7 +26,6 @@ class Services:
     tokens: StreamTokens
     celery: Any
     _bucket: TokenBucket | None = None
-    _bucket_pid: int = 0
     _waker: OutboxWaker | None = None
     _execution_writer: GroupWriter[executions.NewExecution, Any] | None = None
     _compiles: GroupWriter[tuple[dict[str, Any], float], Any] | None = None
@@ -35,12 +33,10 @@ class Services:
 
     @property
     def bucket(self) -> TokenBucket:
-        bucket = self._bucket
-        if bucket is None or self._bucket_pid != os.getpid():  # a client of its own per process
-            bucket = TokenBucket(LeanRedis(self.redis.url), self.settings.rate_limit_per_s,
-                                 self.settings.rate_limit_burst)
-            self._bucket, self._bucket_pid = bucket, os.getpid()
-        return bucket
+        """The rate limiter (its Redis path and its grouping are fork-safe on their own)."""
+        if self._bucket is None:
+            self._bucket = TokenBucket(self.redis.lean, self.settings.rate_limit_per_s, self.settings.rate_limit_burst)
+        return self._bucket
 
     @property
     def waker(self) -> OutboxWaker:

@@ -94,7 +94,7 @@ def cancel_execution(execution_id: str) -> Response:
     if outcome is None:
         raise NotFound(f"Execution {execution_id} not found", code="execution_not_found")
     what, events = outcome
-    event_bus.publish(svc.redis.client, events)
+    event_bus.publish(svc.redis.lean, events)
     if what == "terminal":
         e = executions.get(svc.db, workspace_id(), execution_id)
         raise Conflict(f"Execution {execution_id} already finished ({e.status if e else 'unknown'})",

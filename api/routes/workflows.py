@@ -204,7 +204,7 @@ def cancel_workflow(workflow_id: str) -> Response:
     if outcome is None:
         raise NotFound(f"Workflow {workflow_id} not found", code="workflow_not_found")
     what, result, exec_events = outcome
-    execution_events.publish(svc.redis.client, exec_events)
+    execution_events.publish(svc.redis.lean, exec_events)
     workflow_events.publish(svc.redis.client, result.events)
     svc.waker.wake()
     body = _get(workflow_id)

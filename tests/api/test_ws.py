@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis as redis_lib
 import websocket
 
 from shared import events
 from shared.ids import new_id
+from shared.redis_client import LeanRedis
 from shared.store import executions
 from tests.support import LiveServer, wait_for
 
@@ -44,7 +44,7 @@ def make_execution(db: Any, workspace_id: str) -> str:
     return eid
 
 
-def emit(db: Any, rds: redis_lib.Redis | None, eid: str, type_: str = "tool.completed",
+def emit(db: Any, rds: LeanRedis | None, eid: str, type_: str = "tool.completed",
          data: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a worker does: store the event (gapless seq) with the status it implies, commit, then
     publish (rds None: the publish is lost)."""
@@ -94,8 +94,8 @@ def seqs(evs: list[dict[str, Any]]) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def rds(settings: Any) -> redis_lib.Redis:
-    return redis_lib.Redis.from_url(settings.redis_url)
+def rds(settings: Any) -> LeanRedis:
+    return LeanRedis(settings.redis_url)
 
 
 @pytest.fixture()
@@ -293,7 +293,7 @@ def test_redis_restart_while_streaming_loses_and_duplicates_nothing(settings, db
     hub = stream_state(app).hub
     srv = LiveServer(app)
     srv.start()
-    rds = redis_lib.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    rds = LeanRedis(url)
     eid = make_execution(db, workspace[0])
     clients = [connect(srv, eid, tok=token(app, workspace[0], eid)) for _ in range(3)]
     try:
@@ -350,7 +350,7 @@ def test_gevent_worker_streams_across_a_redis_restart(settings, db, workspace, t
     proc = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c", str(root / "api/gunicorn_conf.py"),
                              "api.app:create_app()"], cwd=root, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    rds = redis_lib.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    rds = LeanRedis(url)
     try:
         wait_for(lambda: _up(requests, f"http://127.0.0.1:{port}/healthz"), timeout=20)
         eid = make_execution(db, workspace[0])
