@@ -41,7 +41,7 @@ from guard import Policy, SigningKey, load_policy
 from shared import events, outbox
 from shared.config import Settings
 from shared.store import policy_documents, runs
-from workers import pricing, signing, tools
+from workers import pricing, runtime, signing, tools
 from workers.providers import make_provider
 from workers.providers.base import MAX_OUTPUT_TOKENS, Completion, Provider, ProviderError
 from workers.steps import StepResult, judge_and_run, process_call
@@ -168,8 +168,6 @@ class Run:
 
 def _redis() -> Any:
     """Where events are published: the lean path (pre-packed PUBLISHes, one write per step)."""
-    from workers import runtime
-
     return runtime.redis().lean
 
 
@@ -197,7 +195,6 @@ def execute(execution_id: str, db: Any, settings: Settings) -> str:
                 begun = runs.begin(cur, execution_id)  # takes the advisory lock: one round trip
         except BaseException:
             if not conn.closed:  # the lock may have been taken before the statement failed
-                conn.autocommit = False
                 _unlock(conn, execution_id)
             raise
         finally:
@@ -215,8 +212,6 @@ def execute(execution_id: str, db: Any, settings: Settings) -> str:
             if row is None or row["webhook_url"] or row["workflow_id"]:
                 # The terminal step wrote outbox rows (webhook delivery, workflow advance): wake the
                 # relay now that they are committed instead of leaving them to its next poll.
-                from workers import runtime
-
                 outbox.wake(runtime.redis().client)
 
 
@@ -353,9 +348,9 @@ def _one_step(run: Run, provider: Provider) -> None:
 
 def _call_model(run: Run, provider: Provider) -> Completion:
     system = SYSTEM_PROMPT.format(policy=run.policy.name)
-    tools = run.tools()
+    specs = run.tools()
     # Reserve before the call: the prompt we are about to send plus the most it may answer.
-    est_in = pricing.estimate_tokens(len(system) + len(str(run.state["messages"])) + len(str(tools)))
+    est_in = pricing.estimate_tokens(len(system) + len(str(run.state["messages"])) + len(str(specs)))
     estimate = pricing.cost_cents(run.model, est_in, MAX_OUTPUT_TOKENS, run.settings.default_price_per_mtok_cents)
     if run.spent + estimate > run.budget_cents:
         raise Stop("blocked", result={"output": None, "reason": "budget_exceeded"}, error={
@@ -367,7 +362,7 @@ def _call_model(run: Run, provider: Provider) -> Completion:
                     stop=tenacity.stop_after_attempt(4), wait=tenacity.wait_exponential(multiplier=0.25, max=4),
                     reraise=True)
     def call() -> Completion:
-        return provider.complete(model=run.model, system=system, messages=run.state["messages"], tools=tools)
+        return provider.complete(model=run.model, system=system, messages=run.state["messages"], tools=specs)
 
     return call()
 
