@@ -1,12 +1,11 @@
 """The API's dispatcher: run messages published by the process that committed them.
 
-Intake commits the execution with its outbox row (``publish_after`` a few seconds ahead, so the
-relay leaves it alone) and hands the row to this process's dispatcher; the request answers at
-once. Only while the process is lightly loaded (:meth:`Dispatcher.takes`): under load the rows
-go to the relay as before. A background sender publishes to the broker right after, then marks the rows dispatched,
-one UPDATE per burst. This takes the relay's hop (wake-up, claim transaction, publish, mark) off
-the way from a request to a running execution: about 1.3 ms of latency and 0.6 ms of CPU per
-execution (see the README's benchmark notes).
+Intake commits the execution with its outbox row and, while the process is lightly loaded
+(:meth:`Dispatcher.takes`), ``publish_after`` a few seconds ahead so the relay leaves the row
+alone; the request answers at once and a background sender publishes right after, then marks the
+rows dispatched, one UPDATE per burst. Under load the rows go to the relay as before
+(:meth:`Dispatcher.announce`). This takes the relay's hop (wake-up, claim transaction, publish,
+mark) off the way from a request to a running execution (see the README's benchmark notes).
 
 Nothing is lost if it fails: a refused publish clears ``publish_after`` on the rows left so the
 relay takes them at once, and if the process dies the relay takes them when ``publish_after``

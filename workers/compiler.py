@@ -1,12 +1,15 @@
 """Intent compilation (queue ``compiler``).
 
-``workers.compiler.compile`` runs the pure pipeline for one request and answers with data, never
-an exception the caller must decode: ``{"ok": true, "compiled": {...}}`` or ``{"ok": false,
-"error": {"code", "message", "trace"}}``. The API waits for the answer on a Redis list named in
-``reply_to`` (BLPOP: one connection per waiting request, safe under threads and gevent, unlike
-the result backend's shared pub/sub consumer), and sends with ``ignore_result=True``. The task
-itself keeps ``ignore_result=False``, so a direct caller (``compile_request.delay(...).get()``)
-still reads its answer from the result backend.
+``workers.compiler.compile_batch`` runs the pure pipeline for a group of requests (the API groups
+concurrent ones: api/compile_client.py) and answers with data, never an exception the caller must
+decode: one JSON array of ``{"ok": true, "compiled": {...}}`` or ``{"ok": false, "error": {"code",
+"message", "trace"}}``, pushed to the Redis list named in ``reply_to``. The API waits there with
+BLPOP (one connection per waiting group, safe under threads and gevent, unlike the result
+backend's shared pub/sub consumer) and sends with ``ignore_result=True``.
+
+``workers.compiler.compile`` is the one-request form an API of the previous release sends; it is
+kept so that a rolling deploy loses no dry run. It keeps ``ignore_result=False``, so a direct
+caller (``compile_request.delay(...).get()``) reads its answer from the result backend too.
 
 Nothing is written to PostgreSQL here: the API persists what it receives, in one transaction.
 A repeat of the same message computes the same answer (the pipeline is deterministic).
