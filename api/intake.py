@@ -138,7 +138,7 @@ def submit_execution(workspace_id: str, body: dict[str, Any], idem_key: str | No
     outbox_ids: list[int] = []
 
     def create(cur: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
-        outbox_ids.append(executions.insert(cur, new, publish_after_s=GRACE_S if own else None).outbox_id)
+        outbox_ids.append(executions.insert(cur, new, publish_after_s=GRACE_S if own else None))
         return 201, payload, headers
 
     response, created = create_once(svc, workspace_id, idem_key, "/api/v1/tasks", body, create)

@@ -60,12 +60,12 @@ class Services:
             self._execution_writer = GroupWriter(self._write_executions)
         return self._execution_writer
 
-    def _write_executions(self, news: list[executions.NewExecution]) -> list[executions.Inserted]:
+    def _write_executions(self, news: list[executions.NewExecution]) -> list[int]:
         own = self.dispatcher.takes(len(news), waiting=self.execution_writer.waiting)
         with self.db.autocommit() as cur:  # one statement: atomic on its own
-            rows = executions.insert_many(cur, news, publish_after_s=GRACE_S if own else None)
-        self.dispatcher.announce([(row.outbox_id, new.id) for new, row in zip(news, rows, strict=True)], own=own)
-        return rows
+            outbox_ids = executions.insert_many(cur, news, publish_after_s=GRACE_S if own else None)
+        self.dispatcher.announce([(oid, new.id) for oid, new in zip(outbox_ids, news, strict=True)], own=own)
+        return outbox_ids
 
     @property
     def compiles(self) -> GroupWriter[tuple[dict[str, Any], float], Any]:

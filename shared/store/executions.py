@@ -90,7 +90,6 @@ WITH r AS (
   SELECT id, workspace_id, task, 'queued', compliance_policy, policy_version, provider, model, budget_cents,
          nullif(requested_permissions, 'null'), effective_permissions, denied_permissions, webhook_url, 1
     FROM r
-  RETURNING id, created_at
 ), ev AS (
   INSERT INTO execution_events (execution_id, seq, type, data)
   SELECT id, 1, 'execution.queued', queued_event FROM r
@@ -99,18 +98,13 @@ WITH r AS (
   SELECT %(task_name)s, jsonb_build_array(id), 'executions', now() + make_interval(secs => %(grace)s) FROM r
   RETURNING id AS outbox_id, args->>0 AS id
 )
-SELECT e.id, e.created_at, o.outbox_id FROM e JOIN o USING (id)
+SELECT id, outbox_id FROM o
 """)
 
 
-@dataclass(frozen=True)
-class Inserted:
-    created_at: datetime
-    outbox_id: int  # the run message's outbox row
-
-
-def insert_many(cur: Any, news: list[NewExecution], *, publish_after_s: float | None = None) -> list[Inserted]:
-    """Write the executions (with first event and outbox row each); what was written, in order.
+def insert_many(cur: Any, news: list[NewExecution], *, publish_after_s: float | None = None) -> list[int]:
+    """Write the executions (with first event and outbox row each); their run messages' outbox
+    row ids, in order.
 
     ``publish_after_s``: the caller publishes the run messages itself after commit (the API's
     dispatcher), so the relay leaves the rows alone for that long. None: the relay publishes."""
@@ -120,11 +114,12 @@ def insert_many(cur: Any, news: list[NewExecution], *, publish_after_s: float | 
              "effective_permissions": n.effective_permissions, "denied_permissions": n.denied_permissions,
              "webhook_url": n.webhook_url, "queued_event": n.queued_event} for n in news]
     _INSERT.execute(cur, {"rows": Json(rows), "task_name": RUN_TASK, "grace": publish_after_s})
-    written = {r["id"]: Inserted(r["created_at"], r["outbox_id"]) for r in cur.fetchall()}
-    return [written[n.id] for n in news]
+    outbox_ids = {r["id"]: r["outbox_id"] for r in cur.fetchall()}
+    return [outbox_ids[n.id] for n in news]
 
 
-def insert(cur: Any, new: NewExecution, *, publish_after_s: float | None = None) -> Inserted:
+def insert(cur: Any, new: NewExecution, *, publish_after_s: float | None = None) -> int:
+    """One execution (see :func:`insert_many`); its run message's outbox row id."""
     return insert_many(cur, [new], publish_after_s=publish_after_s)[0]
 
 
