@@ -4,7 +4,8 @@ insert+enqueue baseline (``bench/baseline_app.py``) under the same gunicorn sett
 
 Both servers run at once and are loaded in turn (baseline, ours, baseline, ours, …), so drift in a
 shared machine's load hits both alike. Reported p50/p99 are the medians over segments; the ratio
-is the median of the per-round p99 ratios. Bounded to about 30 s.
+is the median of the per-round p99 ratios (five rounds: with three, one bad segment of a shared
+machine moved the median). Bounded to about 45 s.
 
 The compiler worker runs as the Procfile runs it (prefork); ``BENCH_COMPILER_POOL_ARGS="--pool
 solo"`` measures another pool (a compile is ~0.1 ms of CPU, so the pool's own overhead dominates).
@@ -23,7 +24,7 @@ from bench import stack
 
 BODY = {"intent": "Alert me when AAPL price rises significantly", "entity_scope": "AAPL",
         "delivery": {"type": "notification"}, "dry_run": True}
-ROUNDS = 3
+ROUNDS = 5
 SEGMENT_S = 3.0
 WARMUP_S = 0.5
 
