@@ -48,14 +48,25 @@ def append_event(cur: Any, execution_id: str, type_: str, data: dict[str, Any]) 
     return event_dict(row)
 
 
-def publish(client: LeanRedis, events: list[dict[str, Any]]) -> None:
+def publish(client: LeanRedis, events: list[dict[str, Any]], *, wait: bool = True) -> None:
     """Publish after commit, pre-packed and in one write (three publishes are on every agent
-    run's path). A lost publish is repaired by the subscriber's gap fill."""
+    run's path). A lost publish is repaired by the subscriber's gap fill.
+
+    ``wait=False``: do not wait for Redis to confirm; the confirmation is read with the next
+    publish on that connection (or :func:`flush`), and what a broken connection left unconfirmed
+    is sent again then (subscribers drop a repeated ``seq``). The executor publishes its steps
+    so and waits only for the terminal one: one wait per run instead of one per step."""
     if not events:
         return
     packed = [pack(b"PUBLISH", channel_for(ev["execution_id"]).encode(), dumps_json(ev).encode()) for ev in events]
     with contextlib.suppress(redis.RedisError, OSError):  # stored already; readers catch up from PostgreSQL
-        client.call_many(packed)
+        client.call_many(packed, wait=wait)
+
+
+def flush(client: LeanRedis) -> None:
+    """Confirm (or send again) every ``wait=False`` publish of this process."""
+    with contextlib.suppress(redis.RedisError, OSError):
+        client.flush()
 
 
 def list_events(cur: Any, execution_id: str, *, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:

@@ -20,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import weakref
 from typing import Any
 
 import redis
 
+from shared.celery_publish import Publisher
 from shared.db import Database
 
 log = logging.getLogger(__name__)
@@ -51,17 +53,15 @@ def wake(client: redis.Redis) -> None:
 
 def publish_rows(celery_app: Any, rows: list[tuple[int, str, Any, str]]) -> tuple[list[int], str | None]:
     """Publish ``(outbox id, task name, args, queue)`` rows in order until the broker refuses one:
-    (the ids published, the refusal or None). Shared by the relay and the API's dispatcher."""
-    done: list[int] = []
-    for outbox_id, task_name, args, queue in rows:
-        try:
-            celery_app.send_task(task_name, args=args, queue=queue, task_id=f"outbox-{outbox_id}", retry=True,
-                                 retry_policy=PUBLISH_RETRY_POLICY,
-                                 ignore_result=True)  # nobody waits on it: no result-channel subscription
-        except Exception as exc:  # kombu raises many types for an unreachable broker
-            return done, f"{type(exc).__name__}: {exc}"[:500]
-        done.append(outbox_id)
-    return done, None
+    (the ids published, the refusal or None). Shared by the relay and the API's dispatcher; one
+    pipelined write per call on a Redis broker (shared/celery_publish.py)."""
+    publisher = _publishers.get(celery_app)
+    if publisher is None:
+        publisher = _publishers[celery_app] = Publisher(celery_app, PUBLISH_RETRY_POLICY)
+    return publisher.publish(rows)
+
+
+_publishers: weakref.WeakKeyDictionary[Any, Publisher] = weakref.WeakKeyDictionary()
 
 
 def record_published(cur: Any, ids: list[int]) -> None:

@@ -58,6 +58,12 @@ class LeanRedis:
     the per-command path is skipped. A reused connection that fails to connect, send or read is
     dropped and the command tried once more on a fresh one (a timeout is not retried); any other
     failure drops the connection and raises, so no connection with an unread reply is reused.
+
+    ``call_many(..., wait=False)`` sends without waiting: the replies are read at that
+    connection's next use (or :meth:`flush`), when they have long arrived, so a caller that
+    publishes several times in a row waits for Redis once. Until then the commands are kept; if
+    the connection turns out broken they are sent again with the next ones on a fresh
+    connection, so each is delivered at least once (event subscribers drop repeated ``seq``).
     """
 
     def __init__(self, url: str, *, max_idle: int = 64) -> None:
@@ -72,26 +78,51 @@ class LeanRedis:
             raise reply
         return reply
 
-    def call_many(self, packed: list[bytes]) -> list:  # type: ignore[type-arg]
+    def call_many(self, packed: list[bytes], *, wait: bool = True) -> list:  # type: ignore[type-arg]
         """Pipelined: every command sent in one write, the replies read in order. An error reply
-        is returned in its place (as the ResponseError), not raised."""
+        is returned in its place (as the ResponseError), not raised. ``wait=False``: see the
+        class docstring (returns [])."""
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours
             self._idle, self._pid = [], os.getpid()
         idle = self._idle
         if idle:
             conn = idle.pop()
             try:
-                return self._roundtrip(conn, packed)
+                return self._roundtrip(conn, packed, wait)
             except redis.ConnectionError:
-                pass  # stale (Redis restarted, idle timeout): once more on a fresh connection
+                # Stale (Redis restarted, idle timeout): once more on a fresh connection, with
+                # whatever was sent on the stale one unconfirmed.
+                packed = [*getattr(conn, "_lean_unread", ()), *packed]
+                conn._lean_unread = ()  # type: ignore[attr-defined]
         conn = self._pool.connection_class(**self._pool.connection_kwargs)
         conn.connect()
-        return self._roundtrip(conn, packed)
+        return self._roundtrip(conn, packed, wait)
 
-    def _roundtrip(self, conn, packed: list[bytes]) -> list:  # type: ignore[no-untyped-def, type-arg]
+    def flush(self) -> None:
+        """Reads the replies of every earlier ``wait=False`` call, sending again what a broken
+        connection left unconfirmed. Raises what that resend raises."""
+        for conn in [c for c in self._idle if getattr(c, "_lean_unread", ())]:
+            self._idle.remove(conn)
+            try:
+                self._roundtrip(conn, [], True)
+            except redis.ConnectionError:
+                unread, conn._lean_unread = conn._lean_unread, ()
+                self.call_many(unread)
+
+    def _roundtrip(self, conn, packed: list[bytes], wait: bool) -> list:  # type: ignore[no-untyped-def, type-arg]
         replies = []
         try:
-            conn.send_packed_command(packed, check_health=False)
+            for _ in getattr(conn, "_lean_unread", ()):  # an earlier wait=False call's replies
+                try:
+                    conn.read_response(disconnect_on_error=False)
+                except redis.ResponseError:
+                    pass
+            conn._lean_unread = ()  # (kept until here: a failure above leaves them unconfirmed)
+            if packed:
+                conn.send_packed_command(packed, check_health=False)
+            if not wait:
+                conn._lean_unread = packed
+                packed = []
             for _ in packed:
                 try:
                     replies.append(conn.read_response(disconnect_on_error=False))
@@ -106,8 +137,13 @@ class LeanRedis:
     def _release(self, conn) -> None:  # type: ignore[no-untyped-def]
         if len(self._idle) < self._max_idle:
             self._idle.append(conn)
-        else:
-            conn.disconnect()
+            return
+        try:
+            for _ in getattr(conn, "_lean_unread", ()):
+                conn.read_response(disconnect_on_error=False)
+        except redis.RedisError:
+            pass
+        conn.disconnect()
 
     def close(self) -> None:
         idle, self._idle = self._idle, []

@@ -26,6 +26,7 @@ Budget and the step bound are checked before every model call.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ class Run:
                 conn.autocommit = False
         if written is None:
             self._interrupted()
-        events.publish(_redis(), written)
+        events.publish(_redis(), written, wait=step.terminal is not None)
 
     def _interrupted(self) -> None:
         """The step's guard refused: cancelled (finish it so) or no longer ours to run."""
@@ -205,6 +206,7 @@ def execute(execution_id: str, db: Any, settings: Settings) -> str:
         try:
             return _execute_locked(begun, conn, db, settings)
         finally:
+            events.flush(_redis())  # every publish of the run confirmed (normally the terminal one did)
             if not conn.closed:
                 conn.rollback()
                 _unlock(conn, execution_id)
@@ -229,7 +231,7 @@ def _begin(begun: runs.Begun, conn: Any, db: Any, settings: Settings) -> tuple[d
     execution_id = row["id"]
     if begun.started is not None:
         row["state"] = _initial_state(row["task"])
-        events.publish(_redis(), [begun.started])
+        events.publish(_redis(), [begun.started], wait=False)
     elif row["status"] == "queued" and row["cancel_requested"]:
         with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
             locked = runs.lock(cur, execution_id)
@@ -358,13 +360,25 @@ def _call_model(run: Run, provider: Provider) -> Completion:
             "message": f"The next model call (about {estimate.quantize(Decimal('0.01'), ROUND_CEILING)} cents) would "
                        f"exceed the budget: spent {run.spent.quantize(Decimal('0.01'))} of {run.budget_cents} cents"})
 
-    @tenacity.retry(retry=tenacity.retry_if_exception(lambda e: isinstance(e, ProviderError) and e.transient),
-                    stop=tenacity.stop_after_attempt(4), wait=tenacity.wait_exponential(multiplier=0.25, max=4),
-                    reraise=True)
     def call() -> Completion:
         return provider.complete(model=run.model, system=system, messages=run.state["messages"], tools=specs)
 
-    return call()
+    try:
+        return call()  # the common case pays nothing for the retry policy below
+    except ProviderError as exc:
+        if not exc.transient:
+            raise
+    time.sleep(_FIRST_RETRY_WAIT_S)
+    return _RETRY_TRANSIENT(call)
+
+
+# Transient provider errors (rate limits, overload, timeouts): three more tries, 0.25 s, 0.5 s and
+# 1 s after the failure before each. The first try is made outside tenacity: building its call
+# state on every model call cost more than the planner's whole answer.
+_FIRST_RETRY_WAIT_S = 0.25
+_RETRY_TRANSIENT = tenacity.Retrying(
+    retry=tenacity.retry_if_exception(lambda e: isinstance(e, ProviderError) and e.transient),
+    stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_exponential(multiplier=0.5, max=4), reraise=True)
 
 
 __all__ = ["execute", "Run", "Stop"]

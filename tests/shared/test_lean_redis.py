@@ -1,0 +1,74 @@
+"""LeanRedis's publishes that do not wait: delivered at least once, also when the connection
+they were sent on dies before their confirmation was read."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis as redis_lib
+
+from shared import events
+from shared.redis_client import LeanRedis, pack
+
+
+def _listen(settings: Any, channel: str) -> Any:
+    sub = redis_lib.Redis.from_url(settings.redis_url).pubsub(ignore_subscribe_messages=True)
+    sub.subscribe(channel)
+    sub.get_message(timeout=1)
+    return sub
+
+
+def _received(sub: Any, n: int) -> list[bytes]:
+    out: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while len(out) < n and time.monotonic() < deadline:
+        msg = sub.get_message(timeout=0.2)
+        if msg:
+            out.append(msg["data"])
+    time.sleep(0.1)
+    while (msg := sub.get_message(timeout=0.05)) is not None:
+        out.append(msg["data"])
+    return out
+
+
+def test_unwaited_publishes_are_confirmed_by_the_next_call(settings: Any) -> None:
+    channel = f"lean-{time.monotonic_ns()}".encode()
+    sub = _listen(settings, channel.decode())
+    lean = LeanRedis(settings.redis_url)
+    assert lean.call_many([pack(b"PUBLISH", channel, b"1"), pack(b"PUBLISH", channel, b"2")], wait=False) == []
+    # The next call on that connection reads those two replies first, then its own.
+    assert lean.call_many([pack(b"PUBLISH", channel, b"3")]) == [1]
+    assert _received(sub, 3) == [b"1", b"2", b"3"]
+    lean.close()
+
+
+def test_unconfirmed_publishes_are_sent_again_when_their_connection_died(settings: Any) -> None:
+    channel = f"lean-{time.monotonic_ns()}".encode()
+    lean = LeanRedis(settings.redis_url)
+    own_id = lean.call(pack(b"CLIENT", b"ID"))
+    admin = redis_lib.Redis.from_url(settings.redis_url)
+    # Killed between sending and reading: Redis may or may not have run the command, so the client
+    # cannot know; the kill comes first here, so the send itself is what is lost.
+    admin.client_kill_filter(_id=str(own_id))
+    sub = _listen(settings, channel.decode())
+    lean.call_many([pack(b"PUBLISH", channel, b"a")], wait=False)
+    lean.flush()  # finds the connection dead and sends "a" again on a fresh one
+    got = _received(sub, 1)
+    assert got and set(got) == {b"a"}  # at least once
+    assert lean.call(pack(b"CLIENT", b"ID")) != own_id
+    lean.close()
+
+
+def test_executor_style_publishes_arrive_in_order_once(settings: Any) -> None:
+    execution_id = f"exe_lean{time.monotonic_ns()}"
+    sub = _listen(settings, events.channel_for(execution_id))
+    lean = LeanRedis(settings.redis_url)
+    evs = [{"execution_id": execution_id, "seq": i, "type": "t", "at": "x", "data": {}} for i in range(1, 6)]
+    events.publish(lean, evs[:1], wait=False)
+    events.publish(lean, evs[1:3], wait=False)
+    events.publish(lean, evs[3:])
+    seqs = [int(m.split(b'"seq":')[1].split(b",")[0]) for m in _received(sub, 5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    events.flush(lean)  # nothing left unconfirmed: a no-op
+    lean.close()
