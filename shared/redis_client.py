@@ -3,6 +3,7 @@ request/reply path for the hottest commands (rate-limit checks, event publishes)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -106,17 +107,15 @@ class LeanRedis:
             try:
                 self._roundtrip(conn, [], True)
             except redis.ConnectionError:
-                unread, conn._lean_unread = conn._lean_unread, ()
+                unread, conn._lean_unread = conn._lean_unread, ()  # type: ignore[attr-defined]
                 self.call_many(unread)
 
     def _roundtrip(self, conn, packed: list[bytes], wait: bool) -> list:  # type: ignore[no-untyped-def, type-arg]
         replies = []
         try:
             for _ in getattr(conn, "_lean_unread", ()):  # an earlier wait=False call's replies
-                try:
+                with contextlib.suppress(redis.ResponseError):
                     conn.read_response(disconnect_on_error=False)
-                except redis.ResponseError:
-                    pass
             conn._lean_unread = ()  # (kept until here: a failure above leaves them unconfirmed)
             if packed:
                 conn.send_packed_command(packed, check_health=False)
