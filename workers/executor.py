@@ -5,7 +5,8 @@ Exactly-once in effect under redelivery (``acks_late`` + ``reject_on_worker_lost
 - One runner per execution: a session-level PostgreSQL advisory lock, held on the connection
   the run uses for all its steps. A killed worker's connection closes and the lock goes with it,
   so the redelivered message can take over; a duplicate message while the first is alive finds
-  the lock taken and leaves.
+  the lock taken and leaves. A run that ended leaves its lock held until the next run begins on
+  that connection (one round trip less per run); a message for it meanwhile sees it finished.
 - State is persisted per step in ``executions.state`` (conversation, pending tool calls,
   certificate chain head, names from the record). A step is one transaction, written by one
   guarded statement (``runs.write_step``): the guard decision's events, the certificate or
@@ -41,7 +42,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from guard import Policy, SigningKey, load_policy
 from shared import events, outbox
 from shared.config import Settings
-from shared.store import policy_documents, runs
+from shared.store import documents, policy_documents, runs
+from shared.store.executions import TERMINAL
 from workers import pricing, runtime, signing, tools
 from workers.providers import make_provider
 from workers.providers.base import MAX_OUTPUT_TOKENS, Completion, Provider, ProviderError
@@ -50,6 +52,11 @@ from workers.steps import StepResult, judge_and_run, process_call
 log = logging.getLogger(__name__)
 
 MAX_STEPS = 24  # model calls per run
+# How old the documents read by a run's start may be when its first tool call is judged. Reading
+# them then and writing the step are separate statements anyway, so labels always come from a
+# moment before the write; this bounds that moment to about what a step takes. A slower model's
+# first call reads them again.
+DOCUMENTS_FRESH_S = 0.1
 MAX_CALLS_PER_TURN = 8
 
 SYSTEM_PROMPT = (
@@ -88,7 +95,17 @@ class Run:
     usage: dict[str, Any]
     counts: dict[str, Any]
     conn: Any = None
+    early_documents: tuple[float, list[Any]] | None = None  # (monotonic time read, documents) by the start
     _step: runs.Step | None = None
+
+    def documents(self, cur: Any) -> list[Any]:
+        """The workspace's documents (labels and content) for Guard.verify: those the run's start
+        read, for the first call judged within DOCUMENTS_FRESH_S of that read (a fast model's
+        first tool call saves a round trip), otherwise read now through ``cur``."""
+        early, self.early_documents = self.early_documents, None
+        if early is not None and time.monotonic() - early[0] <= DOCUMENTS_FRESH_S:
+            return early[1]
+        return documents.list_all(cur, self.workspace_id)
 
     @contextmanager
     def step(self, *, transaction: bool = True) -> Iterator[Any]:
@@ -191,6 +208,7 @@ def execute(execution_id: str, db: Any, settings: Settings) -> str:
     Returns what happened, for logs and tests."""
     with db.connection() as conn:
         conn.autocommit = True
+        read_at = time.monotonic()
         try:
             with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 begun = runs.begin(cur, execution_id)  # takes the advisory lock: one round trip
@@ -202,14 +220,20 @@ def execute(execution_id: str, db: Any, settings: Settings) -> str:
             if not conn.closed:
                 conn.autocommit = False
         if not begun.locked:
+            if begun.row is not None and begun.row["status"] in TERMINAL:
+                return "not_runnable"  # finished; its runner's connection still holds the lock
             return "locked_elsewhere"
+        outcome = "interrupted"
         try:
-            return _execute_locked(begun, conn, db, settings)
+            outcome = _execute_locked(begun, read_at, conn, db, settings)
+            return outcome
         finally:
             events.flush(_redis())  # every publish of the run confirmed (normally the terminal one did)
             if not conn.closed:
                 conn.rollback()
-                _unlock(conn, execution_id)
+                if outcome not in TERMINAL:
+                    _unlock(conn, execution_id)
+                # else: left held, released by the next run's begin on this connection (runs.begin)
             row = begun.row
             if row is None or row["webhook_url"] or row["workflow_id"]:
                 # The terminal step wrote outbox rows (webhook delivery, workflow advance): wake the
@@ -248,7 +272,7 @@ def _begin(begun: runs.Begun, conn: Any, db: Any, settings: Settings) -> tuple[d
     return row, signing.key_for_run(db, settings, begun.signing_key)
 
 
-def _execute_locked(begun: runs.Begun, conn: Any, db: Any, settings: Settings) -> str:
+def _execute_locked(begun: runs.Begun, read_at: float, conn: Any, db: Any, settings: Settings) -> str:
     runnable = _begin(begun, conn, db, settings)
     if runnable is None:
         return "not_runnable"
@@ -267,7 +291,8 @@ def _execute_locked(begun: runs.Begun, conn: Any, db: Any, settings: Settings) -
               model=row["model"] or "local-planner-1", budget_cents=row["budget_cents"],
               effective_permissions=row["effective_permissions"], settings=settings,
               key=key, state=row["state"], spent=Decimal(row["spent_cents"]),
-              usage=dict(row["usage"] or {}), counts=dict(row["counts"] or {}), conn=conn)
+              usage=dict(row["usage"] or {}), counts=dict(row["counts"] or {}), conn=conn,
+              early_documents=(read_at, begun.documents) if begun.documents is not None else None)
     try:
         provider = make_provider(provider_name, settings)
         while True:

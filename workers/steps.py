@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from guard import Guard, ToolCall, VerifyContext, arguments_sha256, find_phi, issue_certificate
 from shared.ids import new_id
-from shared.store import documents
 from workers import tools
 
 if TYPE_CHECKING:
@@ -99,7 +98,7 @@ def judge_and_run(run: Run, call: dict[str, Any], cur: Any) -> StepResult | None
     call was certified and marked started; it runs after this step commits."""
     key = call_key(call)
     tc = ToolCall(call["name"], call["arguments"])
-    docs = documents.list_all(cur, run.workspace_id)
+    docs = run.documents(cur)
     run.emit("tool.requested", {"call_id": call["id"], "tool": call["name"],
                                 "arguments": _preview(call["arguments"]), "step": call["step"]})
     decision = Guard.verify(tc, _context(run, docs))

@@ -9,7 +9,7 @@ from typing import Any
 from shared.db import Database, Json, Prepared
 from shared.ids import new_id
 
-_COLUMNS = "id, workspace_id, name, content, labels, created_by, created_at, updated_at"
+COLUMNS = "id, workspace_id, name, content, labels, created_by, created_at, updated_at"
 # The guard sees at most this many documents per decision (labels and content of each).
 CONTEXT_LIMIT = 500
 
@@ -38,7 +38,7 @@ def upsert(cur: Any, workspace_id: str, name: str, content: str, labels: list[st
         f" VALUES (%s, %s, %s, %s, %s, %s)"
         f" ON CONFLICT (workspace_id, name) DO UPDATE SET content = EXCLUDED.content,"
         f"   labels = CASE WHEN %s THEN documents.labels ELSE EXCLUDED.labels END, updated_at = now()"
-        f" RETURNING {_COLUMNS}, (xmax = 0) AS created",
+        f" RETURNING {COLUMNS}, (xmax = 0) AS created",
         (new_id("doc"), workspace_id, name, content, Json(labels or []), created_by, labels is None),
     )
     row = cur.fetchone()
@@ -48,19 +48,25 @@ def upsert(cur: Any, workspace_id: str, name: str, content: str, labels: list[st
 
 def get(cur: Any, workspace_id: str, key: str) -> Document | None:
     """By id or, failing that, by name."""
-    cur.execute(f"SELECT {_COLUMNS} FROM documents WHERE workspace_id = %s AND (id = %s OR name = %s)"
+    cur.execute(f"SELECT {COLUMNS} FROM documents WHERE workspace_id = %s AND (id = %s OR name = %s)"
                 " ORDER BY (id = %s) DESC LIMIT 1", (workspace_id, key, key, key))
     row = cur.fetchone()
     return Document(**row) if row else None
 
 
 # Every tool call reads the workspace's documents for Guard.verify: prepared once per connection.
-_LIST_ALL = Prepared(f"SELECT {_COLUMNS} FROM documents WHERE workspace_id = %(ws)s ORDER BY id LIMIT %(limit)s")
+_LIST_ALL = Prepared(f"SELECT {COLUMNS} FROM documents WHERE workspace_id = %(ws)s ORDER BY id LIMIT %(limit)s")
 
 
 def list_all(cur: Any, workspace_id: str, limit: int = CONTEXT_LIMIT) -> list[Document]:
     _LIST_ALL.execute(cur, {"ws": workspace_id, "limit": limit})
     return [Document(**r) for r in cur.fetchall()]
+
+
+def from_json(rows: list[dict[str, Any]]) -> list[Document]:
+    """Documents from ``json_agg`` of rows with :data:`COLUMNS` (as list_all would give them)."""
+    return [Document(**{**r, "created_at": datetime.fromisoformat(r["created_at"]),
+                        "updated_at": datetime.fromisoformat(r["updated_at"])}) for r in rows]
 
 
 def list_page(db: Database, workspace_id: str, *, after_id: str | None, limit: int,
@@ -72,6 +78,6 @@ def list_page(db: Database, workspace_id: str, *, after_id: str | None, limit: i
     if after_id is not None:
         where.append("id < %s")
         params.append(after_id)
-    rows = db.fetchall(f"SELECT {_COLUMNS} FROM documents WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s",
+    rows = db.fetchall(f"SELECT {COLUMNS} FROM documents WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s",
                        [*params, limit + 1])
     return [Document(**r) for r in rows[:limit]], len(rows) > limit

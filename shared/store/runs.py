@@ -14,6 +14,7 @@ from typing import Any
 from shared.db import Json, Prepared
 from shared.events import event_dict
 from shared.ids import new_id
+from shared.store import documents
 from shared.store.executions import TERMINAL
 
 DELIVERY_TASK = "workers.delivery.execution_webhook"
@@ -29,10 +30,18 @@ def lock(cur: Any, execution_id: str) -> dict[str, Any] | None:
 
 # The runner's session-level advisory lock (see workers/executor.py), then queued → running with its
 # `execution.started` event, in one statement that also returns the row as it was (so a
-# redelivery sees `running` and its saved state) and the active generated signing key: the start
-# of a run is one round trip. Without the lock nothing is written.
-_BEGIN = Prepared("""
-WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock(hashtextextended(%(lock)s, 0)) AS locked),
+# redelivery sees `running` and its saved state), the active generated signing key and, for a run
+# started now, the workspace's documents (see Run.documents in workers/executor.py): the start of a
+# run is one round trip. Without the lock nothing is written.
+#
+# A run that ended leaves its lock held on the connection (one round trip less per run): the next
+# run started on that connection releases it here, first thing. Nothing is lost by holding it
+# meanwhile: a message for a finished run that finds the lock taken sees the terminal status and
+# stops (see :func:`begin`).
+_BEGIN = Prepared(f"""
+WITH r AS MATERIALIZED (SELECT pg_advisory_unlock_all()),
+l AS MATERIALIZED (SELECT CASE WHEN (SELECT true FROM r) THEN pg_try_advisory_lock(hashtextextended(%(lock)s, 0))
+                          END AS locked),
 u AS (
   UPDATE executions SET status = 'running', started_at = now(), updated_at = now(),
          event_count = event_count + 1
@@ -46,12 +55,16 @@ u AS (
 SELECT l.locked, e.id, e.workspace_id, e.task, e.status, e.compliance_policy, e.policy_version, e.provider,
        e.model, e.budget_cents, e.spent_cents, e.effective_permissions, e.state, e.usage, e.counts,
        e.cancel_requested, e.webhook_url, e.workflow_id, ev.seq AS ev_seq, ev.at AS ev_at, ev.data AS ev_data,
-       k.key_id AS key_id, k.encrypted_seed AS key_encrypted_seed
+       k.key_id AS key_id, k.encrypted_seed AS key_encrypted_seed, dd.docs
   FROM l
   LEFT JOIN executions e ON e.id = %(id)s
   LEFT JOIN ev ON true
   LEFT JOIN LATERAL (SELECT key_id, encrypted_seed FROM signing_keys
                       WHERE retired_at IS NULL AND source = 'generated') k ON true
+  LEFT JOIN LATERAL (SELECT json_agg(d ORDER BY d.id) AS docs
+                       FROM (SELECT {documents.COLUMNS} FROM documents
+                              WHERE workspace_id = e.workspace_id AND ev.seq IS NOT NULL
+                              ORDER BY id LIMIT {documents.CONTEXT_LIMIT}) d) dd ON true
 """)
 
 
@@ -63,24 +76,31 @@ def lock_key(execution_id: str) -> str:
 @dataclass
 class Begun:
     locked: bool  # the advisory lock is now held by this session (False: another runner has it)
-    row: dict[str, Any] | None  # the execution as it was before this statement (None: no such execution)
+    row: dict[str, Any] | None  # the execution as it was before this statement (None: no such execution;
+    #                             when not locked, only its status)
     started: dict[str, Any] | None  # the execution.started event when this call started the run
     signing_key: tuple[str, str] | None  # (key_id, encrypted seed) of the active generated key
+    documents: list[documents.Document] | None = None  # the workspace's, read by a start (not a resume)
 
 
 def begin(cur: Any, execution_id: str) -> Begun:
-    """Take the run's advisory lock and start a queued run (or read a running one back). Run in
-    autocommit: the lock is the session's, and outlives the statement."""
+    """Release what an earlier run left held on this connection, take this run's advisory lock
+    and start a queued run (or read a running one back). Run in autocommit: the lock is the
+    session's, and outlives the statement."""
     _BEGIN.execute(cur, {"id": execution_id, "lock": lock_key(execution_id)})
     row = cur.fetchone()
     locked = bool(row.pop("locked"))
-    if not locked or row["id"] is None:
+    if row["id"] is None:
         return Begun(locked, None, None, None)
+    if not locked:
+        return Begun(False, {"id": row["id"], "status": row["status"]}, None, None)
     seq, at, data = row.pop("ev_seq"), row.pop("ev_at"), row.pop("ev_data")
     key_id, seed = row.pop("key_id"), row.pop("key_encrypted_seed")
+    docs = row.pop("docs")
     started = (event_dict({"execution_id": execution_id, "seq": seq, "type": "execution.started", "at": at,
                            "data": data}) if seq is not None else None)
-    return Begun(True, row, started, (key_id, seed) if key_id else None)
+    return Begun(True, row, started, (key_id, seed) if key_id else None,
+                 documents.from_json(docs or []) if started is not None else None)
 
 
 @dataclass

@@ -87,3 +87,28 @@ def test_policy_rule(stack, client, fake_llm, db, policy, permissions, docs, cal
     if call[0] == "send_email":
         n = db.fetchone("SELECT count(*) AS n FROM email_outbox WHERE execution_id = %s", (eid,))["n"]
         assert n == (1 if allowed else 0)
+
+
+def test_labels_changed_during_a_slow_model_call_are_the_ones_judged(stack, client, fake_llm):
+    """The run's start reads the workspace's documents; a first tool call judged more than
+    DOCUMENTS_FRESH_S later is judged on the documents as they are then."""
+    from workers.executor import DOCUMENTS_FRESH_S
+
+    add_doc(client, "brief", PRIVILEGED, [])  # not yet labelled privileged when the run starts
+    model = fake_llm.script(model_name(), [
+        {"calls": [("send_email", {"to": "c@example.com", "subject": "FYI",
+                                   "body": "our litigation strategy is to settle the Henderson matter"})],
+         "delay_first": DOCUMENTS_FRESH_S + 0.6},
+        {"text": "finished"},
+    ])
+    eid = submit(client, task="Do the thing", compliance_policy="legal", provider="openai", model=model,
+                 permissions=["email:send"])
+    from tests.support import wait_for
+
+    wait_for(lambda: len(fake_llm.requests[model]) >= 1, timeout=10)  # the model is thinking
+    add_doc(client, "brief", PRIVILEGED, ["privileged"])
+    e = wait_terminal(client, eid)
+    decision = next(x["data"] for x in events(client, eid) if x["type"] == "guard.decision")
+    assert not decision["allowed"]
+    assert "privileged_content_egress" in {v["rule"] for v in decision["violations"]}
+    assert e["status"] == "blocked"

@@ -91,3 +91,52 @@ def test_duplicate_message_while_running_has_no_second_effect(stack, client, fak
     assert_gapless(events(client, eid))
     assert db.fetchone("SELECT count(*) AS n FROM email_outbox WHERE execution_id = %s", (eid,))["n"] == 1
     assert db.fetchone("SELECT count(*) AS n FROM certificates WHERE execution_id = %s", (eid,))["n"] == 1
+
+
+
+def test_finished_run_leaves_its_lock_until_the_next_run_on_that_connection(stack, workspace, db, settings):
+    """The lock of a run that ended stays with its connection until the next run starts there (one
+    round trip less per run); a message for the finished run meanwhile stops at once, without
+    the 30 s retry meant for a run another worker is driving."""
+    from shared.db import Database
+    from shared.store import runs
+    from workers.executor import execute
+
+    def holders(eid: str) -> int:
+        return db.fetchone("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                           " AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%s, 0)",
+                           (runs.lock_key(eid),))["n"]
+
+    own, other = Database(settings.database_url, maxconn=1), Database(settings.database_url, maxconn=1)
+    try:
+        first = _queued_execution(db, workspace[0])
+        assert execute(first, own, settings) == "succeeded"
+        assert holders(first) == 1  # still held by own's connection
+        assert execute(first, other, settings) == "not_runnable"  # taken, but the run is over: no retry
+        second = _queued_execution(db, workspace[0])
+        assert execute(second, own, settings) == "succeeded"
+        assert (holders(first), holders(second)) == (0, 1)  # released by the second run's begin
+        assert execute(first, other, settings) == "not_runnable"
+    finally:
+        own.close()
+        other.close()
+
+
+def _queued_execution(db, workspace_id: str) -> str:
+    """A queued execution no worker will pick up (its outbox row marked dispatched in the same
+    transaction), for driving the executor by hand."""
+    from guard import load_policy, resolve_permissions
+    from shared.ids import new_id
+    from shared.store import executions
+
+    policy = load_policy("default")
+    res = resolve_permissions(policy, None)
+    eid = new_id("exec")
+    with db.transaction() as cur:
+        oid = executions.insert(cur, executions.NewExecution(
+            id=eid, workspace_id=workspace_id, task="List my documents", compliance_policy=policy.name,
+            policy_version=policy.version, provider="local", model=None, budget_cents=100,
+            requested_permissions=None, effective_permissions=res.effective, denied_permissions=res.denied,
+            webhook_url=None, queued_event={}))
+        cur.execute("UPDATE outbox SET dispatched_at = now() WHERE id = %s", (oid,))
+    return eid
