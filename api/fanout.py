@@ -28,10 +28,10 @@ import fnmatch
 import logging
 import os
 import random
+import re
 import socket
 import threading
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -47,13 +47,49 @@ _KEEPALIVE = {getattr(socket, name): value for name, value in
               (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)) if hasattr(socket, name)}
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One published message, parsed once and shared by every local subscriber."""
+# The head every execution event is published with (shared.events.event_dict's key order, with or
+# without spaces): its seq and type are read from the text, and the payload is parsed only if a
+# consumer asks for it. The per-socket path needs just those two, and parsing the whole event was
+# the biggest part of the fan-out's cost per message.
+_EVENT_HEAD = re.compile(r'\{"execution_id": ?"[^"\\]*", ?"seq": ?(\d+), ?"type": ?"([^"\\]*)"')
 
-    channel: str
-    text: str  # the JSON exactly as published: sent to clients as-is, never re-serialised
-    payload: dict[str, Any]
+
+class Message:
+    """One published message, read once and shared by every local subscriber."""
+
+    __slots__ = ("channel", "text", "seq", "type", "_payload")
+
+    def __init__(self, channel: str, text: str, payload: dict[str, Any] | None = None, *,
+                 seq: Any = None, type_: Any = None) -> None:
+        self.channel = channel
+        self.text = text  # the JSON exactly as published: sent to clients as-is, never re-serialised
+        self._payload = payload
+        if payload is not None:
+            seq, type_ = payload.get("seq"), payload.get("type")
+        self.seq, self.type = seq, type_
+
+    @classmethod
+    def parse(cls, channel: str, text: str) -> Message | None:
+        """None when ``text`` is not a JSON object."""
+        head = _EVENT_HEAD.match(text)
+        if head is not None:
+            return cls(channel, text, seq=int(head[1]), type_=head[2])
+        try:
+            payload = loads_json(text)  # orjson where exact
+        except ValueError:
+            log.warning("fan-out dropped a message that is not JSON on %s", channel)
+            return None
+        return cls(channel, text, payload) if isinstance(payload, dict) else None
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        if self._payload is None:
+            try:
+                parsed = loads_json(self.text)
+            except ValueError:
+                parsed = None
+            self._payload = parsed if isinstance(parsed, dict) else {}
+        return self._payload
 
 
 class _Resync:
@@ -281,13 +317,8 @@ class Hub:
         subs = self._subs.get(channel)
         if not subs:
             return  # nobody here watches this channel: not even parsed
-        try:
-            payload = loads_json(data)  # orjson where exact: parsed once per message, not per socket
-        except ValueError:
-            log.warning("fan-out dropped a message that is not JSON on %s", channel)
+        item = Message.parse(channel, data)  # once per message, not per socket
+        if item is None:
             return
-        if not isinstance(payload, dict):
-            return
-        item = Message(channel, data, payload)
         for sub in subs:
             sub.push(item)

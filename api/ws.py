@@ -194,7 +194,7 @@ class ExecutionStream:
                     return
 
     def _on_message(self, msg: Message) -> None:
-        seq = msg.payload.get("seq")
+        seq = msg.seq
         if not isinstance(seq, int) or seq <= self.last:
             return  # already sent by the replay (or not an event)
         if seq > self.last + 1:
@@ -205,7 +205,7 @@ class ExecutionStream:
                 return
             log.warning("event seq %s of %s published but not stored; sending it as is", seq,
                         self.execution_id)
-        self._send(msg.text, seq, msg.payload.get("type"))
+        self._send(msg.text, seq, msg.type)
 
     def _send(self, text: str, seq: int, type_: Any) -> None:
         self.ws.send(text)
