@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from api.fanout import Message
 from shared.db import dumps_json
 
-_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                     max_leaves=8)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
 _events = st.fixed_dictionaries({
     "execution_id": st.text(max_size=30), "seq": st.integers(0, 2**40), "type": st.text(max_size=30),
     "at": st.text(max_size=30), "data": st.dictionaries(st.text(max_size=8), _json, max_size=4)})
