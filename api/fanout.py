@@ -138,12 +138,14 @@ class Subscription:
         # Clear before draining: an item pushed after this point sets the event again, so the
         # next get() cannot sleep on it (no lost wake-up).
         self._wake.clear()
+        items = self._items
         out: list[Message | _Resync] = []
-        while True:
-            try:
-                out.append(self._items.popleft())
-            except IndexError:
-                return out
+        try:  # as many as are there now (an item pushed meanwhile stays for the next get)
+            for _ in range(len(items)):
+                out.append(items.popleft())
+        except IndexError:  # the listener dropped the backlog meanwhile; its RESYNC is queued
+            pass
+        return out
 
 
 class Hub:
