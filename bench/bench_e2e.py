@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote, urlsplit
 
 from bench import stack
+from shared.redis_client import pack
 
 TERMINAL = {"execution.succeeded", "execution.blocked", "execution.error", "execution.cancelled"}
 THROUGHPUT_CLIENTS = 8
@@ -89,9 +90,9 @@ class TerminalWatcher:
         self._sock = socket.create_connection((url.hostname or "127.0.0.1", url.port or 6379), timeout=10)
         if url.password:
             auth = [url.username or "default", unquote(url.password)]
-            self._sock.sendall(_command(b"AUTH", *(a.encode() for a in auth)))
+            self._sock.sendall(pack(b"AUTH", *(a.encode() for a in auth)))
             self._expect(b"+OK\r\n")
-        self._sock.sendall(_command(b"PSUBSCRIBE", pattern.encode()))
+        self._sock.sendall(pack(b"PSUBSCRIBE", pattern.encode()))
         self._buf = b""
         self._expect(b"*3\r\n$10\r\npsubscribe\r\n")  # the confirmation; its rest is skipped below
         self._skip_confirmation = True
@@ -218,10 +219,6 @@ class RawClient:
         if not chunk:
             raise RuntimeError("the server closed the connection")
         return chunk
-
-
-def _command(*parts: bytes) -> bytes:
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
 def run(n_latency: int = 150, n_throughput: int = 200) -> dict:
