@@ -34,8 +34,6 @@ from kombu.utils.json import dumps as kombu_dumps
 
 from shared.redis_client import LeanRedis, pack
 
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
 Row = tuple[int, str, Any, str]  # (outbox id, task name, args, queue)
 
 
@@ -65,11 +63,9 @@ class Publisher:
     def publish(self, rows: list[Row]) -> tuple[list[int], str | None]:
         """Publish in order until the broker refuses: (the outbox ids published, the refusal or
         None). Rows after a refusal are not sent."""
-        if not self._lean_now():
+        if not self._lean_now() or any(self._options(r[1]) is None for r in rows):
             return self._send_each(rows)
         done: list[int] = []
-        if any(self._options(r[1]) is None for r in rows):
-            return self._send_each(rows)
         first = [r for r in rows if r[3] not in self._declared]
         if first:  # in order: up to and including each queue's first row through send_task
             cut = rows.index(first[-1]) + 1
@@ -108,7 +104,7 @@ class Publisher:
         task_id = f"outbox-{outbox_id}"
         headers, properties, body, _ = self.app.amqp.create_task_message(
             task_id, task_name, args, {}, reply_to=self.app.thread_oid, ignore_result=True,
-            **(self._task_options[task_name] or {}))
+            **(self._options(task_name) or {}))
         properties.update(delivery_mode=2, delivery_info={"exchange": "", "routing_key": queue}, priority=0,
                           body_encoding="base64", delivery_tag=str(uuid.uuid4()))
         envelope = {"body": base64.b64encode(kombu_dumps(body).encode()).decode(), "content-encoding": "utf-8",

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from shared.celery_publish import Publisher
+from shared.celery_publish import Publisher, Row
 from shared.db import Database
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def wake(client: redis.Redis) -> None:
         client.publish(CHANNEL, b"")
 
 
-def publish_rows(celery_app: Any, rows: list[tuple[int, str, Any, str]]) -> tuple[list[int], str | None]:
+def publish_rows(celery_app: Any, rows: list[Row]) -> tuple[list[int], str | None]:
     """Publish ``(outbox id, task name, args, queue)`` rows in order until the broker refuses one:
     (the ids published, the refusal or None). Shared by the relay and the API's dispatcher; one
     pipelined write per call on a Redis broker (shared/celery_publish.py)."""

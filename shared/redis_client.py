@@ -113,10 +113,7 @@ class LeanRedis:
     def _roundtrip(self, conn, packed: list[bytes], wait: bool) -> list:  # type: ignore[no-untyped-def, type-arg]
         replies = []
         try:
-            for _ in getattr(conn, "_lean_unread", ()):  # an earlier wait=False call's replies
-                with contextlib.suppress(redis.ResponseError):
-                    conn.read_response(disconnect_on_error=False)
-            conn._lean_unread = ()  # (kept until here: a failure above leaves them unconfirmed)
+            self._confirm(conn)
             if packed:
                 conn.send_packed_command(packed, check_health=False)
             if not wait:
@@ -137,12 +134,18 @@ class LeanRedis:
         if len(self._idle) < self._max_idle:
             self._idle.append(conn)
             return
-        try:
-            for _ in getattr(conn, "_lean_unread", ()):
-                conn.read_response(disconnect_on_error=False)
-        except redis.RedisError:
-            pass
+        with contextlib.suppress(redis.RedisError):
+            self._confirm(conn)
         conn.disconnect()
+
+    @staticmethod
+    def _confirm(conn) -> None:  # type: ignore[no-untyped-def]
+        """Reads the replies of an earlier ``wait=False`` call on ``conn``. They stay listed
+        until all are read: a failure leaves them unconfirmed, for the caller to send again."""
+        for _ in getattr(conn, "_lean_unread", ()):
+            with contextlib.suppress(redis.ResponseError):
+                conn.read_response(disconnect_on_error=False)
+        conn._lean_unread = ()
 
     def close(self) -> None:
         idle, self._idle = self._idle, []

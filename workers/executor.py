@@ -52,12 +52,12 @@ from workers.steps import StepResult, judge_and_run, process_call
 log = logging.getLogger(__name__)
 
 MAX_STEPS = 24  # model calls per run
+MAX_CALLS_PER_TURN = 8
 # How old the documents read by a run's start may be when its first tool call is judged. Reading
 # them then and writing the step are separate statements anyway, so labels always come from a
 # moment before the write; this bounds that moment to about what a step takes. A slower model's
 # first call reads them again.
 DOCUMENTS_FRESH_S = 0.1
-MAX_CALLS_PER_TURN = 8
 
 SYSTEM_PROMPT = (
     "You are an agent working inside a governed workspace. Use the tools to complete the task. Every tool "
