@@ -88,14 +88,13 @@ class TerminalWatcher:
         self._id_key, self._is_terminal = id_key, is_terminal
         url = urlsplit(redis_url)
         self._sock = socket.create_connection((url.hostname or "127.0.0.1", url.port or 6379), timeout=10)
+        self._buf = b""
         if url.password:
             auth = [url.username or "default", unquote(url.password)]
             self._sock.sendall(pack(b"AUTH", *(a.encode() for a in auth)))
             self._expect(b"+OK\r\n")
         self._sock.sendall(pack(b"PSUBSCRIBE", pattern.encode()))
-        self._buf = b""
-        self._expect(b"*3\r\n$10\r\npsubscribe\r\n")  # the confirmation; its rest is skipped below
-        self._skip_confirmation = True
+        self._expect(b"*3\r\n$10\r\npsubscribe\r\n$%d\r\n%s\r\n:1\r\n" % (len(pattern), pattern.encode()))
         self._sock.settimeout(0.2)
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -109,8 +108,7 @@ class TerminalWatcher:
             self._buf += chunk
         if not self._buf.startswith(prefix):
             raise RuntimeError(f"unexpected reply from redis: {self._buf[:80]!r}")
-        if prefix.startswith(b"+"):
-            self._buf = self._buf[len(prefix):]
+        self._buf = self._buf[len(prefix):]
 
     def _run(self) -> None:
         buf = self._buf
@@ -131,16 +129,7 @@ class TerminalWatcher:
         end = len(buf)
         while True:
             start = pos
-            if self._skip_confirmation:
-                # *3 $10 psubscribe $<n> <pattern> :1
-                nl = buf.find(b"\r\n:", pos)
-                if nl < 0 or buf.find(b"\r\n", nl + 3) < 0:
-                    return buf[start:]
-                pos = buf.find(b"\r\n", nl + 3) + 2
-                self._skip_confirmation = False
-                continue
-            # *4 $8 pmessage $<n> <pattern> $<n> <channel> $<n> <data>
-            fields = []
+            # *4 $8 pmessage $<n> <pattern> $<n> <channel> $<n> <data>: the data is the last
             p = buf.find(b"\r\n", pos)
             if p < 0:
                 return buf[start:]
@@ -152,9 +141,8 @@ class TerminalWatcher:
                 n = int(buf[pos + 1:p])
                 if p + 2 + n + 2 > end:
                     return buf[start:]
-                fields.append((p + 2, p + 2 + n))
-                pos = p + 2 + n + 2
-            a, b = fields[3]
+                a, b = p + 2, p + 2 + n
+                pos = b + 2
             if any(buf.find(m, a, b) >= 0 for m in self._markers):
                 ev = json.loads(buf[a:b])
                 if self._is_terminal(ev.get("type", "")):
