@@ -30,9 +30,10 @@ import os
 import random
 import re
 import socket
+import struct
 import threading
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from redis.backoff import NoBackoff
@@ -54,16 +55,31 @@ _KEEPALIVE = {getattr(socket, name): value for name, value in
 _EVENT_HEAD = re.compile(r'\{"execution_id": ?"[^"\\]*", ?"seq": ?(\d+), ?"type": ?"([^"\\]*)"')
 
 
+def text_frame(text: str) -> bytes:
+    """``text`` as one final, unmasked WebSocket text frame (RFC 6455 §5.2): what a server writes
+    when no extension was negotiated, byte for byte what wsproto's ``send_data`` produces then
+    (``tests/api/test_fanout_message.py``). Written here so that a message going to many sockets
+    is framed once rather than once per socket; wsproto frames per connection."""
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
 class Message:
     """One published message, read once and shared by every local subscriber."""
 
-    __slots__ = ("channel", "text", "seq", "type", "_payload")
+    __slots__ = ("channel", "text", "seq", "type", "_payload", "_frame")
 
     def __init__(self, channel: str, text: str, payload: dict[str, Any] | None = None, *,
                  seq: Any = None, type_: Any = None) -> None:
         self.channel = channel
         self.text = text  # the JSON exactly as published: sent to clients as-is, never re-serialised
         self._payload = payload
+        self._frame: bytes | None = None
         if payload is not None:
             seq, type_ = payload.get("seq"), payload.get("type")
         self.seq, self.type = seq, type_
@@ -91,6 +107,13 @@ class Message:
             self._payload = parsed if isinstance(parsed, dict) else {}
         return self._payload
 
+    @property
+    def frame(self) -> bytes:
+        """:attr:`text` as a WebSocket frame, built on first use and shared by every socket."""
+        if self._frame is None:
+            self._frame = text_frame(self.text)
+        return self._frame
+
 
 class _Resync:
     def __repr__(self) -> str:
@@ -102,11 +125,24 @@ class _Resync:
 RESYNC = _Resync()
 
 
+class Sink(Protocol):
+    def offer(self, item: Message | _Resync) -> bool:
+        """Deliver ``item`` now, from the listener, without blocking; False to have it queued."""
+
+
 class Subscription:
     """A per-socket queue. :meth:`push` is called by the hub's listener, :meth:`get` by the one
-    socket handler that owns it."""
+    socket handler that owns it.
 
-    __slots__ = ("channel", "_items", "_wake", "_max", "pushed")
+    While its handler is parked in :meth:`get` with nothing pending, the handler may attach a
+    :class:`Sink` (``sink``): the listener then offers it each message first and queues only
+    what it declines. Waking a handler costs more than the send it makes (an event, a switch
+    there and back, the loop around it), so delivering on the listener is how one process keeps
+    up with thousands of sockets. The sink must never block the listener, and must detach
+    itself (``sink = None``) when it declines, so that nothing offered later overtakes what was
+    queued."""
+
+    __slots__ = ("channel", "_items", "_wake", "_max", "pushed", "sink")
 
     def __init__(self, channel: str, max_pending: int) -> None:
         self.channel = channel
@@ -114,6 +150,11 @@ class Subscription:
         self._wake = threading.Event()
         self._max = max_pending
         self.pushed = False  # set by push, cleared by the hub's tick: only idle sockets get ticks
+        self.sink: Sink | None = None
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._items)
 
     def push(self, item: Message | _Resync) -> None:
         if len(self._items) >= self._max:
@@ -323,4 +364,6 @@ class Hub:
         if item is None:
             return
         for sub in subs:
-            sub.push(item)
+            sink = sub.sink
+            if sink is None or sub._items or not sink.offer(item):
+                sub.push(item)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from flask import Blueprint, Flask, current_app, g, request
 from flask_sock import Sock
 from prometheus_client import Counter
 
-from api.fanout import RESYNC, Hub, Message, Subscription
+from api.fanout import RESYNC, Hub, Message, Subscription, text_frame
 from api.services import Services, services
 from shared.errors import BadRequest, NotFound, ServiceUnavailable, Unauthorized
 from shared.events import channel_for
@@ -134,8 +135,85 @@ def _authorize() -> None:
 # -- after the upgrade -------------------------------------------------------------------------
 @sock.route("/ws/executions/<execution_id>", bp=bp)
 def execution_stream(ws: Any, execution_id: str) -> None:
-    stream = ExecutionStream(ws, services(), stream_state(), execution_id, g.ws_workspace_id, g.ws_after)
+    stream = ExecutionStream(ws, services(), stream_state(), execution_id, g.ws_workspace_id, g.ws_after,
+                             plain=_plain_frames(ws))
     stream.run(terminal_at_connect=g.ws_terminal)
+
+
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+def _plain_frames(ws: Any) -> bool:
+    """Whether our own frames may be written to this connection's socket: no extension was asked
+    for (simple-websocket accepts permessage-deflate when offered, and then frames differ) and
+    the socket is a plain TCP one (not TLS) on a platform with non-blocking sends."""
+    return (_DONTWAIT != 0 and not request.headers.get("Sec-WebSocket-Extensions")
+            and isinstance(ws.sock, socket.socket) and not hasattr(ws.sock, "cipher"))
+
+
+class _Direct:
+    """Delivers live events on the hub's listener while the handler is parked (see
+    :class:`api.fanout.Subscription`): the next event in sequence is written straight to the
+    socket if the kernel takes the whole frame at once. Anything else (a gap, a repeat it
+    cannot rule out, the terminal event, a RESYNC, a full send buffer, a broken socket) is
+    declined and the handler takes over, detached, until it parks again.
+
+    ``lock`` keeps the handler from writing while the listener does (threaded servers); under
+    gevent the listener never yields while holding it, so the handler never waits on it."""
+
+    __slots__ = ("sub", "raw", "lock", "last", "rest", "rest_seq")
+
+    def __init__(self, sub: Subscription, sock: Any) -> None:
+        self.sub = sub
+        # gevent's socket wraps the real one; a send on it waits (switches) when the buffer is
+        # full, and the listener must never wait, so write to the wrapped socket directly.
+        self.raw = getattr(sock, "_sock", sock)
+        self.lock = threading.Lock()
+        self.last = 0
+        self.rest = b""  # the unsent tail of a frame the kernel took only part of
+        self.rest_seq = 0
+
+    def attach(self, last: int) -> None:
+        with self.lock:
+            self.last = last
+            if not self.sub.pending:
+                self.sub.sink = self
+
+    def detach(self) -> tuple[int, bytes, int]:
+        """Stop direct delivery: (the last seq sent, a frame's unsent tail, its seq)."""
+        with self.lock:
+            self.sub.sink = None
+            rest, self.rest = self.rest, b""
+            return self.last, rest, self.rest_seq
+
+    def offer(self, item: Message | object) -> bool:
+        if not self.lock.acquire(False):  # the handler is taking over
+            return False
+        try:
+            if self.sub.sink is not self:
+                return False
+            if type(item) is Message:
+                seq = item.seq
+                if type(seq) is int and seq <= self.last:
+                    return True  # a repeat (publishes are at least once): already sent
+                if seq == self.last + 1 and item.type not in TERMINAL_EVENTS:
+                    frame = item.frame
+                    try:
+                        n = self.raw.send(frame, _DONTWAIT)
+                    except BlockingIOError:
+                        n = 0
+                    except OSError:
+                        n = -1  # the handler finds out what is wrong with the socket
+                    if n == len(frame):
+                        self.last = seq
+                        self.sub.pushed = True  # busy: the hub's idle tick can skip it
+                        return True
+                    if n > 0:  # the tail must go out before any other byte
+                        self.rest, self.rest_seq = frame[n:], seq
+            self.sub.sink = None
+            return False
+        finally:
+            self.lock.release()
 
 
 class _Unavailable(Exception):
@@ -146,8 +224,9 @@ class ExecutionStream:
     """One client's stream: replay, then live events, with no gap and no duplicate."""
 
     def __init__(self, ws: Any, svc: Services, state: StreamState, execution_id: str, workspace_id: str,
-                 after: int) -> None:
+                 after: int, *, plain: bool = False) -> None:
         self.ws = ws
+        self.plain = plain  # our own frames may be written to ws.sock (see _plain_frames)
         self.db = svc.db
         self.state = state
         self.execution_id = execution_id
@@ -171,13 +250,22 @@ class ExecutionStream:
     def _live(self, sub: Subscription) -> None:
         quiet_since = time.monotonic()
         quiet_limit = random.uniform(*IDLE_CATCH_UP_S)
+        direct = _Direct(sub, self.ws.sock) if self.plain else None
         while not self.done:
+            if direct is not None:
+                direct.attach(self.last)
             items = sub.get()  # returns [] at least every hub.tick_s: check the client, idle time
+            now = time.monotonic()
+            if direct is not None:
+                last, rest, rest_seq = direct.detach()
+                if last > self.last:
+                    self.last, quiet_since = last, now  # delivered by the listener meanwhile
+                if rest and not self._write(rest, rest_seq):
+                    return
             if not self.ws.connected:
                 return
             if self.ws.input_buffer:  # we expect nothing from the client; do not let it pile up
                 self.ws.input_buffer.clear()
-            now = time.monotonic()
             if not items:
                 if now - quiet_since >= quiet_limit:
                     quiet_since, quiet_limit = now, random.uniform(*IDLE_CATCH_UP_S)
@@ -205,13 +293,29 @@ class ExecutionStream:
                 return
             log.warning("event seq %s of %s published but not stored; sending it as is", seq,
                         self.execution_id)
-        self._send(msg.text, seq, msg.type)
+        self._send(msg.text, seq, msg.type, msg.frame if self.plain else None)
 
-    def _send(self, text: str, seq: int, type_: Any) -> None:
-        self.ws.send(text)
+    def _send(self, text: str, seq: int, type_: Any, frame: bytes | None = None) -> None:
+        if not self.plain:
+            self.ws.send(text)
+        elif not self._write(frame or text_frame(text), seq):
+            return
         self.last = seq
         if type_ in TERMINAL_EVENTS:
             self._close(1000, "execution finished")
+
+    def _write(self, frame: bytes, seq: int) -> bool:
+        """Write a frame (or the tail of one) to the socket; False when the client is gone."""
+        if not self.ws.connected:
+            self.done = True
+            return False
+        try:
+            self.ws.sock.sendall(frame)
+        except OSError:  # reset or broken pipe: the client is gone
+            self.done = True
+            return False
+        self.last = seq
+        return True
 
     def _close(self, code: int, reason: str) -> None:
         self.done = True

@@ -151,6 +151,26 @@ def test_live_events_arrive_in_order_and_close_1000_after_terminal(server, app, 
     assert got[-1]["type"] == TERMINAL
 
 
+def test_a_client_that_negotiates_compression_gets_the_same_stream(server, app, db, rds, workspace,
+                                                                  execution) -> None:
+    """A client that negotiated permessage-deflate is served through the WebSocket library's own
+    framing, socket by socket; everyone else gets the frames the fan-out built once per event."""
+    from websockets.sync.client import connect as ws_connect
+
+    url = (server.url.replace("http://", "ws://") + f"/ws/executions/{execution}"
+           f"?token={token(app, workspace[0], execution)}")
+    with ws_connect(url, open_timeout=10) as conn:
+        assert conn.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+        assert json.loads(conn.recv(timeout=10))["seq"] == 1
+        for i in range(3):
+            emit(db, rds, execution, "llm.completed", {"i": i, "pad": "x" * 300})
+        emit(db, rds, execution, TERMINAL)
+        got = [json.loads(conn.recv(timeout=10)) for _ in range(4)]
+        assert seqs(got) == [2, 3, 4, 5] and got[0]["data"]["pad"] == "x" * 300
+        # The close frame itself: the dev server may keep the TCP connection open a while after it.
+        assert wait_for(lambda: conn.protocol.close_rcvd).code == 1000
+
+
 def test_mid_run_join_sees_every_event_exactly_once(server, app, db, rds, workspace, execution) -> None:
     """Clients join at random moments while a worker appends and publishes as fast as it can."""
     n = 80
