@@ -18,7 +18,9 @@ client receives every event with ``seq > after`` exactly once, in order:
 2. replay stored events with ``seq > after`` from PostgreSQL (paged);
 3. drain the queue: skip ``seq <= last sent`` (already replayed), send ``last + 1`` as published
    (no DB query on this hot path), and on a gap, a hub :data:`~api.fanout.RESYNC` (Redis
-   reconnected, or this socket fell behind) or a quiet spell, read what is missing from PostgreSQL.
+   reconnected, or this socket fell behind) or a quiet spell, read what is missing from PostgreSQL;
+4. while the queue is empty, let the hub's listener send ``last + 1`` itself (:class:`_Direct`):
+   the same seq check, without waking this handler for each event.
 
 Events are committed before they are published, so anything published before step 1 is found
 by step 2 and anything after is queued; the seq check removes the overlap. After the terminal
