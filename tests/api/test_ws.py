@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import secrets
+import socket
 import struct
 import threading
 import time
@@ -389,6 +390,21 @@ def test_gevent_worker_streams_across_a_redis_restart(settings, db, workspace, t
         emit(db, rds, eid, TERMINAL)
         got, code = read_until_close(conn, timeout=20)
         assert seqs(got) == [3, 4, 5] and code == 1000
+
+        # A client that stops reading: the listener's direct sends fill its socket, tear a frame,
+        # and hand the rest to its handler; once it reads again, everything arrives whole, in order.
+        eid = make_execution(db, workspace[0])
+        tok = StreamTokens(settings.secret_key, 60).issue(workspace[0], eid)
+        url = f"ws://127.0.0.1:{port}/ws/executions/{eid}?token={tok}"
+        slow = websocket.create_connection(url, timeout=10, sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
+        assert json.loads(slow.recv())["seq"] == 1
+        for i in range(40):
+            emit(db, rds, eid, data={"i": i, "pad": "x" * 200_000})  # 8 MB: beyond any send buffer
+        emit(db, rds, eid, TERMINAL)
+        time.sleep(0.5)
+        got, code = read_until_close(slow, timeout=20)
+        assert seqs(got) == list(range(2, 43)) and code == 1000
+        assert [e["data"].get("i") for e in got[:-1]] == list(range(40))
     finally:
         os.killpg(proc.pid, 15)
         try:
