@@ -95,3 +95,18 @@ def test_local_planner_hipaa_run(stack, client):
     summary = next(d for d in doc if d["name"] == "discharge-summary")
     text = client.get(f"/api/v1/documents/{summary['document_id']}").json()["content"]
     assert "[REDACTED:NAME]" in text and "Jane Doe" not in text
+
+
+def test_local_planner_emails_under_hipaa_without_a_document(stack, client, db):
+    """Nothing uploaded yet: the planner mails the task's own text. Its recipient address is an
+    identifier under hipaa, so the first send is refused, and the redacted body goes out; the
+    subject never carries the address."""
+    eid = submit(client, task="Email the discharge note to dr.smith@example.com.", compliance_policy="hipaa",
+                 permissions=["fs:read", "email:send", "pii:redact"])
+    e = wait_terminal(client, eid)
+    assert e["status"] == "succeeded"
+    blocked = [x["data"] for x in events(client, eid) if x["type"] == "tool.blocked"]
+    assert [[v["rule"] for v in b["violations"]] for b in blocked] == [["phi_unredacted"]]
+    mail = db.fetchone("SELECT recipient, subject, body FROM email_outbox WHERE execution_id = %s", (eid,))
+    assert mail["recipient"] == "dr.smith@example.com"
+    assert "dr.smith@example.com" not in mail["subject"] + mail["body"]

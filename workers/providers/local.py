@@ -141,7 +141,9 @@ class LocalPlanner:
         elif post and may_try("http_post"):
             steps.append(("http_post", {"url": urls[0], "body": draft}))
         elif wants_mail and may_try("send_email"):
-            subject = "Summary: " + (read[0]["name"] if read else task[:60])
+            # Never the task's own text with its addresses: hipaa counts an email address as an
+            # identifier, and redact_text only ever rewrites the body.
+            subject = "Summary: " + (read[0]["name"] if read else _EMAIL.sub("[recipient]", task)[:60])
             steps.append(("send_email", {"to": email_to[0], "subject": subject, "body": draft}))
         elif wants_write and may_try("write_document"):
             base = read[0]["name"] if read else "task"
