@@ -134,9 +134,18 @@ class LeanRedis:
         if len(self._idle) < self._max_idle:
             self._idle.append(conn)
             return
-        with contextlib.suppress(redis.RedisError):
+        # No room to keep it: confirm what it carries now, and send that again if it died.
+        unread: tuple[bytes, ...] | list[bytes] = ()
+        try:
             self._confirm(conn)
+        except redis.ConnectionError:
+            unread, conn._lean_unread = conn._lean_unread, ()
+        except redis.RedisError:
+            pass  # a timeout: the commands may have run; not sent twice
         conn.disconnect()
+        if unread:
+            with contextlib.suppress(redis.RedisError, OSError):  # as a failed wait=True call would
+                self.call_many(list(unread))
 
     @staticmethod
     def _confirm(conn) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,8 @@ they were sent on dies before their confirmation was read."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from typing import Any
 
@@ -72,3 +74,58 @@ def test_executor_style_publishes_arrive_in_order_once(settings: Any) -> None:
     assert seqs == [1, 2, 3, 4, 5]
     events.flush(lean)  # nothing left unconfirmed: a no-op
     lean.close()
+
+
+def _commands(conn: socket.socket) -> Any:
+    """RESP commands read off ``conn``, one list of arguments at a time."""
+    buf = b""
+
+    def line() -> bytes:
+        nonlocal buf
+        while b"\r\n" not in buf:
+            chunk = conn.recv(4096)
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        head, buf = buf.split(b"\r\n", 1)
+        return head
+
+    while True:
+        try:
+            args = []
+            for _ in range(int(line()[1:])):  # *n, then n times $len and the argument
+                line()
+                args.append(line())
+            yield args
+        except EOFError:
+            return
+
+
+def test_a_connection_with_no_room_to_stay_confirms_at_once_and_resends_if_it_died() -> None:
+    """With the idle list full, a connection is confirmed before it is closed. A Redis double
+    speaking RESP closes the first connection on its PUBLISH without replying; the publish is
+    sent again on a second, which answers."""
+    published: list[list[bytes]] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        for answer in (False, True):
+            conn, _ = listener.accept()
+            with conn:
+                for cmd in _commands(conn):
+                    if cmd[0].upper() != b"PUBLISH":
+                        conn.sendall(b"+OK\r\n")  # the client's handshake (CLIENT SETINFO …)
+                        continue
+                    published.append(cmd)
+                    if not answer:
+                        break  # closed with the reply unsent
+                    conn.sendall(b":1\r\n")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    lean = LeanRedis(f"redis://127.0.0.1:{listener.getsockname()[1]}", max_idle=0)
+    assert lean.call_many([pack(b"PUBLISH", b"ch", b"a")], wait=False) == []
+    lean.close()
+    server.join(5)
+    listener.close()
+    assert published == [[b"PUBLISH", b"ch", b"a"]] * 2
