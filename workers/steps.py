@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING
 from typing import TYPE_CHECKING, Any
 
-from guard import Guard, ToolCall, VerifyContext, arguments_sha256, find_phi, issue_certificate
+from guard import Guard, ToolCall, VerifyContext, arguments_sha256, find_phi, issue_certificate, redact
 from shared.ids import new_id
 from workers import tools
 
@@ -26,10 +26,32 @@ class StepResult:
     finished: str | None = None  # the terminal status when this step ended the run
 
 
-def _preview(arguments: dict[str, Any]) -> dict[str, Any]:
-    """Arguments for events: long strings shortened (the certificate carries the full hash)."""
-    return {k: (v[:_ARG_PREVIEW] + "…" if isinstance(v, str) and len(v) > _ARG_PREVIEW else v)
-            for k, v in arguments.items()}
+def _preview(arguments: dict[str, Any], policy: Any, record_names: tuple[str, ...]) -> dict[str, Any]:
+    """Arguments for events: long strings shortened (the certificate carries the full hash).
+
+    Under a policy that keeps PHI in (its ``phi_unredacted`` rule), strings are shown redacted:
+    the stream, the stored events and the audit packages built from them are no place for the
+    identifiers the policy exists to keep in, whether the call was allowed (redact_text's input)
+    or refused for carrying them."""
+    redacting = any(rule.get("id") == "phi_unredacted" for rule in policy.rules)
+
+    def shown(value: Any) -> Any:
+        if isinstance(value, str):
+            if redacting:
+                # Identifiers are short: one starting before the cut ends inside this window.
+                window = value[:_ARG_PREVIEW + 200]
+                try:
+                    value = redact(window, record_names)[0] + value[len(window):]
+                except ValueError:  # redaction did not converge: show nothing rather than PHI
+                    value = "[REDACTED]"
+            return value[:_ARG_PREVIEW] + "…" if len(value) > _ARG_PREVIEW else value
+        if isinstance(value, dict):
+            return {k: shown(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shown(v) for v in value]
+        return value
+
+    return {k: shown(v) for k, v in arguments.items()}
 
 
 def _context(run: Run, docs: list[Any]) -> VerifyContext:
@@ -100,7 +122,9 @@ def judge_and_run(run: Run, call: dict[str, Any], cur: Any) -> StepResult | None
     tc = ToolCall(call["name"], call["arguments"])
     docs = run.documents(cur)
     run.emit("tool.requested", {"call_id": call["id"], "tool": call["name"],
-                                "arguments": _preview(call["arguments"]), "step": call["step"]})
+                                "arguments": _preview(call["arguments"], run.policy,
+                                                      tuple(run.state.get("record_names") or ())),
+                                "step": call["step"]})
     decision = Guard.verify(tc, _context(run, docs))
     run.emit("guard.decision", {"call_id": call["id"], **decision.to_dict()})
     if not decision.allowed:

@@ -91,6 +91,10 @@ def test_local_planner_hipaa_run(stack, client):
     assert [v["rule"] for v in blocked[0]["violations"]] == ["phi_unredacted"]
     tools = [x["data"]["tool"] for x in evs if x["type"] == "certificate.issued"]
     assert tools == ["list_documents", "read_document", "redact_text", "write_document"]
+    # The blocked write and redact_text's input carried the record; their events show it redacted.
+    requested = [x["data"] for x in evs if x["type"] == "tool.requested"]
+    assert "[REDACTED:NAME]" in requested[-1]["arguments"]["content"]
+    assert not any(s in json.dumps(evs) for s in ("Jane Doe", "12345678", "03/04/2024"))
     doc = client.get("/api/v1/documents?limit=100").json()["items"]
     summary = next(d for d in doc if d["name"] == "discharge-summary")
     text = client.get(f"/api/v1/documents/{summary['document_id']}").json()["content"]
