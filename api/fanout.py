@@ -58,7 +58,7 @@ _EVENT_HEAD = re.compile(r'\{"execution_id": ?"[^"\\]*", ?"seq": ?(\d+), ?"type"
 def text_frame(text: str) -> bytes:
     """``text`` as one final, unmasked WebSocket text frame (RFC 6455 §5.2): what a server writes
     when no extension was negotiated, byte for byte what wsproto's ``send_data`` produces then
-    (``tests/api/test_fanout_message.py``). Written here so that a message going to many sockets
+    (``tests/api/test_ws_direct.py``). Written here so that a message going to many sockets
     is framed once rather than once per socket; wsproto frames per connection."""
     payload = text.encode()
     n = len(payload)

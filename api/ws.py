@@ -298,11 +298,12 @@ class ExecutionStream:
         self._send(msg.text, seq, msg.type, msg.frame if self.plain else None)
 
     def _send(self, text: str, seq: int, type_: Any, frame: bytes | None = None) -> None:
-        if not self.plain:
+        if self.plain:
+            if not self._write(frame or text_frame(text), seq):
+                return
+        else:
             self.ws.send(text)
-        elif not self._write(frame or text_frame(text), seq):
-            return
-        self.last = seq
+            self.last = seq
         if type_ in TERMINAL_EVENTS:
             self._close(1000, "execution finished")
 
