@@ -38,10 +38,10 @@ def _preview(arguments: dict[str, Any], policy: Any, record_names: tuple[str, ..
     def shown(value: Any) -> Any:
         if isinstance(value, str):
             if redacting:
-                # Identifiers are short: one starting before the cut ends inside this window.
-                window = value[:_ARG_PREVIEW + 200]
+                # The whole string, then the cut: a cut first could split an identifier, and the
+                # detectors already read every outbound string in Guard.verify.
                 try:
-                    value = redact(window, record_names)[0] + value[len(window):]
+                    value = redact(value, record_names)[0]
                 except ValueError:  # redaction did not converge: show nothing rather than PHI
                     value = "[REDACTED]"
             return value[:_ARG_PREVIEW] + "…" if len(value) > _ARG_PREVIEW else value

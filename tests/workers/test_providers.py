@@ -114,3 +114,17 @@ def test_local_planner_emails_under_hipaa_without_a_document(stack, client, db):
     mail = db.fetchone("SELECT recipient, subject, body FROM email_outbox WHERE execution_id = %s", (eid,))
     assert mail["recipient"] == "dr.smith@example.com"
     assert "dr.smith@example.com" not in mail["subject"] + mail["body"]
+
+
+def test_argument_previews_are_redacted_whole_before_the_cut():
+    """The preview of a long argument under hipaa: every identifier redacted, wherever it sits,
+    then shortened; the default policy shows the text as written."""
+    from guard import load_policy
+    from workers.steps import _ARG_PREVIEW, _preview
+
+    body = "Follow-up note. " + " ".join(f"Contact jane{i}@example.org, MRN: {480000 + i}." for i in range(60))
+    shown = _preview({"to": "dr@example.org", "body": body, "n": 3}, load_policy("hipaa"), ("Jane Doe",))
+    assert shown["n"] == 3 and shown["body"].endswith("…") and len(shown["body"]) == _ARG_PREVIEW + 1
+    assert "@" not in shown["body"] and "4800" not in shown["body"] and "@" not in shown["to"]
+    plain = _preview({"body": body}, load_policy("default"), ())
+    assert plain["body"] == body[:_ARG_PREVIEW] + "…"
