@@ -93,8 +93,7 @@ class LeanRedis:
             except redis.ConnectionError:
                 # Stale (Redis restarted, idle timeout): once more on a fresh connection, with
                 # whatever was sent on the stale one unconfirmed.
-                packed = [*getattr(conn, "_lean_unread", ()), *packed]
-                conn._lean_unread = ()  # type: ignore[attr-defined]
+                packed = [*self._unconfirmed(conn), *packed]
         conn = self._pool.connection_class(**self._pool.connection_kwargs)
         conn.connect()
         return self._roundtrip(conn, packed, wait)
@@ -107,8 +106,7 @@ class LeanRedis:
             try:
                 self._roundtrip(conn, [], True)
             except redis.ConnectionError:
-                unread, conn._lean_unread = conn._lean_unread, ()  # type: ignore[attr-defined]
-                self.call_many(unread)
+                self.call_many(self._unconfirmed(conn))
 
     def _roundtrip(self, conn, packed: list[bytes], wait: bool) -> list:  # type: ignore[no-untyped-def, type-arg]
         replies = []
@@ -135,17 +133,24 @@ class LeanRedis:
             self._idle.append(conn)
             return
         # No room to keep it: confirm what it carries now, and send that again if it died.
-        unread: tuple[bytes, ...] | list[bytes] = ()
+        unread: list[bytes] = []
         try:
             self._confirm(conn)
         except redis.ConnectionError:
-            unread, conn._lean_unread = conn._lean_unread, ()
+            unread = self._unconfirmed(conn)
         except redis.RedisError:
             pass  # a timeout: the commands may have run; not sent twice
         conn.disconnect()
         if unread:
             with contextlib.suppress(redis.RedisError, OSError):  # as a failed wait=True call would
-                self.call_many(list(unread))
+                self.call_many(unread)
+
+    @staticmethod
+    def _unconfirmed(conn) -> list[bytes]:  # type: ignore[no-untyped-def]
+        """Takes the commands ``conn`` sent without their replies read, to send them again."""
+        unread = list(getattr(conn, "_lean_unread", ()))
+        conn._lean_unread = ()
+        return unread
 
     @staticmethod
     def _confirm(conn) -> None:  # type: ignore[no-untyped-def]
