@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING
 from typing import TYPE_CHECKING, Any
 
-from guard import Guard, ToolCall, VerifyContext, arguments_sha256, find_phi, issue_certificate, redact
+from guard import Guard, Policy, ToolCall, VerifyContext, arguments_sha256, find_phi, issue_certificate, redact
 from shared.ids import new_id
 from workers import tools
 
@@ -26,7 +26,7 @@ class StepResult:
     finished: str | None = None  # the terminal status when this step ended the run
 
 
-def _preview(arguments: dict[str, Any], policy: Any, record_names: tuple[str, ...]) -> dict[str, Any]:
+def _preview(arguments: dict[str, Any], policy: Policy, record_names: tuple[str, ...]) -> dict[str, Any]:
     """Arguments for events: long strings shortened (the certificate carries the full hash).
 
     Under a policy that keeps PHI in (its ``phi_unredacted`` rule), strings are shown redacted:
@@ -121,11 +121,11 @@ def judge_and_run(run: Run, call: dict[str, Any], cur: Any) -> StepResult | None
     key = call_key(call)
     tc = ToolCall(call["name"], call["arguments"])
     docs = run.documents(cur)
+    context = _context(run, docs)
     run.emit("tool.requested", {"call_id": call["id"], "tool": call["name"],
-                                "arguments": _preview(call["arguments"], run.policy,
-                                                      tuple(run.state.get("record_names") or ())),
+                                "arguments": _preview(call["arguments"], context.policy, context.record_names),
                                 "step": call["step"]})
-    decision = Guard.verify(tc, _context(run, docs))
+    decision = Guard.verify(tc, context)
     run.emit("guard.decision", {"call_id": call["id"], **decision.to_dict()})
     if not decision.allowed:
         try:
@@ -164,7 +164,7 @@ def judge_and_run(run: Run, call: dict[str, Any], cur: Any) -> StepResult | None
         call["certificate_id"] = cert["certificate_id"]
     else:
         ctx = tools.ToolContext(run.workspace_id, run.id, key, run.settings,
-                                tuple(state.get("record_names") or ()), cur, docs)
+                                context.record_names, cur, docs)
         try:
             _complete(run, call, tools.run(call["name"], call["arguments"], ctx), None)
         except tools.ToolError as exc:
