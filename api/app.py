@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         return ratelimit_headers(response)
 
+    app.url_map.converters["condition_ref"] = conditions.ConditionRef
     api_v1 = Blueprint("api_v1", __name__, url_prefix="/api/v1")
     api_v1.before_request(authenticate_request)
     for bp in (tasks.bp, executions.bp, documents.bp, compliance.bp, monitoring.bp, conditions.bp,

@@ -10,6 +10,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
+from compiler.validation import REQUIRED_KEYS
 from shared.errors import BadRequest
 
 DELIVERY_TYPES = ("webhook", "notification", "agent")
@@ -163,6 +164,43 @@ class CalibrationRequest(Schema):
             raise ValidationError("Pass exactly one of params or feedback.")
 
 
+_ABSENT: dict[str, Any] = {"not": {}}  # JSON Schema for "this property must not be present"
+
+
+def _without(*names: str) -> dict[str, Any]:
+    return {name: _ABSENT for name in names}
+
+
+# The cross-field rules above (the ``validates_schema`` methods) in JSON Schema, merged into the
+# OpenAPI document's components, so that what the document calls valid is what the views accept.
+OPENAPI_RULES: dict[str, dict[str, Any]] = {
+    "TaskPatchRequest": {"minProperties": 1},
+    "DeliveryConfig": {"oneOf": [
+        {"properties": {"type": {"enum": ["webhook"]}, **_without("task", "compliance_policy", "budget_cents")},
+         "required": ["endpoint"]},
+        {"properties": {"type": {"enum": ["notification"]},
+                        **_without("endpoint", "task", "compliance_policy", "budget_cents")}},
+        {"properties": {"type": {"enum": ["agent"]}, **_without("endpoint")}},
+    ]},
+    "ExplainRequest": {"oneOf": [
+        {"required": ["condition_id"], "properties": _without("intent", "entity_scope", "constraints")},
+        {"required": ["intent", "entity_scope"], "properties": _without("condition_id")},
+    ]},
+    "CalibrationRequest": {"oneOf": [
+        {"required": ["params"], "properties": _without("feedback")},
+        {"required": ["feedback"], "properties": _without("params")},
+    ]},
+}
+
+# PUT /guardrails takes a whole document, checked by compiler.validation (every problem listed);
+# the document states its top-level keys.
+GUARDRAILS_INPUT: dict[str, Any] = {
+    "type": "object", "required": list(REQUIRED_KEYS),
+    "description": "A complete guardrails document (see GET /api/v1/guardrails for the current one).",
+    "properties": {"version": {"type": "string", "minLength": 1, "maxLength": 64}},
+}
+
+
 def load_400(schema: Schema, body: Any) -> dict[str, Any]:
     """Load ``body`` or raise a 400 naming every field that failed."""
     try:
@@ -206,21 +244,23 @@ class ConditionSchema(Schema):
     strategy = fields.Nested(StrategySchema)
     metric = fields.String()
     severity = fields.String(allow_none=True)
-    description = fields.String()
+    description = fields.String(allow_none=True)
     provenance = fields.Dict()
     plan = fields.Dict()
     guardrails_version = fields.String()
-    created_from = fields.Dict()
+    created_from = fields.Dict(allow_none=True)
     immutable = fields.Boolean()
     created_at = fields.DateTime()
+    trace = fields.List(fields.Dict(), metadata={"description": "The compiler's stages (one version's read only)."})
 
 
 class MonitoringTaskDetail(MonitoringTask):
-    concept = fields.Dict()
-    condition = fields.Nested(ConditionSchema)
-    action = fields.Dict()
+    concept = fields.Dict(allow_none=True)
+    condition = fields.Nested(ConditionSchema, allow_none=True)
+    action = fields.Dict(allow_none=True)
     trigger = fields.Dict(metadata={"description": "last_triggered_at, trigger_count"})
     guardrails_version = fields.String()
+    updated_at = fields.DateTime()
 
 
 class DryRunResult(Schema):
@@ -260,4 +300,5 @@ class GuardrailsDocument(Schema):
     revision = fields.Integer()
     source = fields.String(metadata={"enum": ["default", "workspace"]})
     document = fields.Dict()
+    created_at = fields.DateTime(allow_none=True, metadata={"description": "null for the built-in default."})
     versions = fields.List(fields.Dict())

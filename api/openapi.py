@@ -42,6 +42,7 @@ def build_spec(app: Flask) -> dict:
         spec.components.schema(name, schema=getattr(signals_schemas, name))
     for name in workflow_schemas.SCHEMAS:
         spec.components.schema(name, schema=getattr(workflow_schemas, name))
+    spec.components.schema("GuardrailsInput", component=monitoring_schemas.GUARDRAILS_INPUT)
     for name in getattr(app, "extra_openapi_schemas", {}):
         spec.components.schema(name, schema=app.extra_openapi_schemas[name])  # type: ignore[attr-defined]
     with app.test_request_context():
@@ -49,12 +50,60 @@ def build_spec(app: Flask) -> dict:
             if view.__doc__ and "---" in view.__doc__ and not rule_name.startswith("static"):
                 spec.path(view=view)
     doc = spec.to_dict()
+    for rules in (monitoring_schemas.OPENAPI_RULES, signals_schemas.OPENAPI_RULES):
+        for name, rule in rules.items():
+            _merge(doc["components"]["schemas"][name], rule)
     for path, ops in doc.get("paths", {}).items():
         if path.startswith("/api/v1/"):
             for op in ops.values():
                 if isinstance(op, dict):
-                    op.setdefault("security", [{"bearer": []}])
+                    _every_api_operation(op)
     return doc
+
+
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+_INT_HEADER = {"schema": {"type": "integer"}}
+# What every /api/v1 operation may answer, whatever its view does: the key check and the rate
+# limit run before any view (api/auth.py).
+_COMMON_RESPONSES = {
+    "401": {"description": "Missing or invalid API key", "content": _ERROR},
+    "429": {"description": "Rate limited (token bucket per key)", "content": _ERROR,
+            "headers": {"Retry-After": _INT_HEADER, "RateLimit-Limit": _INT_HEADER,
+                        "RateLimit-Remaining": _INT_HEADER, "RateLimit-Reset": _INT_HEADER}},
+}
+# ... and every one that reads a JSON body (api/body.py), before the view's own checks.
+_BODY_RESPONSES = {
+    "400": {"description": "Malformed JSON, or a body that is not a JSON object", "content": _ERROR},
+    "413": {"description": "Body over the size limit (1 MiB by default)", "content": _ERROR},
+}
+# Shapes the views check themselves (shared/paging.py, api/idempotency.py), stated once here.
+_PARAMETER_SCHEMAS = {
+    ("query", "cursor"): {"type": "string", "pattern": "^[A-Za-z0-9_-]*$",
+                          "description": "Opaque: the next_cursor of the previous page"},
+    ("header", "Idempotency-Key"): {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
+
+def _merge(into: dict, rule: dict) -> None:
+    for key, value in rule.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _every_api_operation(op: dict) -> None:
+    op.setdefault("security", [{"bearer": []}])
+    responses = op.setdefault("responses", {})
+    for status, response in _COMMON_RESPONSES.items():
+        responses.setdefault(status, response)
+    if "requestBody" in op:
+        for status, response in _BODY_RESPONSES.items():
+            responses.setdefault(status, response)
+    for param in op.get("parameters", []):
+        schema = _PARAMETER_SCHEMAS.get((param.get("in"), param.get("name")))
+        if schema is not None:
+            param["schema"] = dict(schema)
 
 
 def init_app(app: Flask) -> None:

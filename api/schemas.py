@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
 
 from guard import POLICY_NAMES
 from shared.config import PROVIDERS
@@ -48,7 +48,8 @@ class AgentTaskRequest(Schema):
                              metadata={"description": "LLM provider override (local = offline rule-based planner)."})
     model = fields.String(validate=validate.Length(min=1, max=MODEL_MAX_CHARS), load_default=None, allow_none=True)
     webhook_url = fields.Url(schemes={"http", "https"}, require_tld=False, load_default=None, allow_none=True,
-                             validate=validate.Length(max=2048))
+                             validate=validate.Length(min=1, max=2048),
+                             metadata={"description": "Receives the final execution, signed (Standard Webhooks)."})
 
     @validates("task")
     def _task_not_blank(self, value: str, **_: Any) -> None:
@@ -63,10 +64,16 @@ class TaskResponse(Schema):
 
 
 class ErrorDetail(Schema):
+    """Open: an error may add context of its own (``execution_status``, ``stage``, ``trace``, …)."""
+
+    class Meta:
+        unknown = INCLUDE
+
     message = fields.String(required=True)
     code = fields.String()
-    errors = fields.Dict()
+    errors = fields.Dict(metadata={"description": "Field name → its messages (validation errors)."})
     denied = fields.List(fields.Dict())
+    retry_after = fields.Integer(metadata={"description": "Seconds to wait (429; also in Retry-After)."})
 
 
 class ErrorResponse(Schema):
@@ -91,6 +98,10 @@ class ExecutionSchema(Schema):
     error = fields.Dict(allow_none=True)
     usage = fields.Dict()
     counts = fields.Dict()
+    cancel_requested = fields.Boolean(
+        metadata={"description": "A cancel is pending; the run stops before its next step."})
+    webhook = fields.Dict(
+        metadata={"description": "The terminal webhook's delivery and attempts (when webhook_url is set)."})
     created_at = fields.DateTime()
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)

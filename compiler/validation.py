@@ -12,7 +12,7 @@ from typing import Any
 from compiler.model import DIRECTION_FAMILY, RANGED_PARAMS, SCALABLE_PARAMS, STRATEGIES, STRATEGY_PARAMS
 from compiler.units import parse_window
 
-_REQUIRED = (
+REQUIRED_KEYS = (
     "version",
     "severity",
     "strategy_priority",
@@ -285,7 +285,7 @@ def validate_guardrails(doc: Any) -> list[str]:
     """Every problem found in ``doc``; an empty list means the compiler can use it."""
     if not isinstance(doc, dict):
         return ["guardrails document must be a JSON object"]
-    errors = [f"missing required key {key!r}" for key in _REQUIRED if key not in doc]
+    errors = [f"missing required key {key!r}" for key in REQUIRED_KEYS if key not in doc]
     if errors:
         return errors
     version = doc["version"]

@@ -34,7 +34,7 @@ def decode_cursor(cursor: str | None) -> str | None:
 
 
 def parse_limit(raw: str | None) -> int:
-    if raw is None or raw == "":
+    if raw is None:
         return DEFAULT_LIMIT
     try:
         limit = int(raw)

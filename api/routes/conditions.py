@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
+from werkzeug.routing import BaseConverter
 
 from api import calibration
 from api.auth import workspace_id
@@ -16,7 +17,15 @@ _explain_schema = ExplainRequest()
 _calibration_schema = CalibrationRequest()
 
 
-@bp.get("/conditions/<condition_id>")
+class ConditionRef(BaseConverter):
+    """A condition id in a path: any segment but ``explain``, so that /conditions/explain is the
+    explain operation alone (405 for GET, and an Allow header naming POST only) instead of also
+    matching "the condition named explain"."""
+
+    regex = r"(?!explain$)[^/]+"
+
+
+@bp.get("/conditions/<condition_ref:condition_id>")
 def get_condition(condition_id: str) -> Response:
     """The latest version of a condition and the list of all its versions.
     ---
@@ -140,7 +149,7 @@ def put_guardrails() -> Response:
       tags: [guardrails]
       requestBody:
         required: true
-        content: {application/json: {schema: {type: object, description: A complete guardrails document (see GET)}}}
+        content: {application/json: {schema: GuardrailsInput}}
       responses:
         200: {description: The stored version, content: {application/json: {schema: GuardrailsDocument}}}
         400: {description: The document failed validation (every problem listed), content: {application/json: {schema: ErrorResponse}}}

@@ -25,6 +25,20 @@ def test_accepts_and_dedups(server, client, db, workspace):
     assert count(db, workspace[0]) == 10
 
 
+def test_offsets_postgresql_cannot_hold_are_stored_as_utc(server, client, db, workspace):
+    # Python takes offsets up to ±24 h, PostgreSQL only ±15:59: this was a 500 (found by schemathesis)
+    r = client.post("/api/v1/signals", json={"signals": [sig(ts="2024-01-01T10:00:00-16:48")]})
+    assert r.status_code == 202, r.text
+    row = db.fetchone("SELECT ts FROM signals WHERE workspace_id = %s", (workspace[0],))
+    assert row["ts"].isoformat() == "2024-01-02T02:48:00+00:00"
+    # an instant that leaves years 1–9999 in UTC is refused, whichever path checks it
+    for batch in ([sig(ts="0001-01-01T00:00:00+05:00")], [sig(), {"entity": "a", "ts": "9999-12-31T23:00:00-05:00"}]):
+        r = client.post("/api/v1/signals", json={"signals": batch})
+        assert r.status_code == 422, r.text
+        assert "ts" in r.json()["detail"]["errors"]["signals"][str(len(batch) - 1)]
+    assert count(db, workspace[0]) == 1
+
+
 @pytest.mark.parametrize(("bad", "field"), [
     ({"value": "1.5"}, "value"), ({"value": True}, "value"), ({"value": None}, "value"),
     ({"ts": "yesterday"}, "ts"), ({"ts": 1700000000}, "ts"), ({"entity": ""}, "entity"),
