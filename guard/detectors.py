@@ -8,6 +8,12 @@ checks). A `DetectorSet` answers two questions:
 - `find(text)`: every match of every gated-in detector, as typed `Finding`s (the slow path, run
   only when something is present, and by `redact`).
 
+Detectors read text folded (`fold`): compatibility forms to their plain ones (NFKC: fullwidth
+digits and colons, no-break spaces), format characters and combining marks dropped (zero-width
+spaces and joiners, soft hyphens, bidi controls), every dash a hyphen-minus and every decimal
+digit an ASCII digit, so `123\u201145\u20116789` or `AKIA\u200b…` is seen for what it is.
+`find_phi`, `find_secrets` and `redact` report positions in the text they were given.
+
 PHI detection ignores text inside redaction placeholders (`[REDACTED:SSN]`), so `redact()` output
 never trips the detector again. Findings never carry the matched value, only its type and
 position, so they can go into events and logs without leaking what they found.
@@ -16,6 +22,7 @@ position, so they can go into events and logs without leaking what they found.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +34,67 @@ PHI_IDENTIFIERS: tuple[str, ...] = tuple(PHI_PATTERNS)
 SECRET_DETECTORS: tuple[str, ...] = tuple(SECRET_PATTERNS)
 PLACEHOLDER_RE = re.compile(r"\[REDACTED:[A-Z_]+\]")
 _DIGIT_RE = re.compile(r"\d")
+
+
+# Minus signs and hyphen look-alikes outside the dash category (Pd), after NFKC.
+_MINUS_LIKE = frozenset("\u2212\u2796\u02d7\u2043")
+
+
+def _fold_char(ch: str) -> str:
+    out = []
+    for c in unicodedata.normalize("NFKC", ch):
+        category = unicodedata.category(c)
+        if category in ("Cf", "Mn", "Me"):
+            continue
+        if category == "Pd" or c in _MINUS_LIKE:
+            out.append("-")
+        else:
+            out.append(str(unicodedata.decimal(c)) if category == "Nd" else c)
+    return "".join(out)
+
+
+class _FoldTable(dict[int, "int | str | None"]):
+    """The `str.translate` table of `fold`, filled as characters are first seen (the Unicode
+    range is too large to tabulate up front). ASCII maps to itself. Bounded: past the bound a
+    character is folded again each time instead of remembered."""
+
+    _BOUND = 1 << 16
+
+    def __init__(self) -> None:
+        super().__init__((cp, cp) for cp in range(128))
+
+    def __missing__(self, cp: int) -> str | None:
+        folded = _fold_char(chr(cp)) or None  # None: translate drops the character
+        if len(self) < self._BOUND:
+            self[cp] = folded
+        return folded
+
+
+_FOLD = _FoldTable()
+
+
+def fold(text: str) -> str:
+    """`text` as the detectors read it (module docstring). ASCII text is returned as it is."""
+    return text if text.isascii() else text.translate(_FOLD)
+
+
+def _folded_with_origin(text: str) -> tuple[str, list[int] | None]:
+    """`fold(text)` and, when it moved characters, the index in `text` of each folded character."""
+    folded = fold(text)
+    if folded == text:
+        return text, None
+    origin: list[int] = []
+    for i, ch in enumerate(text):
+        piece = _FOLD[ord(ch)]
+        if piece is not None:
+            origin.extend([i] * (1 if isinstance(piece, int) else len(piece)))
+    return folded, origin
+
+
+def _to_origin(found: list[Finding], origin: list[int] | None) -> list[Finding]:
+    if origin is None:
+        return found
+    return [Finding(f.type, origin[f.start], origin[f.end - 1] + 1) for f in found]
 
 
 def _has_digit(text: str) -> Callable[[], bool]:
@@ -199,7 +267,7 @@ def name_detectors(names: tuple[str, ...]) -> DetectorSet:
     full: dict[str, list[str]] = {}
     tokens: set[str] = set()
     for raw in names:
-        parts = str(raw).split()
+        parts = fold(str(raw)).split()
         name = " ".join(parts)
         if len(name) < 2 or not any(ch.isalnum() for ch in name):
             continue
@@ -216,7 +284,8 @@ def name_detectors(names: tuple[str, ...]) -> DetectorSet:
 
 def find_secrets(text: str, detectors: tuple[str, ...] | None = None) -> list[Finding]:
     """Secrets in `text`; finding types are detector names such as `aws_access_key`."""
-    return secret_detectors(detectors).find(text)
+    scan, origin = _folded_with_origin(text)
+    return _to_origin(secret_detectors(detectors).find(scan), origin)
 
 
 def find_phi(text: str, names: Iterable[str] = (), identifiers: tuple[str, ...] | None = None) -> list[Finding]:
@@ -224,12 +293,13 @@ def find_phi(text: str, names: Iterable[str] = (), identifiers: tuple[str, ...] 
 
     `names` (from the record) are checked when `identifiers` is None or includes `name`.
     """
-    found = phi_detectors(identifiers).find(text)
+    scan, origin = _folded_with_origin(text)
+    found = phi_detectors(identifiers).find(scan)
     names = tuple(names)
     if names and (identifiers is None or "name" in identifiers):
-        found.extend(name_detectors(names).find(text))
+        found.extend(name_detectors(names).find(scan))
         found.sort(key=lambda f: (f.start, -f.end, f.type))
-    return found
+    return _to_origin(found, origin)
 
 
 def extract_names(text: str) -> list[str]:
@@ -239,6 +309,7 @@ def extract_names(text: str) -> list[str]:
     mentions of the same person ("Jane Doe", "Doe") are recognised anywhere. Order of first
     appearance, no duplicates.
     """
+    text = fold(text)
     found = [f for d in phi_detectors(("name",)).detectors for f in d.finditer(text)]
     names: list[str] = []
     for finding in sorted(found, key=lambda f: f.start):

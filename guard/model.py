@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from guard.detectors import fold
+
 if TYPE_CHECKING:
     from guard.policy import Policy
 
@@ -106,10 +108,12 @@ def violation(rule: str, reason: str, detail: str, permission: str | None = None
 
 
 def string_fields(arguments: Mapping[str, Any], names: Iterable[str]) -> list[tuple[str, str]]:
-    """The (name, value) pairs of `arguments` among `names` whose values are non-empty strings."""
+    """The (name, value) pairs of `arguments` among `names` whose values are non-empty strings,
+    each value as the detectors read it (`guard.detectors.fold`: no zero-width or look-alike
+    characters to hide behind)."""
     out = []
     for name in names:
         value = arguments.get(name)
         if isinstance(value, str) and value:
-            out.append((name, value))
+            out.append((name, fold(value)))
     return out

@@ -1,9 +1,11 @@
 """Detectors and redaction, including property tests (redacted text never trips the detector)."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guard import Guard, ToolCall, VerifyContext, find_phi, find_secrets, load_policy, redact
+from guard.detectors import fold
 
 NOTE = (
     "Patient: Jane Doe, DOB 03/14/1961, MRN: A1234567, SSN 123-45-6789. Call (617) 555-0199 or "
@@ -125,8 +127,9 @@ def test_redacted_email_passes_hipaa_verify(parts, tail):
 def test_fast_path_agrees_with_exact_path(text):
     from guard.detectors import phi_detectors, secret_detectors
 
-    assert phi_detectors().present(text) == bool(find_phi(text))
-    assert secret_detectors().present(text) == bool(find_secrets(text))
+    # present() reads text as given; its callers (the rules, through string_fields) fold it first
+    assert phi_detectors().present(fold(text)) == bool(find_phi(text))
+    assert secret_detectors().present(fold(text)) == bool(find_secrets(text))
 
 
 piece = st.one_of(
@@ -141,7 +144,87 @@ piece = st.one_of(
 def test_fast_path_agrees_with_exact_path_around_placeholders(parts):
     from guard.detectors import name_detectors, phi_detectors
 
-    text = "".join(parts)
+    text = fold("".join(parts))
     assert phi_detectors().present(text) == bool(find_phi(text))
     names = name_detectors(("Jane Doe",))
     assert names.present(text) == bool(names.find(text))
+
+
+# --- look-alike and invisible characters ----------------------------------------------------------
+# An agent (or a prompt injected into what it reads) can dress an identifier up so that a plain
+# regex misses it: zero-width characters inside it, another dash, fullwidth or Arabic-Indic digits,
+# a fullwidth colon. The detectors read text folded (guard.detectors.fold).
+
+ZW = "\u200b"  # zero-width space
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("SSN 123\u201145\u20116789", "SSN"),            # non-breaking hyphens
+    (f"SSN 1{ZW}23-45-67{ZW}89", "SSN"),
+    ("SSN \uff11\uff12\uff13-\uff14\uff15-\uff16\uff17\uff18\uff19", "SSN"),  # fullwidth digits
+    ("SSN \u0661\u0662\u0663-\u0664\u0665-\u0666\u0667\u0668\u0669", "SSN"),  # Arabic-Indic digits
+    ("MRN\uff1a483920", "MRN"),                      # fullwidth colon
+    (f"write to jane{ZW}@example.com", "EMAIL"),
+    ("call (617)\u00a0555\u20130199", "PHONE"),        # no-break space, en dash
+    ("DOB 03\u2044 14/1961".replace("\u2044 ", "/"), "DATE"),
+    (f"J{ZW}ane D\u00adoe was seen", "NAME"),          # soft hyphen
+])
+def test_dressed_up_identifiers_are_found_and_redacted(text, kind):
+    found = find_phi(text, ["Jane Doe"])
+    assert kind in {f.type for f in found}
+    redacted, _ = redact(text, ["Jane Doe"])
+    assert find_phi(redacted, ["Jane Doe"]) == []
+    assert f"[REDACTED:{kind}]" in redacted
+
+
+def test_positions_refer_to_the_text_given_and_the_rest_is_kept():
+    text = "Jos\u00e9 \u2014 SSN 123\u201145\u20116789, \u0928\u092e\u0938\u094d\u0924\u0947 ok"
+    [f] = [f for f in find_phi(text) if f.type == "SSN"][:1]
+    assert text[f.start:f.end] == "123\u201145\u20116789"
+    redacted, _ = redact(text)
+    assert redacted == "Jos\u00e9 \u2014 SSN [REDACTED:SSN], \u0928\u092e\u0938\u094d\u0924\u0947 ok"
+
+
+def test_dressed_up_secret_is_found():
+    assert [f.type for f in find_secrets(f"key AKIA{ZW}IOSFODNN7{ZW}EXAMPLE")] == ["aws_access_key"]
+
+
+_DRESS = {"-": ["\u2010", "\u2011", "\u2013", "\u2212", "\ufe63", "\uff0d"], ":": ["\uff1a"],
+          " ": ["\u00a0", "\u2007", "\u202f", "\u3000"]}
+_INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u202a", "\u2066"]
+
+
+@st.composite
+def dressed(draw, plain):  # type: ignore[no-untyped-def]
+    out = []
+    for ch in draw(plain):
+        if ch.isdigit():
+            base = draw(st.sampled_from([0x30, 0xFF10, 0x0660, 0x06F0, 0x0966, 0x1D7CE]))
+            ch = chr(base + int(ch))
+        elif ch in _DRESS and draw(st.booleans()):
+            ch = draw(st.sampled_from(_DRESS[ch]))
+        out.append(ch)
+        if draw(st.integers(0, 3)) == 0:
+            out.append(draw(st.sampled_from(_INVISIBLE)))
+    return "".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(dressed(identifier), filler, filler)
+def test_dressing_up_an_identifier_does_not_hide_it(ident, before, after):
+    text = f"{before} {ident} {after}"
+    assert find_phi(text, ["Jane Doe"])
+    redacted, _ = redact(text, ["Jane Doe"])
+    assert find_phi(redacted, ["Jane Doe"]) == []
+    policy = load_policy("hipaa")
+    ctx = VerifyContext("exec_1", policy, policy.max_permissions, 1000, 0, {}, ("Jane Doe",))
+    verdict = Guard.verify(ToolCall("send_email", {"to": "care@example.org", "subject": "s", "body": text}), ctx)
+    assert "phi_unredacted" in [v["rule"] for v in verdict.violations]
+
+
+def test_dressed_up_secret_is_refused_by_the_default_policy():
+    policy = load_policy("default")
+    ctx = VerifyContext("exec_1", policy, policy.max_permissions, 1000, 0, {}, ())
+    body = f"creds: AKIA{ZW}IOSFODNN7\u2060EXAMPLE"
+    verdict = Guard.verify(ToolCall("http_post", {"url": "https://example.com/x", "body": body}), ctx)
+    assert [v["rule"] for v in verdict.violations] == ["secret_in_outbound"]
