@@ -56,7 +56,8 @@ def run(seconds: float = 0.75) -> dict:
         documents={"doc_1": {"labels": ["phi"], "content": "Patient: Jane Doe, MRN 889123"}},
         record_names=("Jane Doe",),
     )
-    call = ToolCall("send_email", {"to": "care-team@example.org", "subject": "Discharge summary", "body": BODY})
+    arguments = {"to": "care-team@example.org", "subject": "Discharge summary", "body": BODY}
+    call = ToolCall("send_email", arguments)
     decision = Guard.verify(call, context)
     if not decision.allowed:
         raise RuntimeError(f"benchmark call was refused: {decision.violations}")
@@ -78,7 +79,9 @@ def run(seconds: float = 0.75) -> dict:
         )
 
     return {
-        "verify_us": round(_mean_us(lambda: Guard.verify(call, context), seconds), 2),
+        # A new ToolCall each time, as the executor makes one per call: a call caches how its
+        # arguments read to the detectors (ToolCall.scan_text), and reusing one would time the cache.
+        "verify_us": round(_mean_us(lambda: Guard.verify(ToolCall("send_email", arguments), context), seconds), 2),
         "sign_us": round(_mean_us(sign, seconds), 2),
     }
 

@@ -8,11 +8,8 @@ checks). A `DetectorSet` answers two questions:
 - `find(text)`: every match of every gated-in detector, as typed `Finding`s (the slow path, run
   only when something is present, and by `redact`).
 
-Detectors read text folded (`fold`): compatibility forms to their plain ones (NFKC: fullwidth
-digits and colons, no-break spaces), format characters and combining marks dropped (zero-width
-spaces and joiners, soft hyphens, bidi controls), every dash a hyphen-minus and every decimal
-digit an ASCII digit, so `123\u201145\u20116789` or `AKIA\u200b…` is seen for what it is.
-`find_phi`, `find_secrets` and `redact` report positions in the text they were given.
+Detectors read text folded (`guard.normalize.fold`: no zero-width or look-alike characters to
+hide behind). `find_phi`, `find_secrets` and `redact` report positions in the text they were given.
 
 PHI detection ignores text inside redaction placeholders (`[REDACTED:SSN]`), so `redact()` output
 never trips the detector again. Findings never carry the matched value, only its type and
@@ -22,60 +19,18 @@ position, so they can go into events and logs without leaking what they found.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from guard.normalize import FOLD_TABLE, fold
 from guard.patterns import PHI_PATTERNS, SECRET_PATTERNS
 
 PHI_IDENTIFIERS: tuple[str, ...] = tuple(PHI_PATTERNS)
 SECRET_DETECTORS: tuple[str, ...] = tuple(SECRET_PATTERNS)
 PLACEHOLDER_RE = re.compile(r"\[REDACTED:[A-Z_]+\]")
 _DIGIT_RE = re.compile(r"\d")
-
-
-# Minus signs and hyphen look-alikes outside the dash category (Pd), after NFKC.
-_MINUS_LIKE = frozenset("\u2212\u2796\u02d7\u2043")
-
-
-def _fold_char(ch: str) -> str:
-    out = []
-    for c in unicodedata.normalize("NFKC", ch):
-        category = unicodedata.category(c)
-        if category in ("Cf", "Mn", "Me"):
-            continue
-        if category == "Pd" or c in _MINUS_LIKE:
-            out.append("-")
-        else:
-            out.append(str(unicodedata.decimal(c)) if category == "Nd" else c)
-    return "".join(out)
-
-
-class _FoldTable(dict[int, "int | str | None"]):
-    """The `str.translate` table of `fold`, filled as characters are first seen (the Unicode
-    range is too large to tabulate up front). ASCII maps to itself. Bounded: past the bound a
-    character is folded again each time instead of remembered."""
-
-    _BOUND = 1 << 16
-
-    def __init__(self) -> None:
-        super().__init__((cp, cp) for cp in range(128))
-
-    def __missing__(self, cp: int) -> str | None:
-        folded = _fold_char(chr(cp)) or None  # None: translate drops the character
-        if len(self) < self._BOUND:
-            self[cp] = folded
-        return folded
-
-
-_FOLD = _FoldTable()
-
-
-def fold(text: str) -> str:
-    """`text` as the detectors read it (module docstring). ASCII text is returned as it is."""
-    return text if text.isascii() else text.translate(_FOLD)
 
 
 def _folded_with_origin(text: str) -> tuple[str, list[int] | None]:
@@ -85,7 +40,7 @@ def _folded_with_origin(text: str) -> tuple[str, list[int] | None]:
         return text, None
     origin: list[int] = []
     for i, ch in enumerate(text):
-        piece = _FOLD[ord(ch)]
+        piece = FOLD_TABLE[ord(ch)]
         if piece is not None:
             origin.extend([i] * (1 if isinstance(piece, int) else len(piece)))
     return folded, origin

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from guard.detectors import fold
+from guard.normalize import VIEW_SEPARATOR, decoded_views, fold
 
 if TYPE_CHECKING:
     from guard.policy import Policy
@@ -26,6 +26,23 @@ class ToolCall:
 
     tool: str
     arguments: Mapping[str, Any] = field(default_factory=dict)
+    # Each argument as the detectors read it, worked out once for all the rules that read it.
+    _scan: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def scan_text(self, name: str) -> str | None:
+        """Argument ``name`` folded (`guard.detectors.fold`: no zero-width or look-alike
+        characters to hide behind) and followed by its decoded views
+        (`guard.detectors.decoded_views`: percent-encoded, HTML-escaped or base64 text); None
+        unless it is a non-empty string."""
+        text = self._scan.get(name)
+        if text is None:
+            value = self.arguments.get(name)
+            if not isinstance(value, str) or not value:
+                return None
+            value = fold(value)
+            views = decoded_views(value)
+            text = self._scan[name] = value + VIEW_SEPARATOR + views if views else value
+        return text
 
 
 @dataclass(frozen=True)
@@ -107,13 +124,12 @@ def violation(rule: str, reason: str, detail: str, permission: str | None = None
     return out
 
 
-def string_fields(arguments: Mapping[str, Any], names: Iterable[str]) -> list[tuple[str, str]]:
-    """The (name, value) pairs of `arguments` among `names` whose values are non-empty strings,
-    each value as the detectors read it (`guard.detectors.fold`: no zero-width or look-alike
-    characters to hide behind)."""
+def string_fields(call: ToolCall, names: Iterable[str]) -> list[tuple[str, str]]:
+    """The (name, text) pairs of `call`'s arguments among `names` that are non-empty strings, each
+    as the detectors read it (`ToolCall.scan_text`)."""
     out = []
     for name in names:
-        value = arguments.get(name)
-        if isinstance(value, str) and value:
-            out.append((name, fold(value)))
+        text = call.scan_text(name)
+        if text is not None:
+            out.append((name, text))
     return out

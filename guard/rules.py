@@ -27,6 +27,7 @@ from typing import Any
 from guard.catalog import TOOL_PERMISSIONS
 from guard.detectors import find_phi, name_detectors, phi_detectors, secret_detectors
 from guard.model import ToolCall, VerifyContext, labels_of, string_fields, violation
+from guard.normalize import VIEW_SEPARATOR
 
 Check = Callable[[ToolCall, VerifyContext], list[dict[str, str]]]
 RuleFactory = Callable[[Mapping[str, Any]], Check]
@@ -75,7 +76,7 @@ def _target_labels(call: ToolCall, context: VerifyContext) -> frozenset[str]:
 
 def _joined(values: list[tuple[str, str]]) -> str:
     """Fields joined for one fast scan; the separator stops every pattern from spanning two."""
-    return values[0][1] if len(values) == 1 else "\n\x00\n".join(v for _, v in values)
+    return values[0][1] if len(values) == 1 else VIEW_SEPARATOR.join(v for _, v in values)
 
 
 def _types(found: Iterable[Any]) -> str:
@@ -95,7 +96,7 @@ def secret_in_outbound(params: Mapping[str, Any]) -> Check:
         names = fields.get(call.tool)
         if not names:
             return []
-        values = string_fields(call.arguments, names)
+        values = string_fields(call, names)
         if not values or not detectors.present(_joined(values)):
             return []
         out = []
@@ -134,7 +135,7 @@ def phi_unredacted(params: Mapping[str, Any]) -> Check:
             return []
         record_names = context.record_names if use_names else ()
         known = name_detectors(record_names) if record_names else None
-        values = string_fields(call.arguments, names)
+        values = string_fields(call, names)
         if not values:
             return []
         # Fast path: all fields at once, gates first; typed findings only when present.
@@ -289,7 +290,7 @@ def privileged_content_egress(params: Mapping[str, Any]) -> Check:
         if not names:
             return []
         out = []
-        for name, value in string_fields(call.arguments, names):
+        for name, value in string_fields(call, names):
             what = find(value, context)
             if what:
                 out.append(
@@ -316,7 +317,7 @@ def privileged_content_unlabelled(params: Mapping[str, Any]) -> Check:
         if not names or labels & _target_labels(call, context):
             return []
         out = []
-        for name, value in string_fields(call.arguments, names):
+        for name, value in string_fields(call, names):
             what = find(value, context)
             if what:
                 out.append(

@@ -1,11 +1,13 @@
 """Detectors and redaction, including property tests (redacted text never trips the detector)."""
 
+import base64
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guard import Guard, ToolCall, VerifyContext, find_phi, find_secrets, load_policy, redact
-from guard.detectors import fold
+from guard.normalize import fold
 
 NOTE = (
     "Patient: Jane Doe, DOB 03/14/1961, MRN: A1234567, SSN 123-45-6789. Call (617) 555-0199 or "
@@ -228,3 +230,54 @@ def test_dressed_up_secret_is_refused_by_the_default_policy():
     body = f"creds: AKIA{ZW}IOSFODNN7\u2060EXAMPLE"
     verdict = Guard.verify(ToolCall("http_post", {"url": "https://example.com/x", "body": body}), ctx)
     assert [v["rule"] for v in verdict.violations] == ["secret_in_outbound"]
+
+
+# --- transport encodings ---------------------------------------------------------------------------
+# Percent-encoding, HTML character references and base64 carry text past a regex unchanged in
+# meaning; the rules read decoded views beside each argument (guard.detectors.decoded_views).
+
+
+def _verdict(policy_name, tool, arguments):  # type: ignore[no-untyped-def]
+    policy = load_policy(policy_name)
+    ctx = VerifyContext("exec_1", policy, policy.max_permissions, 1000, 0, {}, ("Jane Doe",))
+    return [v["rule"] for v in Guard.verify(ToolCall(tool, arguments), ctx).violations]
+
+
+@pytest.mark.parametrize("body", [
+    "ssn 123%2D45%2D6789",
+    "ssn 123&#45;45&#x2d;6789",
+    "mail jane%40example.com",
+    "see " + base64.b64encode(b"Patient SSN 123-45-6789").decode(),
+    "see " + base64.urlsafe_b64encode("Jane Doe \u2014 MRN: 483920".encode()).decode().rstrip("="),
+])
+def test_encoded_phi_is_refused_under_hipaa(body):
+    assert _verdict("hipaa", "send_email", {"to": "care@example.org", "subject": "s", "body": body}) == [
+        "phi_unredacted"]
+
+
+@pytest.mark.parametrize("arguments", [
+    {"url": "https://example.com/x", "body": "k=" + base64.b64encode(b"AKIAIOSFODNN7EXAMPLE").decode()},
+    {"url": "https://example.com/x?k=%41%4B%49%41IOSFODNN7EXAMPLE", "body": "hello"},
+])
+def test_encoded_secret_is_refused_by_the_default_policy(arguments):
+    assert _verdict("default", "http_post", arguments) == ["secret_in_outbound"]
+
+
+def test_text_that_only_looks_encoded_passes():
+    body = ("50% off &amp; free shipping, 100%25 sure; ThisIsAVeryLongIdentifierName, "
+            + base64.b64encode(b"nothing to see here").decode() + ", " + base64.b64encode(bytes(range(256))).decode())
+    assert _verdict("hipaa", "send_email", {"to": "care@example.org", "subject": "s", "body": body}) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(identifier, filler, st.sampled_from(["percent", "html", "base64"]))
+def test_an_encoded_identifier_is_still_refused(ident, before, how):
+    raw = f"{before} {ident}"
+    if how == "percent":
+        body = "".join(f"%{b:02X}" for b in raw.encode())
+    elif how == "html":
+        body = "".join(f"&#{ord(c)};" for c in raw)
+    else:
+        body = base64.b64encode(raw.encode()).decode()
+    assert "phi_unredacted" in _verdict("hipaa", "send_email", {"to": "care@example.org", "subject": "s",
+                                                                 "body": body})
