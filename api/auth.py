@@ -1,8 +1,10 @@
 """Bearer-key authentication and per-key rate limiting for /api/v1.
 
 A verified key is remembered in-process for ``WARDEN_AUTH_CACHE_S`` (5 s): the request path then
-costs no database round trip, and a revoked key stops working within that window. The cache is
-keyed by the SHA-256 of the key, never the key itself.
+costs no database round trip. The cache is keyed by the SHA-256 of the key, never the key itself.
+A revocation empties it at once (shared/revocation.py): the rate-limit verdict carries the count
+of revocations, and a process that sees it move forgets every key and checks this request's key
+against the database again. Without Redis, a revoked key stops working within the window.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 import redis
 from flask import g, request
 
+from api.ratelimit import Verdict
 from api.services import services
 from shared.errors import RateLimited, Unauthorized
 from shared.store import workspaces
@@ -44,18 +47,28 @@ def authenticate_request() -> None:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("Missing or invalid API key", code="unauthorized")
-    principal = _lookup(key.strip())
+    key = key.strip()
+    principal = _lookup(key)
     if principal is None:
         raise Unauthorized("Missing or invalid API key", code="unauthorized")
     g.principal = principal
-    _rate_limit(principal.key_id)
-
-
-def _rate_limit(bucket: str) -> None:
     try:
-        verdict = services().bucket.hit(bucket)
+        verdict = services().bucket.hit(principal.key_id)
     except redis.RedisError:
         return  # fail open: a Redis blip must not take the API down with it
+    if verdict.revocations != _revocations_seen[0]:
+        _revocations_seen[0] = verdict.revocations
+        _cache.clear()
+        if _lookup(key) is None:  # from the database again (and remembered again if still valid)
+            raise Unauthorized("Missing or invalid API key", code="unauthorized")
+    _rate_limit(verdict)
+
+
+# The revocation count of the last verdict (shared/revocation.py); None until the first request.
+_revocations_seen: list[bytes | None] = [None]
+
+
+def _rate_limit(verdict: Verdict) -> None:
     g.ratelimit = verdict
     if not verdict.allowed:
         raise RateLimited("Rate limit exceeded; retry after the interval in Retry-After", code="rate_limited",

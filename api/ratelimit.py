@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError
 
 from shared.groupcommit import GroupWriter
 from shared.redis_client import LeanRedis, pack
+from shared.revocation import EPOCH_KEY
 
 _SCRIPT = """
 local key = KEYS[1]
@@ -36,10 +37,11 @@ local allowed = 0
 if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
 redis.call('HSET', key, 'tokens', tokens, 'ts', now)
 redis.call('EXPIRE', key, math.ceil(burst / rate) + 1)
-return {allowed, tostring(tokens)}
+return {allowed, tostring(tokens), redis.call('GET', KEYS[2]) or '0'}
 """
 _SCRIPT_B = _SCRIPT.encode()
 _SHA_B = hashlib.sha1(_SCRIPT_B).hexdigest().encode()  # noqa: S324 - Redis names scripts by SHA-1
+_EPOCH_KEY_B = EPOCH_KEY.encode()
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Verdict:
     limit: int
     retry_after_s: int
     reset_s: int
+    revocations: bytes = b"0"  # shared.revocation.EPOCH_KEY as the script read it
 
 
 class TokenBucket:
@@ -70,7 +73,8 @@ class TokenBucket:
 
     def _hit_many(self, buckets: list[str]) -> list[Verdict]:
         now = repr(time.time()).encode()
-        packed = [pack(b"EVALSHA", _SHA_B, b"1", f"ratelimit:{b}".encode(), self._rate_arg, self._burst_arg, now)
+        packed = [pack(b"EVALSHA", _SHA_B, b"2", f"ratelimit:{b}".encode(), _EPOCH_KEY_B, self._rate_arg,
+                       self._burst_arg, now)
                   for b in buckets]
         replies = self.client.call_many(packed)
         if any(isinstance(r, NoScriptError) for r in replies):  # a restarted or flushed Redis
@@ -83,8 +87,8 @@ class TokenBucket:
     def _verdict(self, reply: object) -> Verdict:
         if isinstance(reply, redis.ResponseError):
             raise reply
-        allowed, tokens_raw = reply  # type: ignore[misc]
+        allowed, tokens_raw, revocations = reply  # type: ignore[misc]
         tokens = float(tokens_raw)
         retry_after = 0 if allowed else max(1, math.ceil((1 - tokens) / self.rate))
         reset = math.ceil((self.burst - tokens) / self.rate)
-        return Verdict(bool(allowed), int(tokens), self.burst, retry_after, reset)
+        return Verdict(bool(allowed), int(tokens), self.burst, retry_after, reset, revocations)

@@ -31,7 +31,8 @@ class Settings:
     rate_limit_per_s: float = 50.0
     rate_limit_burst: int = 200
     ws_token_ttl_s: int = 3600
-    # How long an API process trusts a key it has verified; a revoked key stops working within this.
+    # How long an API process trusts a key it has verified. Revocations reach it at once through
+    # Redis (shared/revocation.py); this bounds them only while Redis is unreachable.
     auth_cache_s: float = 5.0
     idempotency_ttl_s: int = 24 * 3600
     outbox_sweep_s: float = 5.0

@@ -48,11 +48,21 @@ def cmd_create_key(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke_key(args: argparse.Namespace) -> int:
+    import redis
+
+    from shared import revocation
     from shared.db import Database
     from shared.store import workspaces
 
-    db = Database(_settings().database_url, maxconn=2)
+    settings = _settings()
+    db = Database(settings.database_url, maxconn=2)
     if workspaces.revoke_key(db, args.key):
+        try:
+            revocation.announce(settings.redis_url)
+        except redis.RedisError as exc:
+            print(f"revoked; Redis unreachable ({exc}): API processes refuse the key within"
+                  f" WARDEN_AUTH_CACHE_S ({settings.auth_cache_s:g} s)", file=sys.stderr)
+            return 0
         print("revoked")
         return 0
     print("no such active key", file=sys.stderr)

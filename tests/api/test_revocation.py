@@ -1,0 +1,50 @@
+"""A revoked key is refused at once, though API processes remember verified keys
+(shared/revocation.py): the rate-limit verdict carries the revocation count."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support import ApiClient, LiveServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_revoked_key_is_refused_at_once_by_a_process_that_remembers_keys(settings, db, workspace) -> None:
+    from api.app import create_app
+    from shared import revocation
+    from shared.store import workspaces
+
+    server = LiveServer(create_app(settings.with_overrides(auth_cache_s=600.0)))
+    server.start()
+    try:
+        ws, key = workspace
+        other = workspaces.create_key(db, ws)
+        a, b = ApiClient(server.url, key), ApiClient(server.url, other)
+        assert a.get("/api/v1/executions").status_code == 200
+        assert b.get("/api/v1/executions").status_code == 200
+        assert workspaces.revoke_key(db, key)
+        # the process remembers the key: the database alone does not reach it (what the count is for)
+        assert a.get("/api/v1/executions").status_code == 200
+        revocation.announce(settings.redis_url)
+        r = a.get("/api/v1/executions")
+        assert r.status_code == 401 and r.json()["detail"]["code"] == "unauthorized"
+        assert a.get("/api/v1/executions").status_code == 401
+        assert b.get("/api/v1/executions").status_code == 200  # the workspace's other key is untouched
+
+        # `warden revoke-key` does both: the database, then the count
+        done = _cli(settings, "revoke-key", other)
+        assert done.returncode == 0 and done.stdout.strip() == "revoked", done.stderr
+        assert b.get("/api/v1/executions").status_code == 401
+    finally:
+        server.stop()
+
+
+def _cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "warden.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=60, cwd=str(ROOT))
