@@ -30,9 +30,9 @@ class ToolCall:
     _scan: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def scan_text(self, name: str) -> str | None:
-        """Argument ``name`` folded (`guard.detectors.fold`: no zero-width or look-alike
+        """Argument ``name`` folded (`guard.normalize.fold`: no zero-width or look-alike
         characters to hide behind) and followed by its decoded views
-        (`guard.detectors.decoded_views`: percent-encoded, HTML-escaped or base64 text); None
+        (`guard.normalize.decoded_views`: percent-encoded, HTML-escaped or base64 text); None
         unless it is a non-empty string."""
         text = self._scan.get(name)
         if text is None:
