@@ -88,3 +88,8 @@ def ratelimit_headers(response):  # type: ignore[no-untyped-def]
 
 def workspace_id() -> str:
     return g.principal.workspace_id  # type: ignore[no-any-return]
+
+
+def key_id() -> str:
+    """The id of the calling API key (stream tokens name it)."""
+    return g.principal.key_id  # type: ignore[no-any-return]

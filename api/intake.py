@@ -8,6 +8,7 @@ from typing import Any
 from flask import request
 
 from api import schemas
+from api.auth import key_id
 from api.dispatch import GRACE_S
 from api.idempotency import create_once
 from api.schemas import AgentTaskRequest
@@ -117,7 +118,7 @@ def submit_execution(workspace_id: str, body: dict[str, Any], idem_key: str | No
     provider, model = resolve_provider(svc.settings, data["provider"], data["model"])
 
     execution_id = new_id("exec")
-    token = svc.tokens.issue(workspace_id, execution_id)
+    token = svc.tokens.issue(workspace_id, execution_id, key_id())
     payload = {"execution_id": execution_id, "status": "queued",
                "websocket_url": websocket_url("executions", execution_id, token)}
     headers = {"Location": f"/api/v1/executions/{execution_id}"}

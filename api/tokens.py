@@ -24,17 +24,22 @@ class StreamTokens:
         self._sep = want_bytes(signer.sep)
         self._mac = hmac.new(signer.derive_key(), digestmod=signer.digest_method)
 
-    def issue(self, workspace_id: str, resource_id: str) -> str:
-        payload = base64_encode(json.dumps([workspace_id, resource_id], separators=(",", ":")).encode())
+    def issue(self, workspace_id: str, resource_id: str, key_id: str) -> str:
+        """A token for ``resource_id``, naming the API key it was issued to (refused once that key
+        is revoked, api/ws.py)."""
+        payload = base64_encode(json.dumps([workspace_id, resource_id, key_id], separators=(",", ":")).encode())
         value = payload + self._sep + base64_encode(int_to_bytes(int(time.time())))
         mac = self._mac.copy()
         mac.update(value)
         return (value + self._sep + base64_encode(mac.digest())).decode("ascii")
 
-    def check(self, token: str, resource_id: str) -> str | None:
-        """The workspace id the token grants for ``resource_id``, or None."""
+    def check(self, token: str, resource_id: str) -> tuple[str, str | None] | None:
+        """(workspace id, key id) the token grants for ``resource_id``, or None. Tokens from
+        before they named their key carry none, and are honoured until they expire."""
         try:
-            workspace_id, rid = self._s.loads(token, max_age=self.ttl_s)
+            grant = self._s.loads(token, max_age=self.ttl_s)
         except (BadSignature, ValueError, TypeError):
             return None
-        return workspace_id if rid == resource_id else None
+        if not isinstance(grant, list) or len(grant) not in (2, 3) or grant[1] != resource_id:
+            return None
+        return grant[0], grant[2] if len(grant) == 3 else None

@@ -98,8 +98,8 @@ def stream_state(app: Flask | None = None) -> StreamState:
 def _workspace_for(svc: Services, resource_id: str) -> str:
     """The workspace the caller's credentials grant for ``resource_id``; 401 otherwise."""
     token = request.args.get("token")
-    if token and (ws := svc.tokens.check(token, resource_id)):
-        return ws
+    if token and (grant := svc.tokens.check(token, resource_id)):
+        return _granted(svc, grant)
     scheme, _, cred = request.headers.get("Authorization", "").partition(" ")
     cred = cred.strip()
     if scheme.lower() == "bearer" and cred:
@@ -107,10 +107,18 @@ def _workspace_for(svc: Services, resource_id: str) -> str:
             principal = workspaces.authenticate(svc.db, cred)
             if principal is not None:
                 return principal.workspace_id
-        elif ws := svc.tokens.check(cred, resource_id):
-            return ws
+        elif grant := svc.tokens.check(cred, resource_id):
+            return _granted(svc, grant)
     raise Unauthorized("Missing, invalid or expired credentials: pass the token from websocket_url"
                        " or an API key (Authorization: Bearer)", code="unauthorized")
+
+
+def _granted(svc: Services, grant: tuple[str, str | None]) -> str:
+    """The token's workspace, unless the key it was issued to has been revoked since."""
+    workspace_id, key_id = grant
+    if key_id is not None and not workspaces.key_active(svc.db, key_id):
+        raise Unauthorized("The API key this token was issued to has been revoked", code="unauthorized")
+    return workspace_id
 
 
 @bp.before_request

@@ -310,6 +310,8 @@ def run(sockets: int = 1000, channels: int = 100, rate_hz: float = 10.0, app: st
         env = dict(env, WEB_CONCURRENCY="1", WARDEN_LOG_LEVEL="WARNING")  # ONE API process
         db = Database(env["DATABASE_URL"], maxconn=2)
         ws = workspaces.get_or_create_workspace(db, "bench-ws")
+        stream_key = workspaces.authenticate(db, workspaces.create_key(db, ws.id))
+        assert stream_key is not None
         ids = [new_id("exec") for _ in range(channels)]
         with db.transaction() as cur:
             for eid in ids:
@@ -324,7 +326,7 @@ def run(sockets: int = 1000, channels: int = 100, rate_hz: float = 10.0, app: st
         base = _Side("baseline", [f"ws://127.0.0.1:{port_base}/ws/bare/{eid}" for eid in ids for _ in range(per)],
                      [(f"bare:{e}", e) for e in ids])
         ours = _Side("ours", [f"ws://127.0.0.1:{port_ours}/ws/executions/{eid}?after=0&token="
-                              f"{tokens.issue(ws.id, eid)}" for eid in ids for _ in range(per)],
+                              f"{tokens.issue(ws.id, eid, stream_key.key_id)}" for eid in ids for _ in range(per)],
                      [(f"executions:{e}", e) for e in ids])
         # Both servers up at once (each its own gunicorn, one gevent worker); only one of them is
         # fed at a time, the other holds its 1,000 idle sockets.

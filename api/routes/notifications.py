@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from api.auth import workspace_id
+from api.auth import key_id, workspace_id
 from api.services import services
 from shared.errors import BadRequest, NotFound
 from shared.paging import decode_cursor, encode_cursor, parse_limit
@@ -52,7 +52,7 @@ def notification_stream_url() -> Response:
     """
     from api.intake import websocket_url
 
-    token = services().tokens.issue(workspace_id(), "notifications")
+    token = services().tokens.issue(workspace_id(), "notifications", key_id())
     return jsonify({"websocket_url": websocket_url("notifications", "", token)})
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from marshmallow import ValidationError
 
-from api.auth import workspace_id
+from api.auth import key_id, workspace_id
 from api.body import json_object
 from api.idempotency import create_once
 from api.intake import websocket_url
@@ -112,7 +112,7 @@ def create_workflow() -> Response:
         workflow_id, result = workflows.create(cur, workspace_id=ws_id, name=data["name"],
                                                budget_cents=data["budget_cents"], stages=stages)
         published.extend(result.events)
-        token = svc.tokens.issue(ws_id, workflow_id)
+        token = svc.tokens.issue(ws_id, workflow_id, key_id())
         return 201, {"workflow_id": workflow_id, "status": result.status or "running",
                      "websocket_url": websocket_url("workflows", workflow_id, token)}, \
             {"Location": f"/api/v1/workflows/{workflow_id}"}

@@ -96,6 +96,11 @@ def authenticate(db: Database, plain: str) -> Principal | None:
     return Principal(workspace_id=row["workspace_id"], key_id=row["id"])
 
 
+def key_active(db: Database, key_id: str) -> bool:
+    """Whether the key with this id exists and is not revoked."""
+    return db.fetchone("SELECT 1 AS ok FROM api_keys WHERE id = %s AND revoked_at IS NULL", (key_id,)) is not None
+
+
 def revoke_key(db: Database, plain_or_prefix: str) -> bool:
     prefix = key_prefix(plain_or_prefix) or plain_or_prefix
     return db.execute("UPDATE api_keys SET revoked_at = now() WHERE prefix = %s AND revoked_at IS NULL",

@@ -58,12 +58,15 @@ def test_stream_tokens_are_itsdangerous_tokens() -> None:
     tokens = StreamTokens("s3cret", 60)
     reference = URLSafeTimedSerializer("s3cret", salt="warden-ws")
     with mock.patch("time.time", return_value=1_790_000_000.25):
-        assert tokens.issue("ws_01abc", "exec_01xyz") == reference.dumps(["ws_01abc", "exec_01xyz"])
-    token = tokens.issue("ws_1", "exec_2")
-    assert tokens.check(token, "exec_2") == "ws_1"
+        assert tokens.issue("ws_01abc", "exec_01xyz", "key_9") == reference.dumps(["ws_01abc", "exec_01xyz", "key_9"])
+    token = tokens.issue("ws_1", "exec_2", "key_3")
+    assert tokens.check(token, "exec_2") == ("ws_1", "key_3")
     assert tokens.check(token, "exec_3") is None
     assert tokens.check(token[:-2] + "xx", "exec_2") is None
     assert StreamTokens("other", 60).check(token, "exec_2") is None
+    # a token from before tokens named their key: honoured (until it expires), with no key to check
+    assert tokens.check(reference.dumps(["ws_1", "exec_2"]), "exec_2") == ("ws_1", None)
+    assert tokens.check(reference.dumps({"ws": "ws_1"}), "exec_2") is None
 
 
 def test_token_bucket_round_trip_survives_script_flush_and_dropped_connections(settings: Any) -> None:

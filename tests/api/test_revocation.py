@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
+import websocket
 
 from tests.support import ApiClient, LiveServer
 
@@ -48,3 +52,21 @@ def _cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "warden.cli", *args], capture_output=True, text=True, env=env,
                           timeout=60, cwd=str(ROOT))
+
+
+def test_a_stream_token_dies_with_the_key_it_was_issued_to(server, db, workspace) -> None:
+    from shared.store import workspaces
+
+    ws, key = workspace
+    other = workspaces.create_key(db, ws)
+    mine = ApiClient(server.url, key).post("/api/v1/tasks", {"task": "List my documents"}).json()
+    theirs = ApiClient(server.url, other).post("/api/v1/tasks", {"task": "List my documents"}).json()
+    conn = websocket.create_connection(mine["websocket_url"], timeout=10)
+    conn.close()
+    assert workspaces.revoke_key(db, key)
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(mine["websocket_url"], timeout=10)
+    assert refused.value.status_code == 401
+    assert "revoked" in json.loads(refused.value.resp_body)["detail"]["message"]
+    conn = websocket.create_connection(theirs["websocket_url"], timeout=10)  # the other key's token still works
+    conn.close()

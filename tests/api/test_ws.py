@@ -58,8 +58,15 @@ def emit(db: Any, rds: LeanRedis | None, eid: str, type_: str = "tool.completed"
     return ev
 
 
+def key_id_of(db: Any, workspace_id: str) -> str:
+    """The id of the workspace's (first) key: stream tokens name the key they were issued to."""
+    return str(db.fetchone("SELECT id FROM api_keys WHERE workspace_id = %s ORDER BY id LIMIT 1",
+                           (workspace_id,))["id"])
+
+
 def token(app: Any, workspace_id: str, eid: str) -> str:
-    return app.extensions["warden"].tokens.issue(workspace_id, eid)
+    svc = app.extensions["warden"]
+    return svc.tokens.issue(workspace_id, eid, key_id_of(svc.db, workspace_id))
 
 
 def connect(server: LiveServer, eid: str, *, tok: str | None = None, after: int | None = None,
@@ -290,7 +297,8 @@ def _other_workspace(db: Any) -> tuple[str, str]:
 def test_expired_token_is_refused(app, server, workspace, execution) -> None:
     from api.tokens import StreamTokens
 
-    old = StreamTokens(app.extensions["warden"].settings.secret_key, 1).issue(workspace[0], execution)
+    old = StreamTokens(app.extensions["warden"].settings.secret_key, 1).issue(
+        workspace[0], execution, key_id_of(app.extensions["warden"].db, workspace[0]))
     time.sleep(2.1)  # itsdangerous timestamps have one-second resolution
     tokens = app.extensions["warden"].tokens
     saved = tokens.ttl_s
@@ -375,7 +383,7 @@ def test_gevent_worker_streams_across_a_redis_restart(settings, db, workspace, t
     try:
         wait_for(lambda: _up(requests, f"http://127.0.0.1:{port}/healthz"), timeout=20)
         eid = make_execution(db, workspace[0])
-        tok = StreamTokens(settings.secret_key, 60).issue(workspace[0], eid)
+        tok = StreamTokens(settings.secret_key, 60).issue(workspace[0], eid, key_id_of(db, workspace[0]))
         srv = type("Srv", (), {"url": f"http://127.0.0.1:{port}"})()
         conn = connect(srv, eid, tok=tok)  # type: ignore[arg-type]
         assert json.loads(conn.recv())["seq"] == 1
@@ -394,7 +402,7 @@ def test_gevent_worker_streams_across_a_redis_restart(settings, db, workspace, t
         # A client that stops reading: the listener's direct sends fill its socket, tear a frame,
         # and hand the rest to its handler; once it reads again, everything arrives whole, in order.
         eid = make_execution(db, workspace[0])
-        tok = StreamTokens(settings.secret_key, 60).issue(workspace[0], eid)
+        tok = StreamTokens(settings.secret_key, 60).issue(workspace[0], eid, key_id_of(db, workspace[0]))
         url = f"ws://127.0.0.1:{port}/ws/executions/{eid}?token={tok}"
         slow = websocket.create_connection(url, timeout=10, sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
         assert json.loads(slow.recv())["seq"] == 1
