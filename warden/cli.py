@@ -20,8 +20,9 @@ from pathlib import Path
 
 def _settings():  # type: ignore[no-untyped-def]
     from shared.config import load_settings
+    from warden.devstack import with_dev_stack
 
-    return load_settings()
+    return load_settings(with_dev_stack(os.environ, Path.cwd()))
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:

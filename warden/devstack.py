@@ -12,6 +12,7 @@ import secrets
 import shutil
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from warden.services import ServiceSet
@@ -27,12 +28,40 @@ def read_procfile(path: Path) -> list[tuple[str, str]]:
     return [(name, cmd) for name, cmd in parse_procfile(path.read_text()).processes.items()]
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` readable by this user only, from the first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)  # a file that existed keeps its mode through O_CREAT
+
+
 def _persistent(path: Path, make: str) -> str:
     if path.exists():
         return path.read_text().strip()
-    path.write_text(make)
-    path.chmod(0o600)
+    _write_private(path, make)
     return make
+
+
+# What a running ``warden dev`` tells the other commands run from the same checkout (create-key,
+# revoke-key, migrate, rotate-signing-key): where its services are. Written while it runs.
+DEV_ENV = Path(".warden") / "dev.env"
+DEV_ENV_NAMES = ("DATABASE_URL", "REDIS_URL", "WARDEN_SECRET_KEY")
+
+
+def with_dev_stack(environ: Mapping[str, str], root: Path) -> Mapping[str, str]:
+    """``environ`` with what it leaves unset of ``DEV_ENV_NAMES`` taken from a running dev stack's
+    ``.warden/dev.env`` under ``root``: ``warden create-key`` in a second terminal reaches the
+    embedded PostgreSQL that ``make run`` started. The environment always wins."""
+    path = root / DEV_ENV
+    if all(name in environ for name in DEV_ENV_NAMES) or not path.is_file():
+        return environ
+    env = dict(environ)
+    for line in path.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name in DEV_ENV_NAMES:
+            env.setdefault(name, value)
+    return env
 
 
 def run_dev(root: Path, *, port: int = 8000) -> int:
@@ -61,6 +90,8 @@ def run_dev(root: Path, *, port: int = 8000) -> int:
         prom.mkdir()
         env["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        dev_env = root / DEV_ENV
+        _write_private(dev_env, "".join(f"{name}={env[name]}\n" for name in DEV_ENV_NAMES if name in env))
         settings = load_settings(env)
         migrate(settings.database_url)
         db = Database(settings.database_url, maxconn=2)
@@ -68,8 +99,7 @@ def run_dev(root: Path, *, port: int = 8000) -> int:
         key_file = base / "dev-api-key"
         key = env.get("WARDEN_DEV_API_KEY") or (key_file.read_text().strip() if key_file.exists() else None)
         key = workspaces.create_key(db, ws.id, name="dev", plain=key)
-        key_file.write_text(key + "\n")
-        key_file.chmod(0o600)
+        _write_private(key_file, key + "\n")
         db.close()
 
         print(f"\n  Warden API  http://127.0.0.1:{port}   docs http://127.0.0.1:{port}/api/v1/docs")
@@ -84,4 +114,5 @@ def run_dev(root: Path, *, port: int = 8000) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        (root / DEV_ENV).unlink(missing_ok=True)
         services.stop()

@@ -1,0 +1,46 @@
+"""Commands run beside `make run` (create-key, revoke-key, …) reach the services it started,
+through its .warden/dev.env, unless the environment names others."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from warden.devstack import DEV_ENV, with_dev_stack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(root: Path, text: str) -> None:
+    (root / DEV_ENV).parent.mkdir(parents=True, exist_ok=True)
+    (root / DEV_ENV).write_text(text)
+
+
+def test_the_environment_wins_and_the_file_fills_the_rest(tmp_path: Path) -> None:
+    assert with_dev_stack({"A": "1"}, tmp_path) == {"A": "1"}  # no dev stack running
+    _write(tmp_path, "DATABASE_URL=postgresql:///dev?host=/sock\nREDIS_URL=redis://127.0.0.1:7/0\nOTHER=x\n")
+    env = with_dev_stack({"REDIS_URL": "redis://elsewhere:6379/0"}, tmp_path)
+    assert env == {"DATABASE_URL": "postgresql:///dev?host=/sock", "REDIS_URL": "redis://elsewhere:6379/0"}
+
+
+def test_create_and_revoke_key_in_a_second_terminal(settings: Any, db: Any, tmp_path: Path) -> None:
+    from shared.store import workspaces
+
+    _write(tmp_path, f"DATABASE_URL={settings.database_url}\nREDIS_URL={settings.redis_url}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["PYTHONPATH"] = str(ROOT)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "warden.cli", *args], capture_output=True, text=True,
+                              env=env, cwd=str(tmp_path), timeout=120)
+
+    made = cli("create-key", "--workspace", "second-terminal")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    assert workspaces.authenticate(db, key) is not None  # the key is in the dev stack's database
+    revoked = cli("revoke-key", key)
+    assert revoked.returncode == 0 and revoked.stdout.strip() == "revoked", revoked.stderr
+    assert workspaces.authenticate(db, key) is None
