@@ -11,6 +11,9 @@ import logging
 from importlib import resources
 
 import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from psycopg2 import sql
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,33 @@ def migration_files() -> list[tuple[int, str, str]]:
     if len(versions) != len(set(versions)):
         raise RuntimeError(f"duplicate migration numbers in {sorted(n for _, n, _ in out)}")
     return out
+
+
+def ensure_database(database_url: str) -> str | None:
+    """Create the database ``database_url`` names when its server is up but it does not exist yet
+    (a fresh server named by DATABASE_URL for ``make run``); return its name when created."""
+    try:
+        psycopg2.connect(database_url, connect_timeout=10, application_name="warden-migrate").close()
+        return None
+    except psycopg2.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise
+    params = psycopg2.extensions.parse_dsn(database_url)
+    name = params.get("dbname")
+    if not name:
+        raise RuntimeError("DATABASE_URL names no database")
+    conn = psycopg2.connect(psycopg2.extensions.make_dsn(**{**params, "dbname": "postgres"}), connect_timeout=10,
+                            application_name="warden-migrate")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg2.errors.DuplicateDatabase:
+        return None  # another process made it first
+    finally:
+        conn.close()
+    log.info("created database %s", name)
+    return name
 
 
 def migrate(database_url: str) -> list[str]:

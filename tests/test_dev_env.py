@@ -44,3 +44,35 @@ def test_create_and_revoke_key_in_a_second_terminal(settings: Any, db: Any, tmp_
     revoked = cli("revoke-key", key)
     assert revoked.returncode == 0 and revoked.stdout.strip() == "revoked", revoked.stderr
     assert workspaces.authenticate(db, key) is None
+
+
+def test_make_run_creates_the_database_a_url_names_on_a_fresh_server(settings: Any) -> None:
+    import secrets
+
+    import psycopg2
+    import psycopg2.extensions
+
+    from shared.migrate import ensure_database
+
+    params = psycopg2.extensions.parse_dsn(settings.database_url)
+    name = f"warden_fresh_{secrets.token_hex(4)}"
+    url = psycopg2.extensions.make_dsn(**{**params, "dbname": name})
+    try:
+        assert ensure_database(url) == name
+        psycopg2.connect(url).close()
+        assert ensure_database(url) is None  # there already
+    finally:
+        admin = psycopg2.connect(settings.database_url)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+def test_a_command_with_no_database_says_so_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(PYTHONPATH=str(ROOT), DATABASE_URL="postgresql://nobody@127.0.0.1:1/nothing")
+    done = subprocess.run([sys.executable, "-m", "warden.cli", "create-key", "--workspace", "x"], capture_output=True,
+                          text=True, env=env, cwd=str(tmp_path), timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "Is `make run` running" in done.stderr

@@ -144,7 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", default=None, help="run only this benchmark (repeatable)")
     p.set_defaults(fn=cmd_bench)
     args = parser.parse_args(argv)
-    return int(args.fn(args) or 0)
+    try:
+        return int(args.fn(args) or 0)
+    except Exception as exc:  # a service down is one line for a person at a terminal, not a traceback
+        import psycopg2
+
+        from shared.errors import ServiceUnavailable
+
+        if not isinstance(exc, ServiceUnavailable | psycopg2.OperationalError):
+            raise
+        print(f"warden {args.command}: {str(exc).strip()}. Is `make run` running, or are DATABASE_URL /"
+              " REDIS_URL set?", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def run_dev(root: Path, *, port: int = 8000) -> int:
 
     from shared.config import load_settings
     from shared.db import Database
-    from shared.migrate import migrate
+    from shared.migrate import ensure_database, migrate
     from shared.store import workspaces
 
     signal.signal(signal.SIGTERM, _terminate)
@@ -93,6 +93,8 @@ def run_dev(root: Path, *, port: int = 8000) -> int:
         dev_env = root / DEV_ENV
         _write_private(dev_env, "".join(f"{name}={env[name]}\n" for name in DEV_ENV_NAMES if name in env))
         settings = load_settings(env)
+        if created := ensure_database(settings.database_url):
+            print(f"  created database {created}", flush=True)
         migrate(settings.database_url)
         db = Database(settings.database_url, maxconn=2)
         ws = workspaces.get_or_create_workspace(db, "dev")
