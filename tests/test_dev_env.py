@@ -76,3 +76,15 @@ def test_a_command_with_no_database_says_so_in_one_line(tmp_path: Path) -> None:
                           text=True, env=env, cwd=str(tmp_path), timeout=60)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "Is `make run` running" in done.stderr
+
+
+def test_one_dev_stack_per_checkout(tmp_path: Path) -> None:
+    from warden.devstack import hold_checkout
+
+    first = hold_checkout(tmp_path)
+    assert first is not None
+    assert hold_checkout(tmp_path) is None  # a second `make run` here stops before touching anything
+    first.close()
+    again = hold_checkout(tmp_path)
+    assert again is not None
+    again.close()

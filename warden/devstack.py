@@ -7,6 +7,7 @@ until Ctrl-C or SIGTERM, and stops all of it, embedded services included.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
@@ -14,6 +15,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 from warden.services import ServiceSet
 
@@ -64,6 +66,18 @@ def with_dev_stack(environ: Mapping[str, str], root: Path) -> Mapping[str, str]:
     return env
 
 
+def hold_checkout(base: Path) -> IO[str] | None:
+    """The lock that makes ``warden dev`` one per checkout (its ``.warden`` data, services and
+    dev.env), or None when another holds it. Held until the file is closed or the process ends."""
+    handle = open(base / "dev.lock", "w")  # noqa: SIM115 - held for the life of the dev stack
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def run_dev(root: Path, *, port: int = 8000) -> int:
     from honcho.manager import Manager
     from honcho.printer import Printer
@@ -76,6 +90,11 @@ def run_dev(root: Path, *, port: int = 8000) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     base = root / ".warden"
     base.mkdir(exist_ok=True)
+    lock = hold_checkout(base)
+    if lock is None:
+        print("warden dev is already running in this checkout: use that one, or stop it (Ctrl-C in its"
+              " terminal) first", file=sys.stderr)
+        return 1
     services = ServiceSet(base)
     env = dict(os.environ)
     try:
