@@ -24,8 +24,8 @@ BIN = Path(sys.executable).parent
 @contextlib.contextmanager
 def services() -> Iterator[dict[str, str]]:
     """Yields an environment with DATABASE_URL (a fresh database) and REDIS_URL."""
-    from shared.migrate import migrate
-    from warden.services import ServiceSet, ensure_database
+    from shared.migrate import create_database, migrate
+    from warden.services import ServiceSet
 
     tmp = Path(tempfile.mkdtemp(prefix="warden-bench-"))
     svc = ServiceSet(tmp, persist=False)
@@ -35,7 +35,7 @@ def services() -> Iterator[dict[str, str]]:
         if os.environ.get("DATABASE_URL"):
             parts = urlsplit(env["DATABASE_URL"])
             name = f"warden_bench_{secrets.token_hex(3)}"
-            ensure_database(env["DATABASE_URL"], name)
+            create_database(env["DATABASE_URL"], name)
             env["DATABASE_URL"] = urlunsplit(parts._replace(path="/" + name))
         migrate(env["DATABASE_URL"])
         env.update({"WARDEN_LOG_LEVEL": "WARNING", "WARDEN_ALLOW_PRIVATE_WEBHOOKS": "1",

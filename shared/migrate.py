@@ -36,6 +36,25 @@ def migration_files() -> list[tuple[int, str, str]]:
     return out
 
 
+def create_database(admin_url: str, name: str) -> bool:
+    """Create database ``name`` through ``admin_url`` (a database on the same server) unless it
+    exists; True when this call created it."""
+    conn = psycopg2.connect(admin_url, connect_timeout=10, application_name="warden-migrate")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is not None:
+                return False
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg2.errors.DuplicateDatabase:
+        return False  # another process made it first
+    finally:
+        conn.close()
+    log.info("created database %s", name)
+    return True
+
+
 def ensure_database(database_url: str) -> str | None:
     """Create the database ``database_url`` names when its server is up but it does not exist yet
     (a fresh server named by DATABASE_URL for ``make run``); return its name when created."""
@@ -49,18 +68,8 @@ def ensure_database(database_url: str) -> str | None:
     name = params.get("dbname")
     if not name:
         raise RuntimeError("DATABASE_URL names no database")
-    conn = psycopg2.connect(psycopg2.extensions.make_dsn(**{**params, "dbname": "postgres"}), connect_timeout=10,
-                            application_name="warden-migrate")
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg2.errors.DuplicateDatabase:
-        return None  # another process made it first
-    finally:
-        conn.close()
-    log.info("created database %s", name)
-    return name
+    admin_url = psycopg2.extensions.make_dsn(**{**params, "dbname": "postgres"})
+    return name if create_database(admin_url, name) else None
 
 
 def migrate(database_url: str) -> list[str]:

@@ -26,7 +26,8 @@ from tests.support import ApiClient, LiveServer
 
 @pytest.fixture(scope="session")
 def service_urls() -> Iterator[dict[str, str]]:
-    from warden.services import EmbeddedPostgres, EmbeddedRedis, ensure_database
+    from shared.migrate import create_database
+    from warden.services import EmbeddedPostgres, EmbeddedRedis
 
     tmp = Path(tempfile.mkdtemp(prefix="warden-test-"))
     started: list[Any] = []
@@ -34,7 +35,7 @@ def service_urls() -> Iterator[dict[str, str]]:
     admin_url = os.environ.get("DATABASE_URL")
     try:
         if admin_url:
-            ensure_database(admin_url, dbname)
+            create_database(admin_url, dbname)
             db_url = _with_db(admin_url, dbname)
         else:
             pg = EmbeddedPostgres(tmp / "pgdata")

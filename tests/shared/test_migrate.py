@@ -9,14 +9,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 
-from shared.migrate import migrate, migration_files
-from warden.services import ensure_database
+from shared.migrate import create_database, migrate, migration_files
 
 
 def _fresh_db(settings) -> str:  # type: ignore[no-untyped-def]
     parts = urlsplit(settings.database_url)
     name = f"warden_mig_{secrets.token_hex(4)}"
-    ensure_database(urlunsplit(parts._replace(path="/postgres")), name)
+    create_database(urlunsplit(parts._replace(path="/postgres")), name)
     return urlunsplit(parts._replace(path="/" + name))
 
 

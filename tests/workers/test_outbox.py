@@ -21,12 +21,12 @@ def isolated(settings: Settings, tmp_path) -> Any:  # type: ignore[no-untyped-de
     from urllib.parse import urlsplit, urlunsplit
 
     from shared.db import Database
-    from shared.migrate import migrate
-    from warden.services import EmbeddedRedis, ensure_database, free_port
+    from shared.migrate import create_database, migrate
+    from warden.services import EmbeddedRedis, free_port
 
     name = f"warden_outbox_{secrets.token_hex(4)}"
     parts = urlsplit(settings.database_url)
-    ensure_database(urlunsplit(parts._replace(path="/postgres")), name)
+    create_database(urlunsplit(parts._replace(path="/postgres")), name)
     db_url = urlunsplit(parts._replace(path="/" + name))
     migrate(db_url)
     port = free_port()
