@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -72,3 +76,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_warden(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+    """``warden ARGS`` in a subprocess from ``cwd``, as a person at a terminal runs it: the
+    environment without DATABASE_URL / REDIS_URL, plus ``env``."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    environ.update(env, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "warden.cli", *args], capture_output=True, text=True,
+                          env=environ, cwd=str(cwd), timeout=120)

@@ -3,15 +3,11 @@ through its .warden/dev.env, unless the environment names others."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from tests.support import run_warden
 from warden.devstack import DEV_ENV, with_dev_stack
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write(root: Path, text: str) -> None:
@@ -30,18 +26,11 @@ def test_create_and_revoke_key_in_a_second_terminal(settings: Any, db: Any, tmp_
     from shared.store import workspaces
 
     _write(tmp_path, f"DATABASE_URL={settings.database_url}\nREDIS_URL={settings.redis_url}\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env["PYTHONPATH"] = str(ROOT)
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "warden.cli", *args], capture_output=True, text=True,
-                              env=env, cwd=str(tmp_path), timeout=120)
-
-    made = cli("create-key", "--workspace", "second-terminal")
+    made = run_warden("create-key", "--workspace", "second-terminal", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip().splitlines()[-1]
     assert workspaces.authenticate(db, key) is not None  # the key is in the dev stack's database
-    revoked = cli("revoke-key", key)
+    revoked = run_warden("revoke-key", key, cwd=tmp_path)
     assert revoked.returncode == 0 and revoked.stdout.strip() == "revoked", revoked.stderr
     assert workspaces.authenticate(db, key) is None
 
@@ -70,10 +59,8 @@ def test_make_run_creates_the_database_a_url_names_on_a_fresh_server(settings: A
 
 
 def test_a_command_with_no_database_says_so_in_one_line(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(PYTHONPATH=str(ROOT), DATABASE_URL="postgresql://nobody@127.0.0.1:1/nothing")
-    done = subprocess.run([sys.executable, "-m", "warden.cli", "create-key", "--workspace", "x"], capture_output=True,
-                          text=True, env=env, cwd=str(tmp_path), timeout=60)
+    done = run_warden("create-key", "--workspace", "x", cwd=tmp_path,
+                      DATABASE_URL="postgresql://nobody@127.0.0.1:1/nothing")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "Is `make run` running" in done.stderr
 

@@ -4,18 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
 
 import pytest
 import websocket
 
-from tests.support import ApiClient, LiveServer
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ApiClient, LiveServer, run_warden
 
 
 def test_a_revoked_key_is_refused_at_once_by_a_process_that_remembers_keys(settings, db, workspace) -> None:
@@ -41,17 +34,11 @@ def test_a_revoked_key_is_refused_at_once_by_a_process_that_remembers_keys(setti
         assert b.get("/api/v1/executions").status_code == 200  # the workspace's other key is untouched
 
         # `warden revoke-key` does both: the database, then the count
-        done = _cli(settings, "revoke-key", other)
+        done = run_warden("revoke-key", other, DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url)
         assert done.returncode == 0 and done.stdout.strip() == "revoked", done.stderr
         assert b.get("/api/v1/executions").status_code == 401
     finally:
         server.stop()
-
-
-def _cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "warden.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=60, cwd=str(ROOT))
 
 
 def test_a_stream_token_dies_with_the_key_it_was_issued_to(server, db, workspace) -> None:
