@@ -106,6 +106,9 @@ class ExecutionSchema(Schema):
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
     updated_at = fields.DateTime()
+    worker = fields.Dict(allow_none=True, metadata={
+        "description": "The worker host and process that last took the run ({host, pid}); every event "
+                       "it wrote carries the same in data.worker."})
 
 
 class ExecutionList(Schema):

@@ -35,6 +35,7 @@ def execution_json(e: Execution, *, webhook: dict[str, Any] | None = None) -> di
         "started_at": _ts(e.started_at),
         "finished_at": _ts(e.finished_at),
         "updated_at": _ts(e.updated_at),
+        "worker": e.worker,
     }
     if webhook is not None:
         out["webhook"] = webhook

@@ -118,6 +118,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.only)
 
 
+def cmd_set_limit(args: argparse.Namespace) -> int:
+    from shared.db import Database
+    from shared.store import workspaces
+
+    settings = _settings()
+    db = Database(settings.database_url, maxconn=2)
+    limit = None if args.max_running_executions in ("none", "unset") else int(args.max_running_executions)
+    if limit is not None and limit < 1:
+        print("warden set-limit: --max-running-executions must be a positive number, or none", file=sys.stderr)
+        return 2
+    if not workspaces.set_max_running(db, args.workspace, limit):
+        print(f"warden set-limit: no workspace named {args.workspace!r}", file=sys.stderr)
+        return 1
+    print(f"workspace {args.workspace}: max_running_executions = {'none' if limit is None else limit}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="warden", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("revoke-key", help="revoke an API key")
     p.add_argument("key")
     p.set_defaults(fn=cmd_revoke_key)
+    p = sub.add_parser("set-limit", help="cap a workspace's running executions (the rest wait queued)")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--max-running-executions", required=True, metavar="N|none",
+                   help="at most N of its executions run at once; none removes the cap")
+    p.set_defaults(fn=cmd_set_limit)
     sub.add_parser("relay", help="run the outbox relay").set_defaults(fn=cmd_relay)
     p = sub.add_parser("verify-audit", help="verify an audit package offline")
     p.add_argument("file")

@@ -19,7 +19,7 @@ RUN_TASK = "workers.executions.run"
 _COLUMNS = (
     "id, workspace_id, task, status, compliance_policy, policy_version, provider, model, budget_cents,"
     " spent_cents, requested_permissions, effective_permissions, denied_permissions, webhook_url, result,"
-    " error, usage, counts, event_count, cancel_requested, created_at, started_at, finished_at, updated_at"
+    " error, usage, counts, event_count, cancel_requested, created_at, started_at, finished_at, updated_at, worker"
 )
 
 
@@ -66,6 +66,7 @@ class Execution:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    worker: dict[str, Any] | None = None  # {"host", "pid"} of the worker that last took the run
 
     @property
     def terminal(self) -> bool:

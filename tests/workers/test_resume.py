@@ -7,26 +7,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from guard import verify_chain
 from tests.support import wait_for
-from tests.workers.conftest import assert_gapless, events, model_name, submit, wait_terminal
+from tests.workers.conftest import assert_gapless, events, model_name, submit, wait_terminal, worker_process
 
 VISIBILITY_S = 3
 
 
 def _worker(settings, name: str) -> subprocess.Popen:
-    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-           "WARDEN_SECRET_KEY": settings.secret_key, "WARDEN_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
-           "WARDEN_EXECUTIONS_TIME_LIMIT_S": "2", "WARDEN_LEASE_S": "2", "WARDEN_ALLOW_PRIVATE_WEBHOOKS": "1", "WARDEN_LOG_LEVEL": "WARNING"}
-    env.pop("WARDEN_SIGNING_KEY", None)
     # Solo pool: one process, so SIGKILL takes the task down with it (no pool parent to clean up).
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-Q", "executions", "--pool", "solo",
-         "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return worker_process(settings, name, pool="solo", concurrency=1, WARDEN_VISIBILITY_TIMEOUT_S=str(VISIBILITY_S),
+                          WARDEN_EXECUTIONS_TIME_LIMIT_S="2", WARDEN_LEASE_S="2")
 
 
 def test_sigkill_mid_run_resumes_exactly_once(stack, client, fake_llm, db, settings, celery_app, worker):
