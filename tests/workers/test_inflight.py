@@ -50,8 +50,12 @@ def _all_terminal(db: Any, ids: list[str]) -> bool:
     return all(s in TERMINAL for s in _statuses(db, ids).values())
 
 
-def _db_connections(db: Any) -> int:
-    return int(db.fetchone("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()")["n"])
+def _db_connections(db: Any, pid: int | None = None) -> int:
+    """Connections to the test database; with ``pid``, only that worker process's pool's."""
+    if pid is None:
+        return int(db.fetchone("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()")["n"])
+    return int(db.fetchone("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
+                           " AND application_name = %s", (f"warden-worker:{pid}",))["n"])
 
 
 def _redis_clients(settings: Any) -> int:
@@ -63,40 +67,50 @@ def test_300_slow_runs_wait_together_and_hold_no_connection_while_waiting(stack,
         {"calls": [("list_documents", {})], "delay": 2.0},
         {"text": "Listed."},
     ])
-    db_before, redis_before = _db_connections(db), _redis_clients(settings)
     proc = worker_process(settings, "inflight", concurrency=400, WARDEN_DB_POOL_MAX="8")
-    peak_db = 0
+    counts: list[tuple[int, int]] = []
     try:
         # Warm: the worker is up and consuming before the clock starts.
         warm = submit(client, task="warm up", provider="openai", model=fake_llm.script(model_name(), [{"text": "ok"}]))
         wait_for(lambda: _all_terminal(db, [warm]), timeout=60)
-        start = time.monotonic()
-        ids = _submit_many(client, 300, task="List the documents", provider="openai", model=model,
-                           permissions=["fs:read"])
-        while not _all_terminal(db, ids):
-            peak_db = max(peak_db, _db_connections(db))
-            assert time.monotonic() - start < 60, worker_log(proc)
-            time.sleep(0.2)
-        elapsed = time.monotonic() - start
+        for batch in range(2):
+            peak_db = 0
+            start = time.monotonic()
+            ids = _submit_many(client, 300, task="List the documents", provider="openai", model=model,
+                               permissions=["fs:read"])
+            submitted = time.monotonic()
+            while not _all_terminal(db, ids):
+                peak_db = max(peak_db, _db_connections(db, proc.pid))
+                assert time.monotonic() - start < 60, worker_log(proc)
+                time.sleep(0.2)
+            done = time.monotonic()
+            print(f"batch {batch + 1}: 300 runs, model 2 s per call: submitted in {submitted - start:.1f} s, all "
+                  f"terminal {done - start:.1f} s after the first submission ({done - submitted:.1f} s after the "
+                  f"last); the worker's peak database connections {peak_db}")
+            statuses = _statuses(db, ids)
+            assert set(statuses.values()) == {"succeeded"}, statuses
+            # All in flight together: one at a time would take 600 s; with 400 slots each run needs
+            # its 2 s model call and a few steps.
+            assert done - submitted < 10, f"{done - submitted:.1f} s"
+            # The worker's pool is bounded (8) however many runs wait: a waiting run holds none.
+            assert 1 <= peak_db <= 8, peak_db
+            time.sleep(1.0)  # the last acknowledgements and event publishes settle
+            counts.append((_db_connections(db, proc.pid), _db_connections(db), _redis_clients(settings)))
     finally:
         stop_process(proc)
-    print(f"300 runs, model 2 s per call: all terminal in {elapsed:.1f} s; peak database connections "
-          f"{peak_db} (before {db_before})")
-    statuses = _statuses(db, ids)
-    assert set(statuses.values()) == {"succeeded"}, statuses
-    # All in flight together: one at a time would take 600 s, 400 slots well under 10 s.
-    assert elapsed < 10, f"{elapsed:.1f} s"
-    # The worker's pool is bounded (8) however many runs wait: the waits hold no connection.
-    assert peak_db <= db_before + 8 + 2, (peak_db, db_before)
+    # No leak: 300 more runs leave the worker's database connections and Redis's clients where they
+    # were. (The database total may gain one or two as the API's and the test's own pools open
+    # lazily towards their bounds; a leak would add one per run.)
+    print(f"connections after each batch (worker's, database total, redis clients): {counts}")
+    assert counts[1][0] == counts[0][0] and counts[1][2] == counts[0][2], counts
+    assert counts[1][1] - counts[0][1] <= 2, counts
     keys = client.get("/api/v1/compliance/keys").json()
     for eid in ids[::30]:
         evs = events(client, eid)
         assert_gapless(evs)
+        assert all(e["data"]["worker"]["pid"] == proc.pid for e in evs[1:])
         certs = client.get(f"/api/v1/executions/{eid}/certificates").json()["items"]
         assert len(certs) == 1 and verify_chain(certs, keys) == []
-    # No connection left behind by the runs: with the worker gone, back where we started.
-    wait_for(lambda: _db_connections(db) <= db_before, timeout=15)
-    wait_for(lambda: _redis_clients(settings) <= redis_before, timeout=15)
 
 
 def test_cancel_reaches_a_run_waiting_on_its_model(stack, client, fake_llm, db, settings):
