@@ -138,8 +138,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("WARDEN_LEASE_S must be at least 1 (seconds)")
     if settings.max_deliveries < 1:
         raise ConfigError("WARDEN_MAX_DELIVERIES must be at least 1")
-    if settings.visibility_timeout_s <= settings.executions_time_limit_s:
-        raise ConfigError("WARDEN_VISIBILITY_TIMEOUT_S must exceed WARDEN_EXECUTIONS_TIME_LIMIT_S")
+    limit = settings.executions_time_limit_s
+    if settings.visibility_timeout_s <= limit + max(1, min(30, limit // 10)):  # celery_app.backstop_s
+        raise ConfigError("WARDEN_VISIBILITY_TIMEOUT_S must exceed WARDEN_EXECUTIONS_TIME_LIMIT_S (plus its backstop:"
+                          " a tenth of it, from 1 to 30 s)")
     return settings
 
 

@@ -47,6 +47,8 @@ class FakeLLM:
                 self.end_headers()
                 try:
                     self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up on the call (a cancelled run, a stopped worker)
                 finally:
                     with fake._lock:
                         fake.answered[body.get("model", "")] += 1

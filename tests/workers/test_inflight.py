@@ -153,7 +153,10 @@ def test_one_run_past_its_time_limit_ends_alone(stack, client, fake_llm, db, set
         wait_for(lambda: _all_terminal(db, [warm]), timeout=60)
         late = submit(client, task="Think long", provider="openai", model=slow)
         others = _submit_many(client, 50, task="List", provider="openai", model=quick, permissions=["fs:read"])
-        wait_for(lambda: _all_terminal(db, [late, *others]), timeout=30)
+        try:
+            wait_for(lambda: _all_terminal(db, [late, *others]), timeout=30)
+        except AssertionError:
+            raise AssertionError(f"{_statuses(db, [late, *others])}\n{worker_log(proc)}") from None
     finally:
         stop_process(proc)
     e = client.get(f"/api/v1/executions/{late}").json()
@@ -226,10 +229,11 @@ def test_a_quiet_workspace_starts_within_two_seconds_behind_a_burst(stack, clien
         burst = _submit_many(client, 2000, task="Busy work", provider="openai", model=slow)
         wait_for(lambda: db.fetchone("SELECT count(*) AS n FROM executions WHERE id = ANY(%s) AND status = 'running'",
                                      (burst,))["n"] >= 30, timeout=60)
-        submitted = time.monotonic()
         mine = [submit(quiet, task="Quick", provider="openai", model=slow) for _ in range(5)]
         wait_for(lambda: all(s != "queued" for s in _statuses(db, mine).values()), timeout=10, interval=0.05)
-        took = time.monotonic() - submitted
+        # From each run's own submission (its row's creation) to its start, as the database saw both.
+        took = float(db.fetchone("SELECT max(EXTRACT(EPOCH FROM started_at - created_at)) AS s FROM executions"
+                                 " WHERE id = ANY(%s)", (mine,))["s"])
         queued_a = db.fetchone("SELECT count(*) AS n FROM executions WHERE id = ANY(%s) AND status = 'queued'",
                                (burst,))["n"]
         # Within the burst, submission order: what started is a prefix of what was submitted.
@@ -242,7 +246,7 @@ def test_a_quiet_workspace_starts_within_two_seconds_behind_a_burst(stack, clien
                    " AND status = 'queued'", (burst,))
         wait_for(lambda: _all_terminal(db, burst), timeout=30)
         stop_process(proc)
-    print(f"quiet workspace behind a burst of 2,000: its 5 runs started within {took:.2f} s "
+    print(f"quiet workspace behind a burst of 2,000: each of its 5 runs started within {took:.2f} s of its submission "
           f"({queued_a} of the burst still queued)")
     assert took < 2.0, took
     assert queued_a > 1000

@@ -13,7 +13,7 @@ from guard import verify_chain
 from tests.support import wait_for
 from tests.workers.conftest import assert_gapless, events, model_name, submit, wait_terminal, worker_process
 
-VISIBILITY_S = 3
+VISIBILITY_S = 4
 
 
 def _worker(settings, name: str) -> subprocess.Popen:
