@@ -168,10 +168,11 @@ def test_one_run_past_its_time_limit_ends_alone(stack, client, fake_llm, db, set
 def test_worker_killed_with_200_runs_waiting_loses_and_repeats_nothing(stack, client, fake_llm, db, settings):
     model = fake_llm.script(model_name(), [
         {"calls": [("send_email", {"to": "ops@example.com", "subject": "Report", "body": "All good."})]},
-        {"calls": [("list_documents", {})], "delay": 3.0},
+        {"calls": [("list_documents", {})], "delay": 6.0},  # long enough that none answers before the kill
         {"text": "Done."},
     ])
-    env = {"WARDEN_LEASE_S": "2", "WARDEN_VISIBILITY_TIMEOUT_S": "20", "WARDEN_EXECUTIONS_TIME_LIMIT_S": "15"}
+    # A short lease, so the test waits seconds, not the default 30 s, for the dead worker's runs.
+    env = {"WARDEN_LEASE_S": "5", "WARDEN_VISIBILITY_TIMEOUT_S": "40", "WARDEN_EXECUTIONS_TIME_LIMIT_S": "30"}
     victim = worker_process(settings, "victim", concurrency=300, **env)
     rescuer = None
     try:
@@ -188,7 +189,7 @@ def test_worker_killed_with_200_runs_waiting_loses_and_repeats_nothing(stack, cl
 
         def sweep() -> None:
             while not stop.wait(1.0):
-                executions_store.requeue_stale(db, queued_s=600, running_s=600, lease_s=2)
+                executions_store.requeue_stale(db, queued_s=600, running_s=600, lease_s=5)
 
         threading.Thread(target=sweep, daemon=True).start()
         try:
@@ -203,18 +204,24 @@ def test_worker_killed_with_200_runs_waiting_loses_and_repeats_nothing(stack, cl
         if rescuer is not None:
             stop_process(rescuer)
     print(f"SIGKILL with 200 runs waiting on the model: all terminal {recovery:.1f} s after the kill")
-    assert set(_statuses(db, ids).values()) == {"succeeded"}
+    failed = db.fetchall("SELECT id, error FROM executions WHERE id = ANY(%s) AND status <> 'succeeded'", (ids,))
+    assert not failed, failed[:3]
     emails = db.fetchall("SELECT execution_id, count(*) AS n FROM email_outbox WHERE execution_id = ANY(%s)"
                          " GROUP BY execution_id", (ids,))
     assert len(emails) == 200 and {r["n"] for r in emails} == {1}
     certs = db.fetchall("SELECT execution_id, count(*) AS n FROM certificates WHERE execution_id = ANY(%s)"
                         " GROUP BY execution_id", (ids,))
     assert {r["n"] for r in certs} == {2}
+    resumed = db.fetchone("SELECT count(DISTINCT execution_id) AS n FROM execution_events WHERE type ="
+                          " 'execution.resumed' AND execution_id = ANY(%s)", (ids,))["n"]
+    # Most were waiting on the dead worker and were taken over (a few may not have reached their
+    # second call, or were started by the rescuer's own messages): the fault hit them, not a few.
+    print(f"{resumed} of 200 runs resumed on the rescuer")
+    assert resumed >= 150, resumed
     for eid in ids[::25]:
         evs = events(client, eid)
         assert_gapless(evs)
-        types = [e["type"] for e in evs]
-        assert types.count("execution.started") == 1 and "execution.resumed" in types
+        assert [e["type"] for e in evs].count("execution.started") == 1
 
 
 def test_a_quiet_workspace_starts_within_two_seconds_behind_a_burst(stack, client, fake_llm, db, settings,
