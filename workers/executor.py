@@ -473,8 +473,8 @@ RETRY_CAP_S = 30.0
 
 
 def retry_delay(exc: ProviderError, attempt: int) -> float:
-    if exc.retry_after is not None:
-        return round(min(max(exc.retry_after, 0.0), RETRY_CAP_S * 4), 3)
+    if exc.retry_after is not None:  # the provider's word, in full: a run that cannot wait that long ends
+        return round(max(exc.retry_after, 0.0), 3)
     return round(min(RETRY_BASE_S * 2 ** (attempt - 1), RETRY_CAP_S) * (0.8 + 0.4 * random.random()), 3)
 
 
