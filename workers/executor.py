@@ -168,14 +168,7 @@ class Run:
     def _interrupted(self) -> None:
         """The step's guard refused: cancelled (finish it so, while still the owner) or no
         longer ours to run (ended elsewhere, or taken over under a newer token)."""
-        with self.db.transaction() as cur:
-            row = runs.lock(cur, self.id)
-            if row is None or row["status"] != "running" or row["lease_token"] != self.token:
-                raise Stop("gone")
-            # The stored state stays that of the last committed step.
-            ev = runs.finish(cur, row, "cancelled", error={"code": "cancelled", "message": "Cancelled while running"})
-        events.publish(_redis(), [ev])
-        raise Stop("cancelled_done")
+        self._cancel_now()  # the stored state stays that of the last committed step
 
     def _current(self) -> runs.Step:
         if self._step is None:
@@ -229,6 +222,7 @@ class Run:
             raise Stop("error", error=TIME_LIMIT_ERROR)
 
     def _cancel_now(self) -> None:
+        """End the run cancelled if it is still ours and running; Stop either way."""
         with self.db.transaction() as cur:
             row = runs.lock(cur, self.id)
             if row is None or row["status"] != "running" or row["lease_token"] != self.token:
