@@ -142,7 +142,11 @@ class TerminalWatcher:
 
 class HttpSubmitter:
     """Submits one JSON body again and again, one keep-alive http.client connection per thread;
-    returns the new resource's id from a 2xx answer (anything else raises)."""
+    returns the new resource's id from a 2xx answer (anything else raises). A connection idle
+    for IDLE_S is replaced before use: the server closes idle keep-alive connections after 5 s
+    (api/gunicorn_conf.py), and a POST is not retried on a connection found closed."""
+
+    IDLE_S = 2.0
 
     def __init__(self, port: int, path: str, body: dict, headers: dict[str, str]) -> None:
         self.port, self.path = port, path
@@ -152,8 +156,13 @@ class HttpSubmitter:
 
     def __call__(self, _: int = 0) -> str:
         conn = getattr(self._local, "conn", None)
+        now = time.monotonic()
+        if conn is not None and now - self._local.used > self.IDLE_S:
+            conn.close()
+            conn = None
         if conn is None:
             conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        self._local.used = now
         try:
             conn.request("POST", self.path, body=self.body, headers=self.headers)
             resp = conn.getresponse()
