@@ -249,7 +249,7 @@ def run(n_latency: int = 150, n_throughput: int = 200) -> dict:
         "e2e_round_executions_per_s": [round(r, 1) for r in rates],
         "celery_round_tasks_per_s": [round(r, 1) for r in base_rates],
         "e2e_clients": THROUGHPUT_CLIENTS,
-        "e2e_worker": worker,
+        "e2e_worker": stack.expand(worker, env),
     }
 
 

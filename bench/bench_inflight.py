@@ -78,6 +78,7 @@ def run(runs: int | None = None, delay: float | None = None, give_up_s: float | 
         port = free_port()
         env = dict(env, PORT=str(port), OPENAI_BASE_URL=model_url + "/v1", OPENAI_API_KEY="sk-bench-not-real")
         worker_cmd = stack.procfile_command("executions", env)
+        worker_cmd = stack.expand(worker_cmd, env)
         _log(f"executions worker: {worker_cmd}")
         with stack.shell(stack.procfile_command("web", env), env, ready_url=f"http://127.0.0.1:{port}/healthz"), \
                 stack.shell(stack.procfile_command("relay", env), env), \

@@ -156,6 +156,12 @@ def worker_command(app: str = "workers.main", queue: str = "executions", node: s
     return " ".join(out)
 
 
+def expand(cmd: str, env: dict[str, str]) -> str:
+    """``cmd`` with its ``${VAR:-default}`` expansions done as ``sh -c`` would do them in ``env``."""
+    return subprocess.run(["/bin/sh", "-c", f"echo {cmd}"], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def shell(cmd: str, env: dict[str, str], **kw: object) -> contextlib.AbstractContextManager[subprocess.Popen]:
     """Run a Procfile-style command line through ``sh -c`` (in its own process group)."""
     return process(["/bin/sh", "-c", cmd], env, **kw)  # type: ignore[arg-type]
