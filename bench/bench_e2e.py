@@ -36,6 +36,7 @@ from shared.redis_client import pack
 
 TERMINAL = {"execution.succeeded", "execution.blocked", "execution.error", "execution.cancelled"}
 THROUGHPUT_CLIENTS = 8
+# The workflow benchmark's worker (not a ratio to a peer); this one runs the Procfile's line.
 WORKER_ARGS = ["--concurrency", "4", "--prefetch-multiplier", "1", "-l", "WARNING"]
 
 
