@@ -18,11 +18,23 @@ import sys
 from pathlib import Path
 
 
-def _settings():  # type: ignore[no-untyped-def]
+class NoServices(Exception):
+    """No service URL in the environment and no dev stack running in this checkout."""
+
+
+def _settings(*, redis: bool = False):  # type: ignore[no-untyped-def]
+    """Settings for a command that needs the database (and Redis when ``redis``): from
+    DATABASE_URL / REDIS_URL, else from the dev stack running in this checkout, never the
+    built-in defaults (127.0.0.1:5432 may be someone else's PostgreSQL)."""
     from shared.config import load_settings
     from warden.devstack import with_dev_stack
 
-    return load_settings(with_dev_stack(os.environ, Path.cwd()))
+    env = with_dev_stack(os.environ, Path.cwd())
+    missing = [name for name in ("DATABASE_URL", "REDIS_URL")[: 2 if redis else 1] if not env.get(name)]
+    if missing:
+        raise NoServices(f"no {' or '.join(missing)} and no dev stack running in {Path.cwd()}: start one with"
+                         f" `make run` in this checkout (another terminal), or set {' and '.join(missing)}")
+    return load_settings(env)
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
@@ -55,7 +67,7 @@ def cmd_revoke_key(args: argparse.Namespace) -> int:
     from shared.db import Database
     from shared.store import workspaces
 
-    settings = _settings()
+    settings = _settings(redis=True)
     db = Database(settings.database_url, maxconn=2)
     if workspaces.revoke_key(db, args.key):
         try:
@@ -75,7 +87,7 @@ def cmd_relay(_: argparse.Namespace) -> int:
     from shared.celery_app import make_celery
     from shared.db import Database
 
-    settings = _settings()
+    settings = _settings(redis=True)
     logs.configure(settings.log_level, settings.log_json)
     outbox.run_relay(Database(settings.database_url, maxconn=2), make_celery(settings, main="warden-relay"),
                      settings.redis_url, sweep_s=min(settings.outbox_sweep_s, 1.0))
@@ -146,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args) or 0)
+    except NoServices as exc:
+        print(f"warden {args.command}: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a service down is one line for a person at a terminal, not a traceback
         import psycopg2
 

@@ -56,7 +56,7 @@ def with_dev_stack(environ: Mapping[str, str], root: Path) -> Mapping[str, str]:
     ``.warden/dev.env`` under ``root``: ``warden create-key`` in a second terminal reaches the
     embedded PostgreSQL that ``make run`` started. The environment always wins."""
     path = root / DEV_ENV
-    if all(name in environ for name in DEV_ENV_NAMES) or not path.is_file():
+    if all(name in environ for name in DEV_ENV_NAMES) or not path.is_file() or not dev_stack_running(root):
         return environ
     env = dict(environ)
     for line in path.read_text().splitlines():
@@ -64,6 +64,21 @@ def with_dev_stack(environ: Mapping[str, str], root: Path) -> Mapping[str, str]:
         if sep and name in DEV_ENV_NAMES:
             env.setdefault(name, value)
     return env
+
+
+def dev_stack_running(root: Path) -> bool:
+    """Whether a ``warden dev`` holds this checkout's lock now (a dev.env left by one that was
+    killed is not a running stack: its services are gone)."""
+    lock = root / ".warden" / "dev.lock"
+    if not lock.is_file():
+        return False
+    with open(lock) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def hold_checkout(base: Path) -> IO[str] | None:

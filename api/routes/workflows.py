@@ -16,7 +16,7 @@ from marshmallow import ValidationError
 from api.auth import key_id, workspace_id
 from api.body import json_object
 from api.idempotency import create_once
-from api.intake import websocket_url
+from api.intake import require_configured, websocket_url
 from api.services import services
 from api.workflow_schemas import WorkflowCreateRequest
 from guard import UnknownPolicy, load_policy, resolve_permissions
@@ -77,6 +77,7 @@ def _resolve_stages(data: dict[str, Any]) -> list[dict[str, Any]]:
             raise ValidationError({f"stages.{s['name']}.permissions": [
                 f"No effective permissions after applying '{policy.name}' compliance policy"]})
         provider, model = resolve_provider(settings, s["provider"], s["model"])
+        require_configured(settings, provider, stage=s["name"])
         out.append({"name": s["name"], "depends_on": list(dict.fromkeys(s["depends_on"])), "task": s["task"],
                     "compliance_policy": policy.name, "policy_version": policy.version,
                     "requested_permissions": s["permissions"], "effective_permissions": resolution.effective,
