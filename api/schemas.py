@@ -95,6 +95,9 @@ class ExecutionSchema(Schema):
     denied_permissions = fields.List(fields.Dict())
     webhook_url = fields.String(allow_none=True)
     result = fields.Dict(allow_none=True)
+    labels = fields.List(fields.String(), metadata={
+        "description": "Labels (phi, privileged, financial) the run carries from labelled content it read or was "
+                       "given (a workflow stage's upstream output): its output and the documents it wrote carry them."})
     error = fields.Dict(allow_none=True)
     usage = fields.Dict()
     counts = fields.Dict()

@@ -47,7 +47,7 @@ from shared.store.executions import TERMINAL
 from workers import pricing, runtime, signing, tools
 from workers.providers import make_provider
 from workers.providers.base import MAX_OUTPUT_TOKENS, Completion, Provider, ProviderError
-from workers.steps import StepResult, judge_and_run, process_call
+from workers.steps import StepResult, judge_and_run, process_call, shown_result
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ class Run:
     def end(self, status: str, *, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
         """Make this step the terminal one (written with the step's other records)."""
         self._current().terminal = (status, result, error)
+        self._current().event_result = shown_result(self, result)  # redacted under hipaa, with its labels
 
     def tools(self) -> list[dict[str, Any]]:
         from guard import TOOL_PERMISSIONS, TOOL_SPECS
@@ -241,9 +242,11 @@ def execute(execution_id: str, db: Any, settings: Settings) -> str:
                 outbox.wake(runtime.redis().client)
 
 
-def _initial_state(task: str) -> dict[str, Any]:
+def _initial_state(task: str, queued: dict[str, Any] | None = None) -> dict[str, Any]:
+    # A workflow stage is queued with the labels of the outputs in its task (shared/store/workflows.py).
+    carried = {k: v for k, v in (queued or {}).items() if k in ("labels", "input_labels")}
     return {"messages": [{"role": "user", "content": task}], "step": 0, "pending": [], "cert_seq": 0,
-            "prev_hash": None, "record_names": []}
+            "prev_hash": None, "record_names": [], **carried}
 
 
 def _begin(begun: runs.Begun, conn: Any, db: Any, settings: Settings) -> tuple[dict[str, Any], SigningKey] | None:
@@ -254,7 +257,7 @@ def _begin(begun: runs.Begun, conn: Any, db: Any, settings: Settings) -> tuple[d
         return None
     execution_id = row["id"]
     if begun.started is not None:
-        row["state"] = _initial_state(row["task"])
+        row["state"] = _initial_state(row["task"], row["state"])
         events.publish(_redis(), [begun.started], wait=False)
     elif row["status"] == "queued" and row["cancel_requested"]:
         with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
@@ -268,7 +271,7 @@ def _begin(begun: runs.Begun, conn: Any, db: Any, settings: Settings) -> tuple[d
     elif row["status"] != "running":
         return None
     elif not (row["state"] or {}).get("messages"):
-        row["state"] = _initial_state(row["task"])  # started, but no step was saved: begin afresh
+        row["state"] = _initial_state(row["task"], row["state"])  # started, but no step was saved: begin afresh
     return row, signing.key_for_run(db, settings, begun.signing_key)
 
 

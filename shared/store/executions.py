@@ -19,7 +19,10 @@ RUN_TASK = "workers.executions.run"
 _COLUMNS = (
     "id, workspace_id, task, status, compliance_policy, policy_version, provider, model, budget_cents,"
     " spent_cents, requested_permissions, effective_permissions, denied_permissions, webhook_url, result,"
-    " error, usage, counts, event_count, cancel_requested, created_at, started_at, finished_at, updated_at"
+    " error, usage, counts, event_count, cancel_requested, created_at, started_at, finished_at, updated_at,"
+    # What the run carries from labelled content (workers/steps.py), and the names it has read
+    # from the record (to redact views of it under hipaa).
+    " COALESCE(state->'labels', '[]'::jsonb) AS labels, COALESCE(state->'record_names', '[]'::jsonb) AS record_names"
 )
 
 
@@ -66,6 +69,8 @@ class Execution:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    labels: list[str] = field(default_factory=list)
+    record_names: list[str] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:

@@ -112,6 +112,7 @@ class Step:
     certificate: tuple[str, dict[str, Any]] | None = None  # (call_key, certificate)
     violation: tuple[str, str, str, list[dict[str, Any]], bool] | None = None  # call_key, tool, sha, list, halted
     terminal: tuple[str, dict[str, Any] | None, dict[str, Any] | None] | None = None  # status, result, error
+    event_result: dict[str, Any] | None = None  # the result as the terminal event shows it (default: result)
 
 
 _SAVABLE = ("state", "spent_cents", "usage", "counts")
@@ -145,7 +146,7 @@ WITH u AS (
         parts.append("""
   UNION ALL
   SELECT u.id, u.base + %(n)s, 'execution.' || %(status)s,
-         jsonb_build_object('status', %(status)s::text, 'result', %(result)s::jsonb, 'error', %(error)s::jsonb,
+         jsonb_build_object('status', %(status)s::text, 'result', %(event_result)s::jsonb, 'error', %(error)s::jsonb,
                             'spent_cents', u.spent_cents::float8, 'counts', u.counts)
     FROM u""")
     parts.append("\n  RETURNING execution_id, seq, type, at, data\n)")
@@ -205,7 +206,9 @@ def write_step(cur: Any, execution_id: str, step: Step, *, running_only: bool = 
         if status not in TERMINAL:
             raise ValueError(status)
         delivery_id = new_id("dlv")
+        shown = step.event_result if step.event_result is not None else result
         params.update(status=status, result=Json(result) if result is not None else None,
+                      event_result=Json(shown) if shown is not None else None,
                       error=Json(error) if error is not None else None, dlv_id=delivery_id,
                       webhook_id="msg_" + delivery_id[4:])
     _step_statement(save, step.certificate is not None, step.violation is not None, step.terminal is not None,
