@@ -28,7 +28,7 @@ class StepResult:
 
 
 def _preview(arguments: dict[str, Any], policy: Policy, record_names: tuple[str, ...],
-             labels: list[str]) -> dict[str, Any]:
+             labels: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Arguments for events: long strings shortened (the certificate carries the full hash).
 
     Under a policy that keeps PHI in (its ``phi_unredacted`` rule), strings are shown redacted:
@@ -159,8 +159,6 @@ def judge_and_run(run: Run, call: dict[str, Any], cur: Any) -> StepResult | None
     key = call_key(call)
     docs = run.documents(cur)
     context = _context(run, docs)
-    if call["name"] == "write_document" and run.state.get("labels"):
-        _carry_labels(call, context, run.state["labels"])
     tc = ToolCall(call["name"], call["arguments"])
     run.emit("tool.requested", {"call_id": call["id"], "tool": call["name"],
                                 "arguments": _preview(call["arguments"], context.policy, context.record_names,
@@ -193,6 +191,10 @@ def judge_and_run(run: Run, call: dict[str, Any], cur: Any) -> StepResult | None
         run.state["pending"].pop(0)
         return StepResult()
     state = run.state
+    if call["name"] == "write_document" and state.get("labels") and _carry_labels(call, context, state["labels"]):
+        # Judged as asked; written (and certified) with the labels it carries. More labels never
+        # turn an allowed write into a refused one, so the decision holds for what is written.
+        tc = ToolCall(call["name"], call["arguments"])
     cert = issue_certificate(run.key, certificate_id=new_id("cert"), execution_id=run.id,
                              seq=state["cert_seq"] + 1, call=tc, decision=decision, policy=run.policy,
                              issued_at=_now(), prev_hash=state["prev_hash"])
@@ -214,10 +216,10 @@ def judge_and_run(run: Run, call: dict[str, Any], cur: Any) -> StepResult | None
     return None
 
 
-def _carry_labels(call: dict[str, Any], context: VerifyContext, carried: list[str]) -> None:
+def _carry_labels(call: dict[str, Any], context: VerifyContext, carried: list[str]) -> bool:
     """A document written by a run that holds labelled content carries those labels too, on top
-    of the ones it asked for (or, overwriting without asking, the ones the document has). The
-    call is judged, certified and run with them: the certificate hashes what was written."""
+    of the ones it asked for (or, overwriting without asking, the ones the document has). True
+    when the call's arguments changed: the certificate then hashes what is written."""
     arguments = call["arguments"]
     asked = arguments.get("labels")
     if isinstance(asked, list):
@@ -225,8 +227,9 @@ def _carry_labels(call: dict[str, Any], context: VerifyContext, carried: list[st
     else:
         base = sorted(labels_of(context.document(arguments.get("name"))))
     if set(carried) <= set(base):
-        return
+        return False
     call["arguments"] = {**arguments, "labels": [*base, *(label for label in carried if label not in base)]}
+    return True
 
 
 def _finish_external(run: Run, call: dict[str, Any], call_key: str, *, resumed: bool) -> StepResult:

@@ -98,11 +98,19 @@ def test_a_label_survives_two_hops(stack: Any, client: Any, db: Any) -> None:
     assert [stages[n]["labels"] for n in "abc"] == [["phi"], ["phi"], ["phi"]]
     c = client.get(f"/api/v1/executions/{stages['c']['execution_id']}").json()
     assert c["labels"] == ["phi"]
-    req = next(x for x in events(client, c["execution_id"]) if x["type"] == "tool.requested")
-    assert req["data"]["tool"] == "write_document" and req["data"]["arguments"]["labels"] == ["phi"]
+    c_events = events(client, c["execution_id"])
+    done = next(x["data"] for x in c_events if x["type"] == "tool.completed")
+    assert done["tool"] == "write_document" and done["result"]["labels"] == ["phi"]
+    cert = next(x["data"]["certificate"] for x in c_events if x["type"] == "certificate.issued")
     docs = {d["name"]: d for d in client.get("/api/v1/documents?limit=100").json()["items"]}
-    assert docs["final-report"]["labels"] == ["phi"]
     full = client.get(f"/api/v1/documents/{docs['final-report']['document_id']}").json()
+    from guard import arguments_sha256  # the certificate covers the call as written, labels included
+
+    task = client.get(f"/api/v1/executions/{c['execution_id']}").json()["task"]
+    assert cert["arguments_sha256"] == arguments_sha256({
+        "name": "final-report", "content": full["content"], "labels": ["phi"],
+        "justification": f"Requested by the task: {task[:200]}"})  # what the local planner sends
+    assert docs["final-report"]["labels"] == ["phi"]
     assert "483920" in full["content"]  # the data travelled, and its label with it
     started = db.fetchall("SELECT data FROM workflow_events WHERE workflow_id = %s AND type = 'stage.started'",
                           (wf["workflow_id"],))
