@@ -130,6 +130,7 @@ class EventList(Schema):
     items = fields.List(fields.Nested(EventSchema))
     has_more = fields.Boolean()
     next_after = fields.Integer(allow_none=True)
+    total_count = fields.Integer(metadata={"description": "Events of the execution in all."})
 
 
 # --- documents, certificates, signing keys (governed executions) ---------------------------------
@@ -171,6 +172,7 @@ class DocumentList(Schema):
     items = fields.List(fields.Nested(DocumentSchema))
     has_more = fields.Boolean()
     next_cursor = fields.String(allow_none=True)
+    total_count = fields.Integer()
 
 
 class CertificateSchema(Schema):
@@ -194,6 +196,7 @@ class CertificateList(Schema):
     execution_id = fields.String()
     items = fields.List(fields.Nested(CertificateSchema))
     violations = fields.List(fields.Dict(), metadata={"description": "Refused calls with their violations."})
+    total_count = fields.Integer(metadata={"description": "Certificates in items (all of them: not paged)."})
 
 
 class JwkSchema(Schema):

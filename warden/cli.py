@@ -1,13 +1,18 @@
-"""``warden``: the command line.
+"""The warden command line: the dev stack, database and key administration, the outbox relay,
+offline audit verification, signing-key rotation and benchmarks.
 
-  warden dev                          the dev stack (what ``make run`` starts)
+commands:
+  warden dev                          run the dev stack in this checkout (what make run starts)
   warden migrate                      apply database migrations
-  warden create-key --workspace NAME  print a new API key (last line of output)
-  warden revoke-key KEY               revoke a key
+  warden create-key --workspace NAME  print a new API key (its last line of output)
+  warden revoke-key KEY               revoke an API key, at once on every API process
   warden relay                        publish the outbox to the broker (one per host or more)
   warden verify-audit FILE            verify an audit package offline (exit 0 only when valid)
   warden rotate-signing-key           retire the certificate signing key and generate a new one
   warden bench                        run the benchmarks, print JSON, write bench/results/latest.json
+
+Commands that use the database find it in DATABASE_URL / REDIS_URL, else in the dev stack that
+make run keeps running in this checkout; with neither they stop and say so.
 """
 
 from __future__ import annotations
@@ -131,28 +136,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="warden", description=__doc__,
+    intro, _, rest = (__doc__ or "").partition("\n\ncommands:")
+    parser = argparse.ArgumentParser(prog="warden", description=intro.strip(), epilog=rest.split("\n\n", 1)[-1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("dev", help="run the dev stack (embedded services when no URLs are set)")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    p = sub.add_parser("dev", help="run the dev stack in this checkout (what make run starts)")
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     p.set_defaults(fn=cmd_dev)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
-    p = sub.add_parser("create-key", help="create an API key for a workspace (created if new)")
+    p = sub.add_parser("create-key", help="print a new API key for a workspace (created if new)")
     p.add_argument("--workspace", required=True)
     p.add_argument("--name", default=None, help="a label for the key")
     p.set_defaults(fn=cmd_create_key)
-    p = sub.add_parser("revoke-key", help="revoke an API key")
+    p = sub.add_parser("revoke-key", help="revoke an API key, at once on every API process")
     p.add_argument("key")
     p.set_defaults(fn=cmd_revoke_key)
-    sub.add_parser("relay", help="run the outbox relay").set_defaults(fn=cmd_relay)
-    p = sub.add_parser("verify-audit", help="verify an audit package offline")
+    sub.add_parser("relay", help="publish the outbox to the broker (one per host or more)").set_defaults(fn=cmd_relay)
+    p = sub.add_parser("verify-audit", help="verify an audit package offline (exit 0 only when valid)")
     p.add_argument("file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_verify_audit)
-    sub.add_parser("rotate-signing-key", help="rotate the certificate signing key").set_defaults(
+    sub.add_parser("rotate-signing-key", help="retire the certificate signing key and generate a new one").set_defaults(
         fn=cmd_rotate_signing_key)
-    p = sub.add_parser("bench", help="run benchmarks")
+    p = sub.add_parser("bench", help="run the benchmarks, print JSON, write bench/results/latest.json")
     p.add_argument("--only", action="append", default=None, help="run only this benchmark (repeatable)")
     p.set_defaults(fn=cmd_bench)
     args = parser.parse_args(argv)

@@ -50,3 +50,20 @@ def test_docs_are_served_from_the_package_and_the_root_answers(client: Any) -> N
         got = client.get(asset)
         assert got.status_code == 200 and len(got.content) > 100, asset
     assert any(a.endswith("swagger-ui-bundle.js") for a in assets)
+
+
+def test_every_list_has_total_count(client: Any) -> None:
+    """Every paged list says how many there are in all: in the OpenAPI document and in answers."""
+    doc = client.get("/api/v1/openapi.json").json()
+    lists = {name: s for name, s in doc["components"]["schemas"].items()
+             if "items" in s.get("properties", {}) and s["properties"]["items"].get("type") == "array"}
+    assert {"ExecutionList", "DocumentList", "EventList", "CertificateList", "AlertList", "WorkflowList"} <= set(lists)
+    assert [n for n, s in lists.items() if "total_count" not in s["properties"]] == []
+    client.post("/api/v1/documents", json={"name": "a", "content": "x"})
+    client.post("/api/v1/documents", json={"name": "b", "content": "y"})
+    page = client.get("/api/v1/documents?limit=1").json()
+    assert page["total_count"] == 2 and len(page["items"]) == 1 and page["has_more"]
+    eid = client.post("/api/v1/tasks", json={"task": "Say hi"}).json()["execution_id"]
+    events = client.get(f"/api/v1/executions/{eid}/events").json()
+    assert events["total_count"] >= 1 == events["items"][0]["seq"]
+    assert client.get(f"/api/v1/executions/{eid}/certificates").json()["total_count"] == 0
