@@ -136,3 +136,29 @@ def test_the_guard_judges_a_carried_input_as_the_labelled_document(stack: Any, c
     decisions = [x["data"] for x in events(client, b["execution_id"]) if x["type"] == "guard.decision"]
     assert decisions and not decisions[0]["allowed"], decisions
     assert "phi_unredacted" in {v["rule"] for v in decisions[0]["violations"]}
+
+
+def test_privileged_output_stays_inside_in_the_next_stage(stack: Any, client: Any, fake_llm: Any) -> None:
+    """Stage a reads a privileged brief and answers in its own words; stage b, given that answer,
+    may not email it out: its Guard finds the text of a privileged document (the carried input)."""
+    brief = ("Attorney-client privileged. Our litigation strategy is to settle the Henderson matter before "
+             "discovery closes in March and to keep the expert report out of the record.")
+    add_doc(client, "brief", brief, ["privileged"])
+    gist = "The plan is to resolve the dispute with the supplier quietly before the spring hearing date"
+    reader = fake_llm.script(model_name(), [{"calls": [("read_document", {"document_id": "brief"})]},
+                                            {"text": gist}])
+    mailer = fake_llm.script(model_name(), [
+        {"calls": [("send_email", {"to": "press@example.com", "subject": "Update", "body": gist})]},
+        {"text": "done"}])
+    body = {"stages": [
+        {"name": "a", "task": "Read the brief", "compliance_policy": "legal", "provider": "openai", "model": reader},
+        {"name": "b", "depends_on": ["a"], "compliance_policy": "legal", "permissions": ["email:send"],
+         "provider": "openai", "model": mailer, "task": "Tell the press: {{stages.a.output}}"}]}
+    r = client.post("/api/v1/workflows", json=body)
+    assert r.status_code == 201, r.text
+    wf = _finished(client, r.json()["workflow_id"])
+    stages = {s["name"]: s for s in wf["stages"]}
+    assert stages["a"]["labels"] == ["privileged"] and stages["b"]["labels"] == ["privileged"]
+    blocked = [x["data"] for x in events(client, stages["b"]["execution_id"]) if x["type"] == "tool.blocked"]
+    assert blocked and "privileged_content_egress" in {v["rule"] for v in blocked[0]["violations"]}, blocked
+    assert stages["b"]["status"] == "blocked"  # a halting rule under legal_privilege
