@@ -30,10 +30,20 @@ class DeliveryFailed(Exception):
     pass
 
 
+WITHHELD = "[WITHHELD: privileged]"
+
+
 def shown_execution(e: executions.Execution) -> dict[str, Any]:
-    """The final execution as its webhook shows it: under a policy that redacts (hipaa), the task,
-    the output and the error's words are redacted like its events (the record keeps them)."""
+    """The final execution as its webhook shows it: under a policy that redacts (hipaa), or for a
+    run carrying phi, the task, the output and the error's words are redacted like its events; for
+    a run carrying privileged content they are withheld (the record keeps them)."""
     body = execution_json(e)
+    if "privileged" in e.labels:
+        # Privileged content stays inside the workspace, and a webhook leaves it: the words of a run
+        # that read privileged content are withheld (the record and its events keep them).
+        body["task"] = WITHHELD
+        if isinstance(body["result"], dict) and body["result"].get("output") is not None:
+            body["result"] = {**body["result"], "output": WITHHELD}
     if display.redacts(e.compliance_policy, e.labels):
         names = tuple(e.record_names)
         body["task"] = display.redact_text(body["task"], names)

@@ -162,3 +162,21 @@ def test_privileged_output_stays_inside_in_the_next_stage(stack: Any, client: An
     blocked = [x["data"] for x in events(client, stages["b"]["execution_id"]) if x["type"] == "tool.blocked"]
     assert blocked and "privileged_content_egress" in {v["rule"] for v in blocked[0]["violations"]}, blocked
     assert stages["b"]["status"] == "blocked"  # a halting rule under legal_privilege
+
+
+def test_a_webhook_never_carries_privileged_words_out(stack: Any, client: Any) -> None:
+    brief = ("Attorney-client privileged. Our litigation strategy is to settle the Henderson matter before "
+             "discovery closes in March and to keep the expert report out of the record.")
+    add_doc(client, "brief", brief, ["privileged"])
+    rec = Receiver()
+    try:
+        eid = submit(client, task="Summarize the brief", compliance_policy="legal", webhook_url=rec.url + "/hook")
+        e = wait_terminal(client, eid)
+        assert e["labels"] == ["privileged"] and "Henderson" in e["result"]["output"]  # the record keeps it
+        wait_for(lambda: rec.requests, timeout=15)
+        body = json.loads(rec.requests[-1]["body"])
+        assert body["labels"] == ["privileged"] and body["result"]["output"] == "[WITHHELD: privileged]"
+        raw = rec.requests[-1]["body"]
+        assert "Henderson" not in (raw.decode() if isinstance(raw, bytes) else raw)
+    finally:
+        rec.stop()
