@@ -27,6 +27,7 @@ def execution_json(e: Execution, *, webhook: dict[str, Any] | None = None) -> di
         "denied_permissions": e.denied_permissions,
         "webhook_url": e.webhook_url,
         "result": e.result,
+        "labels": list(e.labels),
         "error": e.error,
         "usage": e.usage,
         "counts": {"events": e.event_count, "tool_calls": 0, "certificates": 0, "blocked": 0, **e.counts},

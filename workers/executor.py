@@ -60,7 +60,7 @@ from shared.store import documents, policy_documents, runs
 from workers import ownership, pricing, runtime, signing, tools
 from workers.providers import make_provider
 from workers.providers.base import MAX_OUTPUT_TOKENS, Completion, Provider, ProviderError
-from workers.steps import StepResult, judge_and_run, process_call
+from workers.steps import StepResult, judge_and_run, process_call, shown_result
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,7 @@ class Run:
     def end(self, status: str, *, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
         """Make this step the terminal one (written with the step's other records)."""
         self._current().terminal = (status, result, error)
+        self._current().event_result = shown_result(self, result)  # redacted under hipaa, with its labels
 
     def tools(self) -> list[dict[str, Any]]:
         from guard import TOOL_PERMISSIONS, TOOL_SPECS
@@ -287,9 +288,11 @@ def execute(ticket: str, db: Any, settings: Settings) -> Outcome:
             outbox.wake(runtime.redis().client)
 
 
-def _initial_state(task: str) -> dict[str, Any]:
+def _initial_state(task: str, queued: dict[str, Any] | None = None) -> dict[str, Any]:
+    # A workflow stage is queued with the labels of the outputs in its task (shared/store/workflows.py).
+    carried = {k: v for k, v in (queued or {}).items() if k in ("labels", "input_labels")}
     return {"messages": [{"role": "user", "content": task}], "step": 0, "pending": [], "cert_seq": 0,
-            "prev_hash": None, "record_names": []}
+            "prev_hash": None, "record_names": [], **carried}
 
 
 def _begin(begun: runs.Begun, db: Any, settings: Settings) -> tuple[dict[str, Any], SigningKey] | None:
@@ -300,7 +303,7 @@ def _begin(begun: runs.Begun, db: Any, settings: Settings) -> tuple[dict[str, An
     if begun.event is not None:
         events.publish(_redis(), [begun.event], wait=False)
     if begun.event is not None and begun.event["type"] == "execution.started":
-        row["state"] = _initial_state(row["task"])
+        row["state"] = _initial_state(row["task"], row["state"])
     elif begun.deliveries > settings.max_deliveries:
         # Its worker died every time it was taken (the same step kills the process): stop here.
         with db.transaction() as cur:
@@ -314,7 +317,7 @@ def _begin(begun: runs.Begun, db: Any, settings: Settings) -> tuple[dict[str, An
             events.publish(_redis(), [ev])
         return None
     elif not (row["state"] or {}).get("messages"):
-        row["state"] = _initial_state(row["task"])  # started, but no step was saved: begin afresh
+        row["state"] = _initial_state(row["task"], row["state"])  # started, but no step was saved: begin afresh
     return row, signing.key_for_run(db, settings, begun.signing_key)
 
 

@@ -19,7 +19,10 @@ RUN_TASK = "workers.executions.run"
 _COLUMNS = (
     "id, workspace_id, task, status, compliance_policy, policy_version, provider, model, budget_cents,"
     " spent_cents, requested_permissions, effective_permissions, denied_permissions, webhook_url, result,"
-    " error, usage, counts, event_count, cancel_requested, created_at, started_at, finished_at, updated_at, worker"
+    " error, usage, counts, event_count, cancel_requested, created_at, started_at, finished_at, updated_at, worker,"
+    # What the run carries from labelled content (workers/steps.py), and the names it has read
+    # from the record (to redact views of it under hipaa).
+    " COALESCE(state->'labels', '[]'::jsonb) AS labels, COALESCE(state->'record_names', '[]'::jsonb) AS record_names"
 )
 
 
@@ -67,6 +70,8 @@ class Execution:
     finished_at: datetime | None
     updated_at: datetime
     worker: dict[str, Any] | None = None  # {"host", "pid"} of the worker that last took the run
+    labels: list[str] = field(default_factory=list)
+    record_names: list[str] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:

@@ -242,6 +242,7 @@ class Step:
     token: int | None = None  # the writer's lease (fencing) token: the executor's steps
     lease_s: float = 30.0  # how far the write pushes the lease's expiry
     worker: dict[str, Any] | None = None  # {"host", "pid"} added to every event's data
+    event_result: dict[str, Any] | None = None  # the result as the terminal event shows it (default: result)
 
 
 _SAVABLE = ("state", "spent_cents", "usage", "counts")
@@ -279,7 +280,7 @@ WITH u AS (
         parts.append("""
   UNION ALL
   SELECT u.id, u.base + %(n)s, 'execution.' || %(status)s,
-         jsonb_build_object('status', %(status)s::text, 'result', %(result)s::jsonb, 'error', %(error)s::jsonb,
+         jsonb_build_object('status', %(status)s::text, 'result', %(event_result)s::jsonb, 'error', %(error)s::jsonb,
                             'spent_cents', u.spent_cents::float8, 'counts', u.counts) || %(extra)s::jsonb
     FROM u""")
     parts.append("\n  RETURNING execution_id, seq, type, at, data\n)")
@@ -344,7 +345,9 @@ def write_step(cur: Any, execution_id: str, step: Step, *, running_only: bool = 
         if status not in TERMINAL:
             raise ValueError(status)
         delivery_id = new_id("dlv")
+        shown = step.event_result if step.event_result is not None else result
         params.update(status=status, result=Json(result) if result is not None else None,
+                      event_result=Json(shown) if shown is not None else None,
                       error=Json(error) if error is not None else None, dlv_id=delivery_id,
                       webhook_id="msg_" + delivery_id[4:])
     _step_statement(save, step.certificate is not None, step.violation is not None, step.terminal is not None,
