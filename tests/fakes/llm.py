@@ -30,6 +30,10 @@ class FakeLLM:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as the vendors' APIs: the SDKs reuse their connections (HTTP/1.0 would
+            # make every call a new TCP connection, which no real provider costs).
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -53,7 +57,7 @@ class FakeLLM:
                     with fake._lock:
                         fake.answered[body.get("model", "")] += 1
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True, name="fake-llm").start()
@@ -111,6 +115,12 @@ class FakeLLM:
         return 200, {"id": f"msg_{turn_no}", "type": "message", "role": "assistant", "model": model,
                      "content": content, "stop_reason": "tool_use" if calls else "end_turn", "stop_sequence": None,
                      "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}
+
+
+class _Server(ThreadingHTTPServer):
+    # Hundreds of calls arrive at once when many runs are in flight; the standard library's listen
+    # backlog of 5 would leave the rest to SYN retries (a second or more each).
+    request_queue_size = 1024
 
 
 def _error(wire: str, message: str) -> dict[str, Any]:
