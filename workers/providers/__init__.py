@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
+import threading
 
 from shared.config import Settings
 from workers.providers.base import Provider, ProviderError
@@ -25,11 +25,21 @@ def make_provider(name: str, settings: Settings) -> Provider:
     if name in ("openai", "anthropic"):
         key = settings.openai_api_key if name == "openai" else settings.anthropic_api_key
         base = os.environ.get("OPENAI_BASE_URL" if name == "openai" else "ANTHROPIC_BASE_URL")
-        return _shared(name, key, base, next(_turn) % CLIENTS_PER_PROVIDER)
+        slot = (name, key, base, next(_turn) % CLIENTS_PER_PROVIDER)
+        client = _clients.get(slot)
+        if client is None:
+            with _building:  # hundreds of runs start at once: build each client once, not once per run
+                client = _clients.get(slot)
+                if client is None:
+                    client = _clients[slot] = _shared(*slot)
+        return client
     return _build(name, settings)
 
 
-@functools.lru_cache(maxsize=64)
+_clients: dict[tuple[str, str | None, str | None, int], Provider] = {}
+_building = threading.Lock()
+
+
 def _shared(name: str, api_key: str | None, _base_url: str | None, _shard: int) -> Provider:
     if name == "openai":
         from workers.providers.openai_provider import OpenAIProvider
