@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+from shared import webhooks
 from shared.db import Database
 from shared.ids import new_id
 
@@ -52,7 +53,7 @@ def get_or_create_workspace(db: Database, name: str) -> Workspace:
         cur.execute(
             "INSERT INTO workspaces (id, name, webhook_secret) VALUES (%s, %s, %s)"
             " ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id, name, created_at",
-            (new_id("ws"), name, "whsec_" + secrets.token_urlsafe(32)),
+            (new_id("ws"), name, webhooks.new_secret()),
         )
         row = cur.fetchone()
     return Workspace(**row)
