@@ -8,12 +8,21 @@ and frozen. Factories take the :class:`Settings` object as a parameter; no modul
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def _bool(raw: str) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+DEV_DEFAULT_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - a placeholder, refused at start
+# Values that are published (this file, docker-compose.yml, docs): never a real secret.
+PLACEHOLDER_SECRETS = frozenset({DEV_DEFAULT_SECRET, "change-me", "changeme", "change_me", "secret", "default"})
 
 
 @dataclass(frozen=True)
@@ -22,7 +31,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Broker defaults to REDIS_URL; a RabbitMQ URL (amqp://) works as well.
     celery_broker_url: str | None = None
-    secret_key: str = "dev-insecure-secret-change-me"  # noqa: S105 - dev default; README says set it
+    secret_key: str = DEV_DEFAULT_SECRET  # refused by every process entry (require_secret_key)
     public_url: str | None = None  # e.g. https://api.example.com; used for websocket_url
     port: int = 8000
     db_pool_min: int = 1
@@ -102,6 +111,35 @@ _ENV: tuple[tuple[str, str, type | object], ...] = (
 
 class ConfigError(ValueError):
     """A variable is set to a value that cannot be used."""
+
+
+def require_secret_key(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse to start an API, worker or relay process without a real ``WARDEN_SECRET_KEY``: it
+    signs stream tokens and encrypts the certificate signing key, so a default one is public.
+    ``make run`` generates one per checkout (``.warden/secret-key``); tests and bench set theirs."""
+    env = os.environ if environ is None else environ
+    value = env.get("WARDEN_SECRET_KEY", "").strip()
+    if not value:
+        raise ConfigError("WARDEN_SECRET_KEY is not set: set it to a long random value "
+                          "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    if value.lower() in PLACEHOLDER_SECRETS:
+        raise ConfigError(f"WARDEN_SECRET_KEY is the placeholder {value!r}: set it to a long random value "
+                          "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+
+
+def process_settings() -> Settings:
+    """The settings of a server process (API, worker, relay): a real secret, then the rest."""
+    require_secret_key()
+    return load_settings()
+
+
+def exit_on_config_error(step: Callable[[], T]) -> T:
+    """Run a start-up step; on a ConfigError print one line and exit 2 (no traceback)."""
+    try:
+        return step()
+    except ConfigError as exc:
+        print(f"warden: configuration error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
