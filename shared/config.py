@@ -20,6 +20,15 @@ def _bool(raw: str) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    """Comma-separated origins (``https://app.example.com``), compared case-insensitively."""
+    out = tuple(o.strip().lower().rstrip("/") for o in raw.split(",") if o.strip())
+    for o in out:
+        if o != "*" and not (o.startswith(("http://", "https://")) and "/" not in o.split("://", 1)[1]):
+            raise ValueError(f"{o!r} is not an origin such as https://app.example.com")
+    return out
+
+
 DEV_DEFAULT_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - a placeholder, refused at start
 # Values that are published (this file, docker-compose.yml, docs): never a real secret.
 PLACEHOLDER_SECRETS = frozenset({DEV_DEFAULT_SECRET, "change-me", "changeme", "change_me", "secret", "default"})
@@ -39,7 +48,12 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     rate_limit_per_s: float = 50.0
     rate_limit_burst: int = 200
-    ws_token_ttl_s: int = 3600
+    # Stream tokens (websocket_url) are bound to one execution and expire after this; a client
+    # that connects later, or reconnects after that, uses its API key (Authorization: Bearer).
+    ws_token_ttl_s: int = 600
+    # Browser origins allowed to open streams besides the API's own; "*" allows any. A client
+    # that sends no Origin header is not a browser and is not checked.
+    ws_allowed_origins: tuple[str, ...] = ()
     # How long an API process trusts a key it has verified. Revocations reach it at once through
     # Redis (shared/revocation.py); this bounds them only while Redis is unreachable.
     auth_cache_s: float = 5.0
@@ -88,6 +102,7 @@ _ENV: tuple[tuple[str, str, type | object], ...] = (
     ("WARDEN_RATE_LIMIT_PER_S", "rate_limit_per_s", float),
     ("WARDEN_RATE_LIMIT_BURST", "rate_limit_burst", int),
     ("WARDEN_WS_TOKEN_TTL_S", "ws_token_ttl_s", int),
+    ("WARDEN_WS_ALLOWED_ORIGINS", "ws_allowed_origins", _origins),
     ("WARDEN_AUTH_CACHE_S", "auth_cache_s", float),
     ("WARDEN_IDEMPOTENCY_TTL_S", "idempotency_ttl_s", int),
     ("WARDEN_OUTBOX_SWEEP_S", "outbox_sweep_s", float),
@@ -161,6 +176,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("WARDEN_REQUEUE_QUEUED_S must be positive")
     if settings.default_price_per_mtok_cents <= 0:
         raise ConfigError("WARDEN_DEFAULT_PRICE_PER_MTOK_CENTS must be positive (a model is never free)")
+    if not 0 < settings.ws_token_ttl_s <= 3600:
+        raise ConfigError("WARDEN_WS_TOKEN_TTL_S must be between 1 and 3600 seconds (stream tokens are short-lived)")
     if settings.visibility_timeout_s <= settings.executions_time_limit_s:
         raise ConfigError("WARDEN_VISIBILITY_TIMEOUT_S must exceed WARDEN_EXECUTIONS_TIME_LIMIT_S")
     return settings
