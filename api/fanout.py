@@ -307,12 +307,14 @@ class Hub:
         Busy subscriptions are skipped (their handler wakes anyway), and the rest are woken in
         5 slices, so that a thousand idle sockets never wake in one burst."""
         slices, k = 5, 0
-        step = min(self.tick_s / slices, self.revocation_poll_s)
         next_tick = next_poll = 0.0
         client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=2,
                                       retry=Retry(NoBackoff(), 0))
         elapsed = 0.0
-        while not self._stop.wait(step):
+        while True:
+            step = min(min(self.tick_s, 5.0) / slices, self.revocation_poll_s)  # read each time: tests change it
+            if self._stop.wait(step):
+                break
             elapsed += step
             if elapsed >= next_poll:
                 next_poll = elapsed + self.revocation_poll_s

@@ -80,7 +80,7 @@ MAX_BEHIND = 1024 * 1024
 # The kernel's send buffer for a stream, fixed (Linux doubles it and stops autotuning it, which
 # could otherwise hold several MiB for one socket): what it holds counts as "behind", so it must
 # stay well under MAX_BEHIND for a client that reads as fast as it can.
-SEND_BUFFER = 256 * 1024
+SEND_BUFFER = 128 * 1024
 # A frame the kernel has not taken any of for this long: the client is gone or wedged.
 STALL_S = 60.0
 CLOSE_TIMEOUT_S = 10.0  # a close frame to a client that reads nothing is given up after this
