@@ -120,3 +120,24 @@ def test_list_operations_show_no_foreign_rows(workspace_b, client):  # type: ign
                       ("/api/v1/documents", "document_id"), ("/api/v1/workflows", "workflow_id"),
                       ("/api/v1/notifications", "notification_id")):
         assert ids[key] in b.get(path + "?limit=100").text, path
+
+
+def test_signals_alerts_and_notifications_stay_in_their_workspace(stack, db, client):  # type: ignore[no-untyped-def]
+    """The same entity and metric in two workspaces: A's signals fire A's task only; B's task,
+    alerts and notifications see nothing of them (and B's own signals do fire it)."""
+    from shared.store import workspaces
+
+    ws_b = workspaces.get_or_create_workspace(db, f"iso-sig-{secrets.token_hex(6)}")
+    b = ApiClient(stack.url, workspaces.create_key(db, ws_b.id))
+    entity = f"SHARED{secrets.token_hex(3).upper()}"
+    task_a = make_task(client, f"Tell me if {entity} price goes above 200", entity)
+    task_b = make_task(b, f"Tell me if {entity} price goes above 200", entity)
+    send(client, entity, "price", [(0, 250)])
+    wait_for(lambda: alerts_of(client, task_a["task_id"]), timeout=20)  # A's evaluation has run
+    wait_for(lambda: client.get("/api/v1/notifications").json()["items"], timeout=20)
+    assert alerts_of(b, task_b["task_id"]) == []
+    assert b.get("/api/v1/notifications").json()["items"] == []
+    assert client.get(f"/api/v1/tasks/{task_b['task_id']}/alerts").status_code == 404
+    send(b, entity, "price", [(1, 10), (2, 260)])  # B's own signals do fire B's task
+    fired = wait_for(lambda: alerts_of(b, task_b["task_id"]), timeout=20)
+    assert len(fired) == 1 and len(alerts_of(client, task_a["task_id"])) == 1
