@@ -67,7 +67,10 @@ def test_stream_tokens_are_itsdangerous_tokens() -> None:
     token = tokens.issue("ws_1", "exec_2", "key_3")
     assert tokens.check(token, "exec_2") == ("ws_1", "key_3")
     assert tokens.check(token, "exec_3") is None
-    assert tokens.check(token[:-2] + "xx", "exec_2") is None
+    # A signature changed in a character that carries only signature bits (the last one also
+    # carries padding bits, and replacing it could leave it as it was).
+    tampered = token[:-6] + ("A" if token[-6] != "A" else "B") + token[-5:]
+    assert tokens.check(tampered, "exec_2") is None
     assert StreamTokens("other", 60).check(token, "exec_2") is None
     # a token from before tokens named their key: honoured (until it expires), with no key to check
     assert tokens.check(reference.dumps(["ws_1", "exec_2"]), "exec_2") == ("ws_1", None)
