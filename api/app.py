@@ -22,13 +22,14 @@ from api.services import Services
 from api.tokens import StreamTokens
 from shared import logs
 from shared.celery_app import make_celery
-from shared.config import Settings, load_settings
+from shared.config import Settings, exit_on_config_error, process_settings
 from shared.db import Database
 from shared.redis_client import RedisHandle
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    settings = settings or load_settings()
+    # No settings given: this is a server process (gunicorn), which needs a real secret.
+    settings = settings or exit_on_config_error(process_settings)
     logs.configure(settings.log_level, settings.log_json)
     app = Flask("warden", static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes)

@@ -40,6 +40,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared.db import loads_json
+from shared.revocation import EPOCH_KEY
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,23 @@ class _Resync:
 RESYNC = _Resync()
 
 
+class _KeyCheck:
+    def __repr__(self) -> str:
+        return "KEYCHECK"
+
+
+#: Marker pushed to every subscription when an API key was revoked somewhere (the revocation
+#: counter in Redis moved, shared/revocation.py): each stream checks that its own key is still
+#: active and closes if not.
+KEYCHECK = _KeyCheck()
+Marker = _Resync | _KeyCheck
+
+
+_UNREAD = object()
+
+
 class Sink(Protocol):
-    def offer(self, item: Message | _Resync) -> bool:
+    def offer(self, item: Message | Marker) -> bool:
         """Deliver ``item`` now, from the listener, without blocking; False to have it queued."""
 
 
@@ -142,11 +158,13 @@ class Subscription:
     itself (``sink = None``) when it declines, so that nothing offered later overtakes what was
     queued."""
 
-    __slots__ = ("channel", "_items", "_wake", "_max", "pushed", "sink")
+    __slots__ = ("channel", "_items", "_wake", "_max", "pushed", "sink", "pending_bytes")
 
     def __init__(self, channel: str, max_pending: int) -> None:
         self.channel = channel
-        self._items: deque[Message | _Resync] = deque()
+        self._items: deque[Message | Marker] = deque()
+        # Text queued and not yet taken by the handler: part of how far behind its client is.
+        self.pending_bytes = 0
         self._wake = threading.Event()
         self._max = max_pending
         self.pushed = False  # set by push, cleared by the hub's tick: only idle sockets get ticks
@@ -156,12 +174,15 @@ class Subscription:
     def pending(self) -> bool:
         return bool(self._items)
 
-    def push(self, item: Message | _Resync) -> None:
+    def push(self, item: Message | Marker) -> None:
         if len(self._items) >= self._max:
             # A consumer this far behind would make us hold unbounded memory: drop its backlog
             # and let it re-read the source of truth instead.
             self._items.clear()
+            self.pending_bytes = 0
             item = RESYNC
+        if type(item) is Message:
+            self.pending_bytes += len(item.text)
         self._items.append(item)
         self.pushed = True
         self._wake.set()  # always after append: a waiter that wakes finds the item
@@ -170,7 +191,7 @@ class Subscription:
         """Make a waiting :meth:`get` return (possibly empty-handed)."""
         self._wake.set()
 
-    def get(self, timeout: float | None = None) -> list[Message | _Resync]:
+    def get(self, timeout: float | None = None) -> list[Message | Marker]:
         """Everything pending, waiting when nothing is until an item, a :meth:`wake` (the hub's
         tick) or ``timeout``; may return []. Untimed by default: a timed wait arms a timer on
         every call, and this is the per-delivery hot path."""
@@ -180,10 +201,13 @@ class Subscription:
         # next get() cannot sleep on it (no lost wake-up).
         self._wake.clear()
         items = self._items
-        out: list[Message | _Resync] = []
+        out: list[Message | Marker] = []
         try:  # as many as are there now (an item pushed meanwhile stays for the next get)
             for _ in range(len(items)):
-                out.append(items.popleft())
+                item = items.popleft()
+                if type(item) is Message:
+                    self.pending_bytes = max(0, self.pending_bytes - len(item.text))
+                out.append(item)
         except IndexError:  # the listener dropped the backlog meanwhile; its RESYNC is queued
             pass
         return out
@@ -194,7 +218,7 @@ class Hub:
 
     def __init__(self, redis_url: str, patterns: tuple[str, ...], *, max_pending: int = 1000,
                  backoff_base_s: float = 0.1, backoff_cap_s: float = 5.0, tick_s: float = 5.0,
-                 name: str = "ws-fanout") -> None:
+                 name: str = "ws-fanout", revocation_poll_s: float = 1.0) -> None:
         if not patterns:
             raise ValueError("a hub needs at least one channel pattern")
         self.redis_url = redis_url
@@ -203,6 +227,10 @@ class Hub:
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.tick_s = tick_s  # every subscription is woken this often (idle checks, gone clients)
+        # The revocation counter is read this often (one GET per process): a revoked key's open
+        # streams are told (KEYCHECK) within about this long.
+        self.revocation_poll_s = revocation_poll_s
+        self._epoch: bytes | None | object = _UNREAD
         self.name = name
         # Copy-on-write tuples: the listener reads self._subs[channel] without a lock (one atomic
         # dict lookup, then iterates an immutable tuple); writers replace tuples under the lock.
@@ -279,7 +307,21 @@ class Hub:
         Busy subscriptions are skipped (their handler wakes anyway), and the rest are woken in
         5 slices, so that a thousand idle sockets never wake in one burst."""
         slices, k = 5, 0
-        while not self._stop.wait(min(self.tick_s, 5.0) / slices):
+        next_tick = next_poll = 0.0
+        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=2,
+                                      retry=Retry(NoBackoff(), 0))
+        elapsed = 0.0
+        while True:
+            step = min(min(self.tick_s, 5.0) / slices, self.revocation_poll_s)  # read each time: tests change it
+            if self._stop.wait(step):
+                break
+            elapsed += step
+            if elapsed >= next_poll:
+                next_poll = elapsed + self.revocation_poll_s
+                self._poll_revocations(client)
+            if elapsed < next_tick:
+                continue
+            next_tick = elapsed + min(self.tick_s, 5.0) / slices
             k += 1
             for subs in tuple(self._subs.values()):
                 for sub in subs:
@@ -289,6 +331,21 @@ class Hub:
                         sub.pushed = False
                     else:
                         sub.wake()
+        client.close()
+
+    def _poll_revocations(self, client: Any) -> None:
+        try:
+            epoch = client.get(EPOCH_KEY)
+        except (redis.RedisError, OSError):
+            return  # the hub's RESYNC after Redis returns makes every stream check its key too
+        if epoch == self._epoch:
+            return
+        # Moved (or read for the first time: a revocation may have come between a stream's
+        # connect-time check and now, so the first reading also has them check).
+        self._epoch = epoch
+        for subs in tuple(self._subs.values()):
+            for sub in subs:
+                sub.push(KEYCHECK)
 
     # -- listener ------------------------------------------------------------------------------
     def _run(self) -> None:

@@ -25,6 +25,14 @@ control_socket_disable = not _control
 loglevel = os.environ.get("WARDEN_LOG_LEVEL", "info").lower()
 
 
+def on_starting(server):  # noqa: ARG001 - gunicorn hook signature
+    # In the master, before any worker boots: a missing or placeholder WARDEN_SECRET_KEY (or any
+    # other bad setting) stops gunicorn with one line instead of a traceback per worker.
+    from shared.config import exit_on_config_error, process_settings
+
+    exit_on_config_error(process_settings)
+
+
 def post_fork(server, worker):  # noqa: ARG001 - gunicorn hook signature
     if worker_class == "gevent":
         from psycogreen.gevent import patch_psycopg

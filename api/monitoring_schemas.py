@@ -289,7 +289,18 @@ class ConditionVersions(Schema):
 
 
 class Explanation(Schema):
+    """What POST /conditions/explain answers (compiler.explain, plus what was explained)."""
+
+    condition_id = fields.String(metadata={"description": "When a stored condition was explained."})
+    condition_version = fields.String()
+    intent = fields.String(metadata={"description": "When an intent was explained."})
+    entity_scope = fields.String()
     strategy = fields.Nested(StrategySchema)
+    metric = fields.String(allow_none=True)
+    severity = fields.String(allow_none=True)
+    description = fields.String(allow_none=True)
+    guardrails_version = fields.String(allow_none=True)
+    explained_with = fields.String()
     parameters = fields.List(fields.Dict())
     stages = fields.List(fields.Dict())
     sentences = fields.List(fields.String())

@@ -55,7 +55,68 @@ def build_spec(app: Flask) -> dict:
             for op in ops.values():
                 if isinstance(op, dict):
                     _every_api_operation(op)
+    _declare_links(doc)
     return doc
+
+
+_METHODS = ("get", "post", "put", "patch", "delete")
+# A path parameter named on the left is filled from a response field named on the right when no
+# field has its own name (a task names its condition's version `condition_version`).
+_PARAMETER_FIELDS = {"version": "condition_version"}
+
+
+def _fields(doc: dict, schema: dict, prefix: str = "", depth: int = 0) -> dict[str, str]:
+    """Top-level fields of a response schema (and of the first element of its ``items`` list)
+    as {name: JSON pointer into the body}."""
+    if "$ref" in schema:
+        schema = doc["components"]["schemas"].get(schema["$ref"].rsplit("/", 1)[-1], {})
+    out: dict[str, str] = {}
+    for alternative in schema.get("oneOf", []) + schema.get("anyOf", []):  # e.g. a Task or a dry-run result
+        for name, ptr in _fields(doc, alternative, prefix, depth).items():
+            out.setdefault(name, ptr)
+    for name, prop in (schema.get("properties") or {}).items():
+        out.setdefault(name, f"{prefix}/{name}")
+        if name == "items" and prop.get("type") == "array" and depth == 0:
+            for inner, ptr in _fields(doc, prop.get("items") or {}, f"{prefix}/items/0", 1).items():
+                out.setdefault(inner, ptr)
+    return out
+
+
+def _declare_links(doc: dict) -> None:
+    """OpenAPI links from every answer that carries an id to every operation whose path takes
+    that id (a created execution into get, cancel, events, certificates, audit package; a task
+    into its alerts, PATCH, DELETE; its condition into versions, calibration, replay...), so
+    that clients and stateful testers (schemathesis) can chain calls with real ids. Derived from
+    the document itself: a new operation is linked as soon as it is documented."""
+    targets = []
+    for path, item in doc.get("paths", {}).items():
+        for method, op in item.items():
+            if method not in _METHODS:
+                continue
+            params = [p["name"] for p in op.get("parameters", []) if p.get("in") == "path"]
+            if params:
+                ref = "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+                targets.append((f"{method}{path}", ref, params))
+    for item in doc.get("paths", {}).values():
+        for method, op in item.items():
+            if method not in _METHODS:
+                continue
+            for status, response in op.get("responses", {}).items():
+                if not str(status).startswith("2"):
+                    continue
+                schema = ((response.get("content") or {}).get("application/json") or {}).get("schema")
+                if not schema:
+                    continue
+                fields = _fields(doc, schema)
+                links = {}
+                for name, ref, params in targets:
+                    pointers = {p: fields.get(p) or fields.get(_PARAMETER_FIELDS.get(p, "")) for p in params}
+                    if all(pointers.values()):
+                        link_name = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+                        links[link_name] = {"operationRef": ref, "parameters": {
+                            p: f"$response.body#{ptr}" for p, ptr in pointers.items()}}
+                if links:
+                    response["links"] = links
 
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}

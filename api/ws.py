@@ -32,23 +32,29 @@ to resume from.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import random
+import select
 import socket
+import struct
+import termios
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg2
 from flask import Blueprint, Flask, current_app, g, request
 from flask_sock import Sock
 from prometheus_client import Counter
 
-from api.fanout import RESYNC, Hub, Message, Subscription, text_frame
+from api.fanout import KEYCHECK, RESYNC, Hub, Message, Subscription, text_frame
 from api.services import Services, services
-from shared.errors import BadRequest, NotFound, ServiceUnavailable, Unauthorized
+from shared.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from shared.events import channel_for
 from shared.store import executions, workspaces
 
@@ -64,6 +70,20 @@ PAGE = 500  # events per replay query
 # terminal event's while Redis was down). Randomised: sockets that connected together must not
 # all query at the same instant.
 IDLE_CATCH_UP_S = (15.0, 30.0)
+
+# A client sends us nothing but control frames: a data message over this closes with 1009.
+MAX_CLIENT_MESSAGE = 64 * 1024
+# A client this far behind (bytes written to its socket and not yet read, plus what is waiting
+# for it) is closed with 1013 and resumes with ?after=<the last seq it got>: one process must
+# not hold an unbounded backlog for a reader that cannot keep up.
+MAX_BEHIND = 1024 * 1024
+# The kernel's send buffer for a stream, fixed (Linux doubles it and stops autotuning it, which
+# could otherwise hold several MiB for one socket): what it holds counts as "behind", so it must
+# stay well under MAX_BEHIND for a client that reads as fast as it can.
+SEND_BUFFER = 128 * 1024
+# A frame the kernel has not taken any of for this long: the client is gone or wedged.
+STALL_S = 60.0
+CLOSE_TIMEOUT_S = 10.0  # a close frame to a client that reads nothing is given up after this
 
 CATCH_UPS = Counter("warden_ws_catch_ups_total", "Reads of stored events after connect, by reason",
                     ["reason"])
@@ -86,6 +106,9 @@ def init_app(app: Flask, svc: Services) -> None:
     hub = Hub(svc.settings.redis_url, ("executions:*", "workflows:*", "notifications:*"), tick_s=5.0)
     app.extensions["warden.ws"] = StreamState(
         hub=hub, db_gate=threading.BoundedSemaphore(max(1, svc.settings.db_pool_max // 2)))
+    # simple-websocket closes with 1009 (message too big) past this size.
+    app.config["SOCK_SERVER_OPTIONS"] = {**app.config.get("SOCK_SERVER_OPTIONS", {}),
+                                         "max_message_size": MAX_CLIENT_MESSAGE}
     sock.init_app(app)
     app.register_blueprint(bp)
 
@@ -95,8 +118,32 @@ def stream_state(app: Flask | None = None) -> StreamState:
 
 
 # -- before the upgrade ------------------------------------------------------------------------
+def check_origin(svc: Services) -> None:
+    """Cross-site WebSocket hijacking: a browser sends ``Origin`` with every handshake and a page
+    on another site could otherwise open a stream with the user's credentials. Allowed: no
+    ``Origin`` (not a browser), the API's own origin (its dashboard), and the origins listed in
+    ``WARDEN_WS_ALLOWED_ORIGINS`` (``*`` allows any). Anything else → **403**."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    allowed = svc.settings.ws_allowed_origins
+    normalized = origin.strip().lower().rstrip("/")
+    if "*" in allowed or normalized in allowed:
+        return
+    own = {request.host.lower()}
+    if svc.settings.public_url:
+        own.add(urlsplit(svc.settings.public_url).netloc.lower())
+    if urlsplit(normalized).netloc in own and urlsplit(normalized).scheme in ("http", "https"):
+        return
+    raise Forbidden(f"Origin {origin[:200]!r} may not open streams here (WARDEN_WS_ALLOWED_ORIGINS lists"
+                    " the allowed ones)", code="origin_not_allowed")
+
+
 def _workspace_for(svc: Services, resource_id: str) -> str:
-    """The workspace the caller's credentials grant for ``resource_id``; 401 otherwise."""
+    """The workspace the caller's credentials grant for ``resource_id``; 401 otherwise. The key
+    the credentials stand for is left in ``g.ws_key_id`` (its revocation closes the stream)."""
+    check_origin(svc)
+    g.ws_key_id = None
     token = request.args.get("token")
     if token and (grant := svc.tokens.check(token, resource_id)):
         return _granted(svc, grant)
@@ -106,6 +153,7 @@ def _workspace_for(svc: Services, resource_id: str) -> str:
         if workspaces.key_prefix(cred) is not None:
             principal = workspaces.authenticate(svc.db, cred)
             if principal is not None:
+                g.ws_key_id = principal.key_id
                 return principal.workspace_id
         elif grant := svc.tokens.check(cred, resource_id):
             return _granted(svc, grant)
@@ -118,7 +166,60 @@ def _granted(svc: Services, grant: tuple[str, str | None]) -> str:
     workspace_id, key_id = grant
     if key_id is not None and not workspaces.key_active(svc.db, key_id):
         raise Unauthorized("The API key this token was issued to has been revoked", code="unauthorized")
+    g.ws_key_id = key_id
     return workspace_id
+
+
+def key_revoked(svc: Services, key_id: str | None) -> bool:
+    """Whether the stream's key was revoked since it connected (on a KEYCHECK from the hub)."""
+    if key_id is None:
+        return False
+    try:
+        return not workspaces.key_active(svc.db, key_id)
+    except (psycopg2.Error, ServiceUnavailable):
+        return False  # cannot tell now; the hub asks again after the next revocation
+
+
+class SerializedSocket:
+    """Installed as ``ws.sock`` when a stream starts, so that every write to the connection goes
+    out whole under one lock: simple-websocket's (pongs from its reader thread, close frames,
+    ``ws.send``) and ours (frames written directly, :class:`_Direct`). Without it a pong could
+    be written into the middle of a partly written frame, which the client cannot parse (RFC
+    6455 allows control frames between the frames of a message, never inside one). The library
+    writes with ``sock.send`` and ignores the count; here that sends everything."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        # gevent's socket wraps the real one; the listener's non-blocking sends use that.
+        self.raw = getattr(inner, "_sock", inner)
+        self.lock = threading.Lock()
+
+    def send(self, data: bytes, *flags: int) -> int:
+        with self.lock:
+            self.inner.sendall(data, *flags)
+        return len(data)
+
+    def sendall(self, data: bytes, *flags: int) -> None:
+        with self.lock:
+            self.inner.sendall(data, *flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def serialize_writes(ws: Any) -> SerializedSocket:
+    """Wrap the connection's socket (see :class:`SerializedSocket`); every stream calls this first."""
+    if not isinstance(ws.sock, SerializedSocket):
+        ws.sock = SerializedSocket(ws.sock)
+    return ws.sock  # type: ignore[no-any-return]
+
+
+def _unsent(raw: Any) -> int:
+    """Bytes in the kernel's send queue not yet acknowledged by the client (Linux SIOCOUTQ)."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(raw.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+    except (OSError, ValueError):
+        return 0
 
 
 @bp.before_request
@@ -145,8 +246,10 @@ def _authorize() -> None:
 # -- after the upgrade -------------------------------------------------------------------------
 @sock.route("/ws/executions/<execution_id>", bp=bp)
 def execution_stream(ws: Any, execution_id: str) -> None:
+    plain = _plain_frames(ws)  # before the socket is wrapped
+    serialize_writes(ws)
     stream = ExecutionStream(ws, services(), stream_state(), execution_id, g.ws_workspace_id, g.ws_after,
-                             plain=_plain_frames(ws))
+                             plain=plain, key_id=g.ws_key_id)
     stream.run(terminal_at_connect=g.ws_terminal)
 
 
@@ -157,8 +260,9 @@ def _plain_frames(ws: Any) -> bool:
     """Whether our own frames may be written to this connection's socket: no extension was asked
     for (simple-websocket accepts permessage-deflate when offered, and then frames differ) and
     the socket is a plain TCP one (not TLS) on a platform with non-blocking sends."""
+    inner = ws.sock.inner if isinstance(ws.sock, SerializedSocket) else ws.sock
     return (_DONTWAIT != 0 and not request.headers.get("Sec-WebSocket-Extensions")
-            and isinstance(ws.sock, socket.socket) and not hasattr(ws.sock, "cipher"))
+            and isinstance(inner, socket.socket) and not hasattr(inner, "cipher"))
 
 
 class _Direct:
@@ -169,15 +273,19 @@ class _Direct:
     declined and the handler takes over, detached, until it parks again.
 
     ``lock`` keeps the handler from writing while the listener does (threaded servers); under
-    gevent the listener never yields while holding it, so the handler never waits on it."""
+    gevent the listener never yields while holding it, so the handler never waits on it. The
+    connection's write lock (:class:`SerializedSocket`) is only ever tried: when a pong or a
+    close is being written the event is declined. A frame the kernel took only part of keeps
+    that lock held until the handler has written its tail, so nothing gets in between."""
 
-    __slots__ = ("sub", "raw", "lock", "last", "rest", "rest_seq")
+    __slots__ = ("sub", "out", "raw", "lock", "last", "rest", "rest_seq")
 
     def __init__(self, sub: Subscription, sock: Any) -> None:
         self.sub = sub
+        self.out = sock if isinstance(sock, SerializedSocket) else SerializedSocket(sock)
         # gevent's socket wraps the real one; a send on it waits (switches) when the buffer is
         # full, and the listener must never wait, so write to the wrapped socket directly.
-        self.raw = getattr(sock, "_sock", sock)
+        self.raw = self.out.raw
         self.lock = threading.Lock()
         self.last = 0
         self.rest = b""  # the unsent tail of a frame the kernel took only part of
@@ -190,7 +298,8 @@ class _Direct:
                 self.sub.sink = self
 
     def detach(self) -> tuple[int, bytes, int]:
-        """Stop direct delivery: (the last seq sent, a frame's unsent tail, its seq)."""
+        """Stop direct delivery: (the last seq sent, a frame's unsent tail, its seq). With a
+        tail, the connection's write lock is still held: the caller writes it, then releases."""
         with self.lock:
             self.sub.sink = None
             rest, self.rest = self.rest, b""
@@ -206,7 +315,8 @@ class _Direct:
                 seq = item.seq
                 if type(seq) is int and seq <= self.last:
                     return True  # a repeat (publishes are at least once): already sent
-                if seq == self.last + 1 and item.type not in TERMINAL_EVENTS:
+                if (seq == self.last + 1 and item.type not in TERMINAL_EVENTS
+                        and self.out.lock.acquire(False)):  # not while a pong or close is written
                     frame = item.frame
                     try:
                         n = self.raw.send(frame, _DONTWAIT)
@@ -215,11 +325,14 @@ class _Direct:
                     except OSError:
                         n = -1  # the handler finds out what is wrong with the socket
                     if n == len(frame):
+                        self.out.lock.release()
                         self.last = seq
                         self.sub.pushed = True  # busy: the hub's idle tick can skip it
                         return True
-                    if n > 0:  # the tail must go out before any other byte
+                    if n > 0:  # the tail must go out before any other byte: the lock stays held
                         self.rest, self.rest_seq = frame[n:], seq
+                    else:
+                        self.out.lock.release()
             self.sub.sink = None
             return False
         finally:
@@ -234,19 +347,26 @@ class ExecutionStream:
     """One client's stream: replay, then live events, with no gap and no duplicate."""
 
     def __init__(self, ws: Any, svc: Services, state: StreamState, execution_id: str, workspace_id: str,
-                 after: int, *, plain: bool = False) -> None:
+                 after: int, *, plain: bool = False, key_id: str | None = None) -> None:
         self.ws = ws
+        self.out = serialize_writes(ws)
         self.plain = plain  # our own frames may be written to ws.sock (see _plain_frames)
+        self.svc = svc
+        self.key_id = key_id
         self.db = svc.db
         self.state = state
         self.execution_id = execution_id
         self.workspace_id = workspace_id
         self.last = after  # highest seq the client has (sent by us, or claimed by ?after=)
         self.done = False
+        self.owed = 0  # bytes taken from the queue and not yet written
+        self.sub: Subscription | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self.out.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
     def run(self, *, terminal_at_connect: bool) -> None:
         # Order matters: subscribe BEFORE the replay read (see the module docstring).
-        sub = self.state.hub.subscribe(channel_for(self.execution_id))
+        sub = self.sub = self.state.hub.subscribe(channel_for(self.execution_id))
         try:
             self._catch_up("replay")
             if terminal_at_connect and not self.done:
@@ -256,11 +376,12 @@ class ExecutionStream:
             self._close(1013, f"events temporarily unavailable; reconnect with after={self.last}")
         finally:
             self.state.hub.unsubscribe(sub)
+            self.sub = None
 
     def _live(self, sub: Subscription) -> None:
         quiet_since = time.monotonic()
         quiet_limit = random.uniform(*IDLE_CATCH_UP_S)
-        direct = _Direct(sub, self.ws.sock) if self.plain else None
+        direct = _Direct(sub, self.out) if self.plain else None
         while not self.done:
             if direct is not None:
                 direct.attach(self.last)
@@ -270,7 +391,7 @@ class ExecutionStream:
                 last, rest, rest_seq = direct.detach()
                 if last > self.last:
                     self.last, quiet_since = last, now  # delivered by the listener meanwhile
-                if rest and not self._write(rest, rest_seq):
+                if rest and not self._write(rest, rest_seq, locked=True):
                     return
             if not self.ws.connected:
                 return
@@ -282,11 +403,16 @@ class ExecutionStream:
                     self._catch_up("idle", check_status=True)
                 continue
             quiet_since = now
+            self.owed = sum(len(i.text) for i in items if isinstance(i, Message))
             for item in items:
                 if item is RESYNC:
                     self._catch_up("resync")
+                elif item is KEYCHECK:
+                    if key_revoked(self.svc, self.key_id):
+                        self._close(1008, "the API key of this stream was revoked")
                 else:
                     assert isinstance(item, Message)
+                    self.owed -= len(item.text)
                     self._on_message(item)
                 if self.done:
                     return
@@ -306,36 +432,86 @@ class ExecutionStream:
         self._send(msg.text, seq, msg.type, msg.frame if self.plain else None)
 
     def _send(self, text: str, seq: int, type_: Any, frame: bytes | None = None) -> None:
+        if self._behind(len(text)) > MAX_BEHIND:
+            self._too_slow()
+            return
         if self.plain:
             if not self._write(frame or text_frame(text), seq):
                 return
         else:
-            self.ws.send(text)
+            try:
+                self.ws.send(text)
+            except (OSError, ConnectionError):
+                self.done = True
+                return
             self.last = seq
         if type_ in TERMINAL_EVENTS:
             self._close(1000, "execution finished")
 
-    def _write(self, frame: bytes, seq: int) -> bool:
-        """Write a frame (or the tail of one) to the socket; False when the client is gone."""
-        if not self.ws.connected:
-            self.done = True
-            return False
+    def _behind(self, size: int) -> int:
+        """How far behind the client would be with ``size`` more bytes: what its socket holds
+        unread, what this handler has in hand, what waits in its queue."""
+        queued = self.sub.pending_bytes if self.sub is not None else 0
+        return _unsent(self.out.raw) + self.owed + queued + size
+
+    def _too_slow(self) -> None:
+        log.info("closing a stream of %s that fell %d bytes behind", self.execution_id, MAX_BEHIND)
+        self._close(1013, f"client too far behind; reconnect with after={self.last}")
+
+    def _write(self, frame: bytes, seq: int, *, locked: bool = False) -> bool:
+        """Write a whole frame (``locked``: the tail of one the listener began, the connection's
+        write lock already held) under the write lock; False when the client is gone. The
+        kernel is offered the bytes without blocking and the wait for room is a poll, so a
+        client that takes nothing for ``STALL_S`` is dropped rather than held forever."""
+        if not locked:
+            self.out.lock.acquire()
         try:
-            self.ws.sock.sendall(frame)
-        except OSError:  # reset or broken pipe: the client is gone
+            ok = self._write_locked(memoryview(frame))
+        finally:
+            self.out.lock.release()
+        if ok:
+            self.last = seq
+        else:
             self.done = True
-            return False
-        self.last = seq
+        return ok
+
+    def _write_locked(self, view: memoryview) -> bool:
+        raw = self.out.raw
+        progress = time.monotonic()
+        while view:
+            if not self.ws.connected:
+                return False
+            try:
+                n = raw.send(view, _DONTWAIT)
+            except BlockingIOError:
+                n = 0
+            except OSError:  # reset or broken pipe: the client is gone
+                return False
+            if n:
+                view, progress = view[n:], time.monotonic()
+                continue
+            if time.monotonic() - progress > STALL_S:
+                log.info("dropping a stream of %s: its client took nothing for %ss", self.execution_id, STALL_S)
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_RDWR)
+                return False
+            select.select([], [raw], [], 1.0)  # cooperative under gevent (select is patched)
         return True
 
     def _close(self, code: int, reason: str) -> None:
         self.done = True
         if self.ws.connected:
-            self.ws.close(code, reason)
+            # A client that reads nothing must not hold this handler on its close frame forever.
+            with contextlib.suppress(AttributeError, OSError):
+                self.out.inner.settimeout(CLOSE_TIMEOUT_S)
+            with contextlib.suppress(OSError, ConnectionError):
+                self.ws.close(code, reason)
 
     def _catch_up(self, reason: str, *, check_status: bool = False) -> None:
         """Send every stored event after ``self.last``, page by page."""
         CATCH_UPS.labels(reason).inc()
+        # What is read from the store here is not counted as owed: the store is the backlog,
+        # read at the pace the client takes it.
         while not self.done:
             page, terminal = self._read(check_status)
             for ev in page:

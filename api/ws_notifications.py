@@ -20,9 +20,9 @@ from typing import Any
 import psycopg2
 from flask import Blueprint, Flask, g, request
 
-from api.fanout import RESYNC, Message
+from api.fanout import KEYCHECK, RESYNC, Message
 from api.services import Services, services
-from api.ws import _workspace_for, sock, stream_state
+from api.ws import _workspace_for, key_revoked, serialize_writes, sock, stream_state
 from shared.errors import BadRequest, ServiceUnavailable
 from shared.store import notifications
 
@@ -48,12 +48,14 @@ def _authorize() -> None:
 
 @sock.route("/ws/notifications", bp=bp)
 def notification_stream(ws: Any) -> None:
-    NotificationStream(ws, services(), g.ws_workspace_id, g.ws_after).run()
+    serialize_writes(ws)  # pongs never land inside a frame
+    NotificationStream(ws, services(), g.ws_workspace_id, g.ws_after, key_id=g.ws_key_id).run()
 
 
 class NotificationStream:
-    def __init__(self, ws: Any, svc: Services, workspace_id: str, after: str) -> None:
+    def __init__(self, ws: Any, svc: Services, workspace_id: str, after: str, *, key_id: str | None = None) -> None:
         self.ws, self.db, self.workspace_id, self.after = ws, svc.db, workspace_id, after
+        self.svc, self.key_id = svc, key_id
         self.sent: set[str] = set()
         self.state = stream_state()
 
@@ -69,6 +71,10 @@ class NotificationStream:
                 for item in items:
                     if item is RESYNC:
                         if not self._catch_up():
+                            return
+                    elif item is KEYCHECK:
+                        if key_revoked(self.svc, self.key_id):
+                            self.ws.close(1008, "the API key of this stream was revoked")
                             return
                     elif isinstance(item, Message):
                         nid = item.payload.get("notification_id")

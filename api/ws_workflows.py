@@ -27,9 +27,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, g, request
 
-from api.fanout import RESYNC, Hub, Message, Subscription
+from api.fanout import KEYCHECK, RESYNC, Hub, Message, Subscription
 from api.services import Services, services
-from api.ws import _workspace_for, sock, stream_state
+from api.ws import _workspace_for, key_revoked, serialize_writes, sock, stream_state
 from shared.errors import BadRequest, NotFound
 from shared.events import channel_for as execution_channel
 from shared.events import list_events
@@ -64,7 +64,8 @@ def _authorize() -> None:
 @sock.route("/ws/workflows/<workflow_id>", bp=bp)
 def workflow_stream(ws: Any, workflow_id: str) -> None:
     hub = stream_state().hub
-    WorkflowStream(ws, services(), hub, workflow_id, g.ws_workspace_id, g.ws_after).run()
+    serialize_writes(ws)  # pongs never land inside a frame
+    WorkflowStream(ws, services(), hub, workflow_id, g.ws_workspace_id, g.ws_after, key_id=g.ws_key_id).run()
 
 
 class _Stage:
@@ -75,8 +76,10 @@ class _Stage:
 
 
 class WorkflowStream:
-    def __init__(self, ws: Any, svc: Services, hub: Hub, workflow_id: str, workspace_id: str, after: int) -> None:
+    def __init__(self, ws: Any, svc: Services, hub: Hub, workflow_id: str, workspace_id: str, after: int, *,
+                 key_id: str | None = None) -> None:
         self.ws, self.db, self.hub, self.workflow_id, self.last = ws, svc.db, hub, workflow_id, after
+        self.svc, self.key_id = svc, key_id
         self.workspace_id = workspace_id
         self.stages: dict[str, _Stage] = {}  # execution id → its stage
         self.done = False
@@ -96,6 +99,11 @@ class WorkflowStream:
                 for item in items:
                     if item is RESYNC:
                         self._catch_up()
+                    elif item is KEYCHECK:
+                        if key_revoked(self.svc, self.key_id):
+                            self.done = True
+                            self.ws.close(1008, "the API key of this stream was revoked")
+                            return
                     elif isinstance(item, Message):
                         self._on_workflow(item)
                     if self.done:

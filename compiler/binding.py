@@ -13,6 +13,7 @@ Delivery shapes (the API has already checked the schema; this stage checks meani
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,22 +44,61 @@ def check_endpoint(url: str, *, allow_private: bool = False) -> str | None:
         return "endpoint must not carry credentials"
     if allow_private:
         return None
-    if host == "localhost" or host.endswith(".localhost"):
+    name = host.rstrip(".")
+    if name in ("localhost", "localhost.localdomain") or name.endswith(".localhost"):
         return "endpoint resolves to a loopback host"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = _literal(host)
+    if address is None:
         return None  # a name: checked when it is resolved at delivery time
-    if (
-        address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_unspecified
-        or address.is_multicast
-        or address.is_reserved
-    ):
+    if not _is_public(address):
         return f"endpoint address {address} is not a public address"
     return None
+
+
+def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a literal host denotes, in any form ``inet_aton`` accepts, else None."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    return _inet_aton(host)
+
+
+_PART = re.compile(r"^(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")
+
+
+def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
+    """The forms C ``inet_aton`` (and so a resolver) accepts: one to four parts, each decimal,
+    octal (``0177``) or hex (``0x7f``), the last filling the remaining bytes (``2130706433``,
+    ``127.1``). Written out because the compiler does no socket calls."""
+    parts = host.split(".")
+    if not 1 <= len(parts) <= 4 or not all(_PART.match(p) for p in parts):
+        return None
+    values = [int(p, 16) if p[:2].lower() == "0x" else int(p, 8) if p.startswith("0") else int(p)
+              for p in parts]
+    last_bits = 8 * (5 - len(values))
+    if any(v > 255 for v in values[:-1]) or values[-1] >= 1 << last_bits:
+        return None
+    n = values[-1]
+    for i, v in enumerate(values[:-1]):
+        n |= v << (24 - 8 * i)
+    return ipaddress.IPv4Address(n)
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Only globally routable unicast addresses; IPv6 forms that embed an IPv4 address (mapped,
+    6to4, NAT64, compatible) are judged by it. The API and workers use ``shared.netsafe``, the same
+    rule with resolution; this copy keeps the compiler free of the shared package."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in ipaddress.IPv6Network("64:ff9b:1::/48"):
+            return False
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and (ip in ipaddress.IPv6Network("64:ff9b::/96")
+                                 or (ip in ipaddress.IPv6Network("::/96") and int(ip) > 1)):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return _is_public(embedded)
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip in ipaddress.IPv4Network("192.0.0.0/24"))
 
 
 def _fail(message: str, trace: list[dict[str, Any]]) -> CompileError:

@@ -70,7 +70,7 @@ def make_llm_classifier(
     guardrails: dict[str, Any] | Guardrails | None = None,
     cache_size: int = 4096,
 ) -> Classifier:
-    """A cached classifier backed by ``openai`` or ``anthropic`` (official SDKs, temperature 0)."""
+    """A cached classifier backed by ``openai`` (temperature 0) or ``anthropic`` (official SDKs)."""
     g = load_guardrails(guardrails)
     if provider not in ("openai", "anthropic"):
         raise ValueError("provider must be 'openai' or 'anthropic'")
@@ -91,9 +91,9 @@ def make_llm_classifier(
         return response.choices[0].message.content or ""
 
     def ask_anthropic(prompt: str) -> str:
-        response = client.messages.create(
-            model=model, temperature=0, max_tokens=60, messages=[{"role": "user", "content": prompt}]
-        )
+        # No temperature: current SDKs no longer take it (the answer is cached per intent and
+        # guardrails version, which is what keeps compilation deterministic).
+        response = client.messages.create(model=model, max_tokens=60, messages=[{"role": "user", "content": prompt}])
         return "".join(getattr(block, "text", "") for block in response.content)
 
     ask: Callable[[str], str] = ask_openai if provider == "openai" else ask_anthropic

@@ -8,12 +8,30 @@ and frozen. Factories take the :class:`Settings` object as a parameter; no modul
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def _bool(raw: str) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """Comma-separated origins (``https://app.example.com``), compared case-insensitively."""
+    out = tuple(o.strip().lower().rstrip("/") for o in raw.split(",") if o.strip())
+    for o in out:
+        if o != "*" and not (o.startswith(("http://", "https://")) and "/" not in o.split("://", 1)[1]):
+            raise ValueError(f"{o!r} is not an origin such as https://app.example.com")
+    return out
+
+
+DEV_DEFAULT_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - a placeholder, refused at start
+# Values that are published (this file, docker-compose.yml, docs): never a real secret.
+PLACEHOLDER_SECRETS = frozenset({DEV_DEFAULT_SECRET, "change-me", "changeme", "change_me", "secret", "default"})
 
 
 @dataclass(frozen=True)
@@ -22,7 +40,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Broker defaults to REDIS_URL; a RabbitMQ URL (amqp://) works as well.
     celery_broker_url: str | None = None
-    secret_key: str = "dev-insecure-secret-change-me"  # noqa: S105 - dev default; README says set it
+    secret_key: str = DEV_DEFAULT_SECRET  # refused by every process entry (require_secret_key)
     public_url: str | None = None  # e.g. https://api.example.com; used for websocket_url
     port: int = 8000
     db_pool_min: int = 1
@@ -30,7 +48,12 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     rate_limit_per_s: float = 50.0
     rate_limit_burst: int = 200
-    ws_token_ttl_s: int = 3600
+    # Stream tokens (websocket_url) are bound to one execution and expire after this; a client
+    # that connects later, or reconnects after that, uses its API key (Authorization: Bearer).
+    ws_token_ttl_s: int = 600
+    # Browser origins allowed to open streams besides the API's own; "*" allows any. A client
+    # that sends no Origin header is not a browser and is not checked.
+    ws_allowed_origins: tuple[str, ...] = ()
     # How long an API process trusts a key it has verified. Revocations reach it at once through
     # Redis (shared/revocation.py); this bounds them only while Redis is unreachable.
     auth_cache_s: float = 5.0
@@ -90,6 +113,7 @@ _ENV: tuple[tuple[str, str, type | object], ...] = (
     ("WARDEN_MAX_DELIVERIES", "max_deliveries", int),
     ("WARDEN_HOSTNAME", "hostname", str),
     ("WARDEN_WS_TOKEN_TTL_S", "ws_token_ttl_s", int),
+    ("WARDEN_WS_ALLOWED_ORIGINS", "ws_allowed_origins", _origins),
     ("WARDEN_AUTH_CACHE_S", "auth_cache_s", float),
     ("WARDEN_IDEMPOTENCY_TTL_S", "idempotency_ttl_s", int),
     ("WARDEN_OUTBOX_SWEEP_S", "outbox_sweep_s", float),
@@ -115,6 +139,35 @@ class ConfigError(ValueError):
     """A variable is set to a value that cannot be used."""
 
 
+def require_secret_key(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse to start an API, worker or relay process without a real ``WARDEN_SECRET_KEY``: it
+    signs stream tokens and encrypts the certificate signing key, so a default one is public.
+    ``make run`` generates one per checkout (``.warden/secret-key``); tests and bench set theirs."""
+    env = os.environ if environ is None else environ
+    value = env.get("WARDEN_SECRET_KEY", "").strip()
+    if not value:
+        raise ConfigError("WARDEN_SECRET_KEY is not set: set it to a long random value "
+                          "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    if value.lower() in PLACEHOLDER_SECRETS:
+        raise ConfigError(f"WARDEN_SECRET_KEY is the placeholder {value!r}: set it to a long random value "
+                          "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+
+
+def process_settings() -> Settings:
+    """The settings of a server process (API, worker, relay): a real secret, then the rest."""
+    require_secret_key()
+    return load_settings()
+
+
+def exit_on_config_error(step: Callable[[], T]) -> T:
+    """Run a start-up step; on a ConfigError print one line and exit 2 (no traceback)."""
+    try:
+        return step()
+    except ConfigError as exc:
+        print(f"warden: configuration error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build the frozen settings from ``environ`` (default: the process environment)."""
     env = os.environ if environ is None else environ
@@ -134,6 +187,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("WARDEN_REQUEUE_QUEUED_S must be positive")
     if settings.default_price_per_mtok_cents <= 0:
         raise ConfigError("WARDEN_DEFAULT_PRICE_PER_MTOK_CENTS must be positive (a model is never free)")
+    if not 0 < settings.ws_token_ttl_s <= 3600:
+        raise ConfigError("WARDEN_WS_TOKEN_TTL_S must be between 1 and 3600 seconds (stream tokens are short-lived)")
     if settings.lease_s < 1:
         raise ConfigError("WARDEN_LEASE_S must be at least 1 (seconds)")
     if settings.max_deliveries < 1:

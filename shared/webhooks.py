@@ -3,8 +3,12 @@ and monitoring alert delivery.
 
 Headers: ``webhook-id`` (stable across retries of one message), ``webhook-timestamp`` (Unix
 seconds of this attempt) and ``webhook-signature`` = ``v1,`` + base64 HMAC-SHA256 over
-``"{id}.{timestamp}.{body}"``. The workspace secret is ``whsec_…``; per the spec, when the part
-after the prefix is valid base64 it is the key bytes, otherwise the UTF-8 secret itself is.
+``"{id}.{timestamp}.{body}"``. The workspace secret is ``whsec_`` + standard base64 (with
+padding) of 32 random bytes, the form the reference libraries decode (``new_secret``). Secrets
+stored before were URL-safe base64 without padding; migration 0014 rewrote them to the standard
+form of the same key bytes, and ``_key`` still reads either form, so a receiver holding the old
+string keeps verifying. Per the spec, when the part after the prefix is not base64 at all the
+UTF-8 secret itself is the key.
 """
 
 from __future__ import annotations
@@ -13,9 +17,16 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets
 import time
 
 MAX_RETRIES = 5  # finite: after 1 + MAX_RETRIES attempts a delivery is `failed`
+SECRET_BYTES = 32  # the spec allows 24 to 64
+
+
+def new_secret() -> str:
+    """A fresh workspace secret: ``whsec_`` + standard base64 of ``SECRET_BYTES`` random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
 def backoff_s(attempt: int, base_s: float) -> float:
@@ -25,6 +36,7 @@ def backoff_s(attempt: int, base_s: float) -> float:
 
 
 def _key(secret: str) -> bytes:
+    # Standard or URL-safe alphabet, padded or not: both name the same key bytes.
     raw = secret[len("whsec_"):] if secret.startswith("whsec_") else secret
     try:
         return base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_", validate=True)

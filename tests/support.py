@@ -88,3 +88,33 @@ def run_warden(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.Completed
     environ.update(env, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "warden.cli", *args], capture_output=True, text=True,
                           env=environ, cwd=str(cwd), timeout=120)
+
+
+class TaskRuns:
+    """Counts the runs of one task for one first argument in this process's Celery worker (the
+    in-thread one of the test session), from Celery's ``task_postrun`` signal: the positive sign
+    that a message was handled, to wait for before asserting that it changed nothing."""
+
+    def __init__(self, task_name: str, first_arg: Any) -> None:
+        self.task_name, self.first_arg = task_name, first_arg
+        self.states: list[str] = []
+
+    def _seen(self, sender: Any = None, args: Any = None, state: Any = None, **_: Any) -> None:
+        if getattr(sender, "name", None) == self.task_name and args and args[0] == self.first_arg:
+            self.states.append(str(state))
+
+    def __enter__(self) -> TaskRuns:
+        from celery.signals import task_postrun
+
+        task_postrun.connect(self._seen, weak=False)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        from celery.signals import task_postrun
+
+        task_postrun.disconnect(self._seen)
+
+    def wait(self, count: int, timeout: float = 15.0) -> list[str]:
+        """Wait until ``count`` runs have finished; their states (SUCCESS, RETRY, ...)."""
+        wait_for(lambda: len(self.states) >= count, timeout=timeout)
+        return list(self.states)

@@ -26,10 +26,11 @@ def _config(tmp_path: Path) -> dict:
         plugins.mkdir()
         (plugins / "docker-compose").symlink_to(_compose_binary())
         cmd = [docker, "compose", *args]
-        env = {"DOCKER_CONFIG": str(tmp_path), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+        env = {"DOCKER_CONFIG": str(tmp_path), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+               "WARDEN_SECRET_KEY": "compose-test-secret"}
     else:
         cmd = [str(_compose_binary()), *args]
-        env = {"PATH": "/usr/bin:/bin"}
+        env = {"PATH": "/usr/bin:/bin", "WARDEN_SECRET_KEY": "compose-test-secret"}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)

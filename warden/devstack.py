@@ -129,6 +129,10 @@ def _run_dev(root: Path, port: int) -> int:
     from shared.migrate import ensure_database, migrate
     from shared.store import workspaces
 
+    given_key = os.environ.get("WARDEN_DEV_API_KEY", "").strip()
+    if given_key and (problem := workspaces.plain_key_problem(given_key)):
+        print(f"warden dev: WARDEN_DEV_API_KEY: {problem}", file=sys.stderr, flush=True)
+        return 2
     base = root / ".warden"
     base.mkdir(exist_ok=True)
     lock = hold_checkout(base)
@@ -159,8 +163,13 @@ def _run_dev(root: Path, port: int) -> int:
         db = Database(settings.database_url, maxconn=2)
         ws = workspaces.get_or_create_workspace(db, "dev")
         key_file = base / "dev-api-key"
-        key = env.get("WARDEN_DEV_API_KEY") or (key_file.read_text().strip() if key_file.exists() else None)
-        key = workspaces.create_key(db, ws.id, name="dev", plain=key)
+        key = env.get("WARDEN_DEV_API_KEY", "").strip() or (key_file.read_text().strip() if key_file.exists() else None)
+        try:
+            key = workspaces.create_key(db, ws.id, name="dev", plain=key)
+        except ValueError as exc:  # a WARDEN_DEV_API_KEY of another shape, or taken: one line, no traceback
+            print(f"warden dev: WARDEN_DEV_API_KEY: {exc}", file=sys.stderr, flush=True)
+            db.close()
+            return 2
         _write_private(key_file, key + "\n")
         db.close()
 

@@ -10,7 +10,7 @@ from celery.signals import worker_process_init
 
 from shared import logs
 from shared.celery_app import make_celery
-from shared.config import load_settings
+from shared.config import exit_on_config_error, process_settings
 from workers import TASK_MODULES
 
 
@@ -31,7 +31,7 @@ def _cooperative_psycopg2() -> None:
 
 _cooperative_psycopg2()
 
-settings = load_settings()
+settings = exit_on_config_error(process_settings)  # one line and exit 2 without a real secret
 logs.configure(settings.log_level, settings.log_json)
 app = make_celery(settings)
 app.set_default()  # the process entry: tasks and workers.runtime see this app as current

@@ -96,7 +96,7 @@ def apply_calibration(condition_id: str) -> Response:
         - {in: path, name: condition_id, required: true, schema: {type: string}}
       requestBody:
         required: true
-        content: {application/json: {schema: CalibrationRequest}}
+        content: {application/json: {schema: CalibrationRequest, example: {feedback: too_noisy}}}
       responses:
         201: {description: The new version, content: {application/json: {schema: ConditionSchema}}}
         400: {description: Invalid, foreign or out-of-range parameters, content: {application/json: {schema: ErrorResponse}}}

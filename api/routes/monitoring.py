@@ -85,7 +85,7 @@ def patch_task(task_id: str) -> Response:
         - {in: path, name: task_id, required: true, schema: {type: string}}
       requestBody:
         required: true
-        content: {application/json: {schema: TaskPatchRequest}}
+        content: {application/json: {schema: TaskPatchRequest, example: {status: paused}}}
       responses:
         200: {description: The updated Task, content: {application/json: {schema: MonitoringTask}}}
         400: {description: Validation error, disallowed field, empty update or unknown condition_version, content: {application/json: {schema: ErrorResponse}}}

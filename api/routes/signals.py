@@ -141,7 +141,7 @@ def replay(condition_id: str) -> Response:
         - {in: path, name: condition_id, required: true, schema: {type: string}}
       requestBody:
         required: true
-        content: {application/json: {schema: ReplayRequest}}
+        content: {application/json: {schema: ReplayRequest, example: {from: "2026-01-01T00:00:00Z", to: "2026-01-02T00:00:00Z"}}}
       responses:
         200: {description: The would-have-fired times with evidence, content: {application/json: {schema: ReplayResult}}}
         400: {description: Invalid request or range, content: {application/json: {schema: ErrorResponse}}}

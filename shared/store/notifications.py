@@ -3,11 +3,10 @@ secret (shown and rotated through the API)."""
 
 from __future__ import annotations
 
-import base64
-import secrets
 from datetime import datetime
 from typing import Any
 
+from shared import webhooks
 from shared.db import Database, Json
 from shared.ids import new_id
 from shared.paging import keyset_page
@@ -55,13 +54,8 @@ def mark_read(db: Database, workspace_id: str, notification_id: str) -> dict[str
     return to_json(row) if row else None
 
 
-def new_webhook_secret() -> str:
-    """``whsec_`` + standard base64 of 32 random bytes (the form Standard Webhooks libraries decode)."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
 def rotate_webhook_secret(db: Database, workspace_id: str) -> str:
-    secret = new_webhook_secret()
+    secret = webhooks.new_secret()
     db.execute("UPDATE workspaces SET webhook_secret = %s WHERE id = %s", (secret, workspace_id))
     return secret
 

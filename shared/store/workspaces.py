@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+from shared import webhooks
 from shared.db import Database
 from shared.ids import new_id
 
@@ -52,7 +54,7 @@ def get_or_create_workspace(db: Database, name: str) -> Workspace:
         cur.execute(
             "INSERT INTO workspaces (id, name, webhook_secret) VALUES (%s, %s, %s)"
             " ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id, name, created_at",
-            (new_id("ws"), name, "whsec_" + secrets.token_urlsafe(32)),
+            (new_id("ws"), name, webhooks.new_secret()),
         )
         row = cur.fetchone()
     return Workspace(**row)
@@ -66,16 +68,39 @@ def create_key(db: Database, workspace_id: str, *, name: str | None = None, plai
     """
     if plain is None:
         plain = f"wdn_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+    problem = plain_key_problem(plain)
+    if problem:
+        raise ValueError(problem)
     prefix = key_prefix(plain)
-    if prefix is None:
-        raise ValueError("an API key must look like wdn_<prefix>_<secret>")
+    assert prefix is not None  # plain_key_problem checked the shape
     with db.transaction() as cur:
         cur.execute(
             "INSERT INTO api_keys (id, workspace_id, prefix, key_hash, name) VALUES (%s, %s, %s, %s, %s)"
             " ON CONFLICT (prefix) DO NOTHING",
             (new_id("key"), workspace_id, prefix, _hash(plain), name),
         )
+        # A given key that is already there must be this very key, live, in this workspace:
+        # otherwise it would be printed as working while every request with it got a 401.
+        cur.execute("SELECT workspace_id, key_hash, revoked_at FROM api_keys WHERE prefix = %s", (prefix,))
+        row = cur.fetchone()
+    if row["workspace_id"] != workspace_id or not hmac.compare_digest(row["key_hash"], _hash(plain)):
+        raise ValueError(f"another key with the prefix wdn_{prefix}_ already exists: choose another prefix")
+    if row["revoked_at"] is not None:
+        raise ValueError(f"the key wdn_{prefix}_… was revoked: choose another one")
     return plain
+
+
+_KEY_SHAPE = re.compile(r"^wdn_[A-Za-z0-9]{1,32}_[A-Za-z0-9_-]{16,256}$")
+
+
+def plain_key_problem(plain: str) -> str | None:
+    """Why ``plain`` cannot be an API key, or None. A key travels in an Authorization header and
+    is found by its prefix: ``wdn_`` + 1-32 letters or digits + ``_`` + a secret of 16-256
+    letters, digits, ``-`` or ``_``. The message never repeats the value (it is a secret)."""
+    if _KEY_SHAPE.match(plain):
+        return None
+    return (f"an API key must look like wdn_<prefix>_<secret> (prefix: 1-32 letters or digits; secret: 16-256 "
+            f"letters, digits, - or _); the value given has {len(plain)} characters")
 
 
 def key_prefix(plain: str) -> str | None:

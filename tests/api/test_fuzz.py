@@ -8,9 +8,10 @@ hypothesis throws arbitrary JSON at the intake. Both go over real HTTP to the li
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -76,6 +77,108 @@ def test_openapi_operations_keep_the_contract(case, stack, api_key: str) -> None
     # (an opaque cursor this API did not issue, an intent the compiler cannot read, a guardrails
     # document whose values are inconsistent).
     case.validate_response(response, excluded_checks=[positive_data_acceptance])
+
+
+def test_stateful_phase_chains_real_ids_through_the_declared_links(stack, api_key: str) -> None:  # type: ignore[no-untyped-def]
+    """schemathesis' stateful phase follows the document's links (api/openapi.py): a created
+    execution, task, document or workflow flows into the operations that take its id. Every
+    check but positive acceptance holds, and the operations that take an id are reached with
+    real ones (a 2xx answer). A short run (seconds): every operation's link is checked one by one
+    in test_every_operation_with_an_id_is_linked_from_an_answer."""
+    from hypothesis import settings as hsettings
+
+    reached: set[tuple[str, str]] = set()
+    failures: list[str] = []
+    with_ids = {(m.upper(), p) for p, item in _spec()["paths"].items() for m, op in item.items()
+                if m in ("get", "post", "put", "patch", "delete")
+                and any(x.get("in") == "path" for x in op.get("parameters", []))}
+
+    class Workflow(schema.as_state_machine()):  # type: ignore[misc, valid-type]
+        def before_call(self, case):  # type: ignore[no-untyped-def]
+            if "Authorization" in (case.headers or {}):
+                case.headers["Authorization"] = f"Bearer {api_key}"
+
+        def get_call_kwargs(self, case):  # type: ignore[no-untyped-def]
+            return {"base_url": stack.url, "timeout": 30}
+
+        def after_call(self, response, case):  # type: ignore[no-untyped-def]
+            super().after_call(response, case)
+            if 200 <= response.status_code < 300:
+                reached.add((case.method.upper(), case.path))
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):  # type: ignore[no-untyped-def]
+            # Failures are collected, not raised: the scenarios depend on live answers, so
+            # hypothesis could not replay one to report it (it would call the data flaky).
+            try:  # an answer may be binary (an audit package): only errors are read as text
+                _assert_enveloped(response.status_code, response.text if response.status_code >= 400 else "")
+                case.validate_response(response, excluded_checks=[positive_data_acceptance],
+                                       transport_kwargs=kwargs or None)
+            except Exception as exc:  # noqa: BLE001 - every kind of check failure is collected
+                failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {exc}"[:2000])
+
+    Workflow.run(settings=hsettings(max_examples=20, stateful_step_count=6, deadline=None, derandomize=True,
+                                    phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
+    assert not failures, "\n\n".join(failures[:5])
+    assert with_ids & reached, f"no link was followed to a 2xx: {sorted(reached)}"
+
+
+def test_every_operation_with_an_id_is_linked_from_an_answer(stack, client: ApiClient) -> None:
+    """Each operation whose path takes an id is the target of a link from some answer, and
+    following the links of real answers (a created document, execution, task, workflow, the
+    guardrails) reaches each of them with a real id: no 404."""
+    doc = client.get("/api/v1/openapi.json").json()
+    ops = {(m, p): op for p, item in doc["paths"].items() for m, op in item.items()
+           if m in ("get", "post", "put", "patch", "delete")}
+    with_ids = {k for k, op in ops.items() if any(x.get("in") == "path" for x in op.get("parameters", []))}
+    links = {}  # operationRef -> [(source (method, path), status, parameters)]
+    for key, op in ops.items():
+        for status, response in op.get("responses", {}).items():
+            for link in response.get("links", {}).values():
+                links.setdefault(link["operationRef"], []).append((key, status, link["parameters"]))
+    ref = {k: "#/paths/" + k[1].replace("~", "~0").replace("/", "~1") + "/" + k[0] for k in with_ids}
+    assert not [k for k in with_ids if ref[k] not in links], "operations with an id no answer links to"
+
+    # Real answers to start from, then one hop along each link that leaves them.
+    answers = {}
+    answers[("post", "/api/v1/documents")] = client.post("/api/v1/documents", {"name": "linked", "content": "x"})
+    answers[("post", "/api/v1/tasks", "201")] = client.post("/api/v1/tasks", {"task": "Say hello", "provider": "local"})
+    answers[("post", "/api/v1/tasks", "200")] = client.post("/api/v1/tasks", {
+        "intent": "Tell me if LINK price goes above 200", "entity_scope": "LINK", "delivery": {"type": "notification"}})
+    answers[("post", "/api/v1/workflows")] = client.post("/api/v1/workflows", {"stages": [
+        {"name": "a", "task": "Say hello", "provider": "local"}]})
+    answers[("put", "/api/v1/guardrails")] = client.request("PUT", "/api/v1/guardrails",
+                                                            json=client.get("/api/v1/guardrails").json()["document"])
+    followed = set()
+    for source, response in answers.items():
+        assert response.status_code < 300, (source, response.text)
+        status = source[2] if len(source) == 3 else str(response.status_code)
+        body = response.json()
+        for key in with_ids:
+            for src, code, params in links[ref[key]]:
+                if src != source[:2] or code != status:
+                    continue
+                values = {}
+                for name, expr in params.items():
+                    value: Any = body
+                    for part in expr.removeprefix("$response.body#/").split("/"):
+                        value = value[int(part)] if isinstance(value, list) else value[part]
+                    values[name] = value
+                path = key[1]
+                for name, value in values.items():
+                    path = path.replace("{" + name + "}", str(value))
+                op = ops[key]
+                example = (op.get("requestBody", {}).get("content", {}).get("application/json", {})
+                           .get("example", {}) if "requestBody" in op else None)
+                r = client.request(key[0].upper(), path, json=example)
+                assert r.status_code != 404, (source, key, path, r.text)
+                followed.add(key)
+    # The operations reached from a create (the rest hang off lists and other answers).
+    assert {("get", "/api/v1/documents/{document_id}"), ("get", "/api/v1/executions/{execution_id}"),
+            ("post", "/api/v1/executions/{execution_id}/cancel"), ("get", "/api/v1/tasks/{task_id}"),
+            ("get", "/api/v1/tasks/{task_id}/alerts"), ("get", "/api/v1/conditions/{condition_id}/versions/{version}"),
+            ("post", "/api/v1/conditions/{condition_id}/apply-calibration"),
+            ("post", "/api/v1/conditions/{condition_id}/replay"), ("get", "/api/v1/workflows/{workflow_id}"),
+            ("get", "/api/v1/guardrails/versions/{revision}")} <= followed
 
 
 def test_what_schemathesis_found_stays_fixed(client: ApiClient) -> None:

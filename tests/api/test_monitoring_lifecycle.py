@@ -7,6 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
+import psycopg2.errors
 import pytest
 
 from tests.api.monitoring_helpers import TASK_FIELDS, WORKED_STRATEGY, create, created, server_with
@@ -204,10 +205,15 @@ def test_explain_by_condition_and_by_intent(stack, client):
 
 def test_versions_are_immutable_in_the_database(stack, client, db):
     task = created(client)
-    with pytest.raises(psycopg2.Error):
-        db.execute("UPDATE conditions SET params = '{}' WHERE id = %s", (task["condition_id"],))
-    with pytest.raises(psycopg2.Error):
-        db.execute("DELETE FROM actions WHERE id = %s", (task["action_id"],))
+    # The refusal must be the immutability trigger's, not some other error (a foreign key would
+    # already refuse most deletes): its SQLSTATE and its message.
+    rows = [("concepts", task["concept_id"]), ("conditions", task["condition_id"]), ("actions", task["action_id"])]
+    for table, row_id in rows:
+        before = db.fetchone(f"SELECT * FROM {table} WHERE id = %s", (row_id,))
+        for statement in (f"UPDATE {table} SET id = id WHERE id = %s", f"DELETE FROM {table} WHERE id = %s"):
+            with pytest.raises(psycopg2.errors.RestrictViolation, match="immutable versions"):
+                db.execute(statement, (row_id,))
+        assert db.fetchone(f"SELECT * FROM {table} WHERE id = %s", (row_id,)) == before
 
 
 def test_guardrails_override_changes_only_later_tasks(stack, client, settings, db):

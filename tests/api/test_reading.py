@@ -45,11 +45,32 @@ def test_default_and_max_limit(client: ApiClient) -> None:
     assert len(client.get("/api/v1/executions?limit=100").json()["items"]) == 22
 
 
-def test_events_paging(client: ApiClient) -> None:
-    loc = client.post("/api/v1/tasks", {"task": "e"}).headers["Location"]
-    page = client.get(loc + "/events?after=0&limit=1").json()
-    assert page["items"][0]["seq"] == 1
-    assert client.get(loc + "/events?after=-1").status_code == 400
+def test_events_paging(stack, client: ApiClient) -> None:  # type: ignore[no-untyped-def]
+    from tests.workers.conftest import wait_terminal
+
+    loc = client.post("/api/v1/tasks", {"task": "List my documents and summarize them", "provider": "local"}
+                      ).headers["Location"]
+    wait_terminal(client, loc.rsplit("/", 1)[-1])
+    everything = client.get(loc + "/events?limit=1000").json()
+    seqs = [e["seq"] for e in everything["items"]]
+    assert len(seqs) >= 4 and seqs == list(range(1, len(seqs) + 1)) and everything["has_more"] is False
+    # limit and after are honoured exactly, and next_after walks every event once
+    walked, after = [], 0
+    while True:
+        page = client.get(loc + f"/events?after={after}&limit=2").json()
+        assert [e["seq"] for e in page["items"]] == seqs[after:after + 2]
+        walked += [e["seq"] for e in page["items"]]
+        if not page["has_more"]:
+            assert page["next_after"] is None
+            break
+        after = page["next_after"]
+        assert after == walked[-1]
+    assert walked == seqs
+    tail = client.get(loc + f"/events?after={seqs[-1]}").json()
+    assert (tail["items"], tail["has_more"], tail["next_after"]) == ([], False, None)
+    assert [e["seq"] for e in client.get(loc + "/events?after=1&limit=1").json()["items"]] == [2]
+    for bad in ("after=-1", "limit=0", "limit=1001", "after=x"):
+        assert client.get(loc + f"/events?{bad}").status_code == 400, bad
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [

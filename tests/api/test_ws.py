@@ -101,6 +101,23 @@ def read_until_close(conn: websocket.WebSocket, timeout: float = 15.0) -> tuple[
         conn.close()
 
 
+def read_until_close_reason(conn: websocket.WebSocket, timeout: float = 15.0
+                            ) -> tuple[list[dict[str, Any]], int, str]:
+    """Every event until the server's close frame; returns (events, close code, close reason)."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            opcode, data = conn.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                got.append(json.loads(data))
+            elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                return got, struct.unpack("!H", data[:2])[0], data[2:].decode()
+    finally:
+        conn.close()
+
+
 def seqs(evs: list[dict[str, Any]]) -> list[int]:
     return [e["seq"] for e in evs]
 
@@ -414,9 +431,14 @@ def test_gevent_worker_streams_across_a_redis_restart(settings, db, workspace, t
             emit(db, rds, eid, data={"i": i, "pad": "x" * 200_000})  # 8 MB: beyond any send buffer
         emit(db, rds, eid, TERMINAL)
         time.sleep(0.5)
-        got, code = read_until_close(slow, timeout=20)
-        assert seqs(got) == list(range(2, 43)) and code == 1000
-        assert [e["data"].get("i") for e in got[:-1]] == list(range(40))
+        # More than 1 MiB behind: closed 1013, every frame before the close whole and in order,
+        # and the close names where to resume; resuming there gets the rest, through the end.
+        got, code, reason = read_until_close_reason(slow, timeout=20)
+        assert code == 1013 and seqs(got) == list(range(2, 2 + len(got))), (code, seqs(got))
+        assert reason.endswith(f"after={got[-1]['seq']}") and len(got) < 41
+        rest, code = read_until_close(connect(srv, eid, tok=tok, after=got[-1]["seq"]), timeout=20)  # type: ignore[arg-type]
+        assert code == 1000 and seqs(got + rest) == list(range(2, 43))
+        assert [e["data"].get("i") for e in (got + rest)[:-1]] == list(range(40))
     finally:
         os.killpg(proc.pid, 15)
         try:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.fakes.receiver import Receiver
-from tests.support import wait_for
+from tests.support import TaskRuns, wait_for
 from tests.workers.conftest import assert_gapless, events, model_name, submit, wait_terminal
 
 
@@ -41,13 +41,15 @@ def test_cancel_queued(stack, client, celery_app, worker):
     celery_app.control.cancel_consumer("executions", destination=[worker.hostname], reply=True, timeout=5)
     try:
         eid = submit(client, task="Summarize everything")
-        time.sleep(0.3)
-        assert client.get(f"/api/v1/executions/{eid}").json()["status"] == "queued"
-        r = client.post(f"/api/v1/executions/{eid}/cancel")
-        assert r.status_code == 200 and r.json()["status"] == "cancelled"
-    finally:
+        with TaskRuns("workers.executions.run", eid) as runs:
+            time.sleep(0.3)
+            assert client.get(f"/api/v1/executions/{eid}").json()["status"] == "queued"
+            r = client.post(f"/api/v1/executions/{eid}/cancel")
+            assert r.status_code == 200 and r.json()["status"] == "cancelled"
+            celery_app.control.add_consumer("executions", destination=[worker.hostname], reply=True, timeout=5)
+            runs.wait(1, timeout=30)  # the delivered message was handled: it found the run cancelled
+    finally:  # consuming again whatever happened (a second add is a no-op)
         celery_app.control.add_consumer("executions", destination=[worker.hostname], reply=True, timeout=5)
-    time.sleep(0.5)  # the delivered message finds the run cancelled and does nothing
     evs = events(client, eid)
     assert [x["type"] for x in evs] == ["execution.queued", "execution.cancelled"]
     assert client.post(f"/api/v1/executions/{eid}/cancel").status_code == 409

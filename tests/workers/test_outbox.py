@@ -11,7 +11,7 @@ import pytest
 import redis as redis_lib
 
 from shared.config import Settings
-from tests.support import ApiClient, LiveServer, wait_for
+from tests.support import ApiClient, LiveServer, TaskRuns, wait_for
 
 
 @pytest.fixture()
@@ -113,10 +113,11 @@ def test_a_row_committed_without_a_wake_up_is_still_run_once(stack: LiveServer, 
 
 def test_duplicate_message_runs_once(stack: LiveServer, client: ApiClient, celery_app) -> None:  # type: ignore[no-untyped-def]
     eid = client.post("/api/v1/tasks", {"task": "dup"}).json()["execution_id"]
-    for _ in range(3):
-        celery_app.send_task("workers.executions.run", args=[eid], queue="executions")
-    wait_for(lambda: client.get(f"/api/v1/executions/{eid}").json()["status"] != "queued")
-    time.sleep(0.5)
+    with TaskRuns("workers.executions.run", eid) as runs:
+        for _ in range(3):
+            celery_app.send_task("workers.executions.run", args=[eid], queue="executions")
+        wait_for(lambda: client.get(f"/api/v1/executions/{eid}").json()["status"] != "queued")
+        runs.wait(4, timeout=30)  # the three duplicates and the outbox's own message were all handled
     events = client.get(f"/api/v1/executions/{eid}/events").json()["items"]
     assert [e["type"] for e in events].count("execution.started") == 1
     seqs = [e["seq"] for e in events]

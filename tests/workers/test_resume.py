@@ -10,7 +10,7 @@ import subprocess
 import time
 
 from guard import verify_chain
-from tests.support import wait_for
+from tests.support import TaskRuns, wait_for
 from tests.workers.conftest import assert_gapless, events, model_name, submit, wait_terminal, worker_process
 
 VISIBILITY_S = 4
@@ -76,11 +76,12 @@ def test_duplicate_message_while_running_has_no_second_effect(stack, client, fak
     ])
     eid = submit(client, task="Email the report", provider="openai", model=model, permissions=["email:send"])
     wait_for(lambda: len(fake_llm.requests[model]) >= 1, timeout=10)
-    for _ in range(2):  # as if the broker delivered the message again while the first run is busy
-        celery_app.send_task("workers.executions.run", args=[eid], queue="executions")
-    e = wait_terminal(client, eid)
-    assert e["status"] == "succeeded"
-    time.sleep(0.5)
+    with TaskRuns("workers.executions.run", eid) as runs:
+        for _ in range(2):  # as if the broker delivered the message again while the first run is busy
+            celery_app.send_task("workers.executions.run", args=[eid], queue="executions")
+        e = wait_terminal(client, eid)
+        assert e["status"] == "succeeded"
+        runs.wait(3, timeout=30)  # the first run and both duplicates have been handled
     assert_gapless(events(client, eid))
     assert db.fetchone("SELECT count(*) AS n FROM email_outbox WHERE execution_id = %s", (eid,))["n"] == 1
     assert db.fetchone("SELECT count(*) AS n FROM certificates WHERE execution_id = %s", (eid,))["n"] == 1

@@ -158,18 +158,32 @@ def test_private_forms_refused(host):
 
 def test_redirect_to_loopback_not_followed(stack, client):
     target = Receiver()
-    redirector = Receiver(statuses=[302] * 3)
+    hits = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(302)
+            self.send_header("location", target.url + "/internal")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    redirector = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=redirector.serve_forever, daemon=True).start()
     try:
         from workers.alert_delivery import post
 
-        # The scripted receiver cannot set Location, so check the contract directly: a 3xx is a
-        # failed attempt (retried), and nothing is ever sent to another address.
-        outcome, code, error, _ = post(redirector.url + "/r", b"{}", "whsec_eA==", "m", allow_private=True)
+        # A real redirect to another (loopback) listener: a 3xx is a failed attempt, never followed.
+        outcome, code, error, _ = post(f"http://127.0.0.1:{redirector.server_port}/r", b"{}", "whsec_eA==", "m",
+                                       allow_private=True)
         assert (outcome, code) == ("retry", 302) and "redirect not followed" in (error or "")
-        assert target.requests == [] and len(redirector.requests) == 1
+        assert hits == ["/r"] and target.requests == []
     finally:
         target.stop()
-        redirector.stop()
+        redirector.shutdown()
 
 
 def test_notification_stored_listed_read_and_published(stack, client, settings, workspace):
