@@ -23,7 +23,6 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.support import ApiClient, LiveServer, wait_for
-from tests.workers.conftest import fake_llm  # noqa: F401 - the fixture, for the slow runs
 
 TERMINAL = ("succeeded", "blocked", "error", "cancelled")
 
