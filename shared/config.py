@@ -51,6 +51,8 @@ class Settings:
     signing_key: str | None = None  # base64url Ed25519 seed; generated and stored when unset
     default_price_per_mtok_cents: int = 1500
     webhook_backoff_s: float = 5.0  # first webhook retry delay; each next one is 4x longer
+    # One webhook attempt ends at this total deadline (connect, send and the whole response).
+    webhook_timeout_s: float = 15.0
     log_level: str = "INFO"
     log_json: bool = True
     # Celery's own task events (for Flower / `celery events`): off by default, since each task then
@@ -94,6 +96,7 @@ _ENV: tuple[tuple[str, str, type | object], ...] = (
     ("WARDEN_SIGNING_KEY", "signing_key", str),
     ("WARDEN_DEFAULT_PRICE_PER_MTOK_CENTS", "default_price_per_mtok_cents", int),
     ("WARDEN_WEBHOOK_BACKOFF_S", "webhook_backoff_s", float),
+    ("WARDEN_WEBHOOK_TIMEOUT_S", "webhook_timeout_s", float),
     ("WARDEN_LOG_LEVEL", "log_level", str),
     ("WARDEN_LOG_JSON", "log_json", _bool),
     ("WARDEN_CELERY_EVENTS", "celery_events", _bool),
