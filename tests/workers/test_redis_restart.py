@@ -8,34 +8,19 @@ worker and its faults touch no other test.
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from tests.support import ApiClient, LiveServer, wait_for
+from tests.workers.ownstack import WorkerProcess, fresh_database
 
 TERMINAL = ("succeeded", "blocked", "error", "cancelled")
-
-
-def _fresh_database(server_url: str) -> str:
-    from shared.migrate import create_database, migrate
-
-    name = f"warden_faults_{secrets.token_hex(4)}"
-    parts = urlsplit(server_url)
-    create_database(urlunsplit(parts._replace(path="/postgres")), name)
-    url = urlunsplit(parts._replace(path="/" + name))
-    migrate(url)
-    return url
 
 
 class Stack:
@@ -51,7 +36,7 @@ class Stack:
 
         self.redis = EmbeddedRedis(tmp / "redis")
         redis_url = self.redis.start()
-        self.settings = settings.with_overrides(database_url=_fresh_database(settings.database_url),
+        self.settings = settings.with_overrides(database_url=fresh_database(settings.database_url),
                                                 redis_url=redis_url)
         self.db = Database(self.settings.database_url, maxconn=4)
         ws = workspaces.get_or_create_workspace(self.db, "redis-restart")
@@ -62,17 +47,9 @@ class Stack:
         self._relay = threading.Thread(target=run_relay, args=(self.db, make_celery(self.settings), redis_url),
                                        kwargs={"sweep_s": 0.5, "stop": self._stop}, daemon=True)
         self._relay.start()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("OPENAI_", "ANTHROPIC_", "WARDEN_", "CELERY_"))}
-        env.update(DATABASE_URL=self.settings.database_url, REDIS_URL=redis_url, WARDEN_SECRET_KEY="test-secret",
-                   WARDEN_DEFAULT_PROVIDER="local", WARDEN_LOG_LEVEL="INFO", WARDEN_LOG_JSON="0",
-                   OPENAI_BASE_URL=fake_llm.url + "/v1", OPENAI_API_KEY="sk-test-not-real")
-        self.log_path = tmp / "worker.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-Q", "executions", "-c", "2",
-             "--prefetch-multiplier", "1", "-n", f"restart-{secrets.token_hex(3)}@%h", "-l", "INFO"],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.worker = WorkerProcess(tmp / "worker.log", "executions", "-c", "2", "--prefetch-multiplier", "1",
+                                    DATABASE_URL=self.settings.database_url, REDIS_URL=redis_url,
+                                    OPENAI_BASE_URL=fake_llm.url + "/v1", OPENAI_API_KEY="sk-test-not-real")
 
     def submit(self, n: int = 1, **body: Any) -> list[str]:
         ids = []
@@ -90,19 +67,9 @@ class Stack:
         url = self.redis.start()
         assert url == self.settings.redis_url  # same port: every client must find it again by itself
 
-    def worker_log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def stop(self) -> None:
         self._stop.set()
-        if self.worker.poll() is None:
-            self.worker.send_signal(signal.SIGTERM)
-            try:
-                self.worker.wait(15)
-            except subprocess.TimeoutExpired:
-                self.worker.kill()
-                self.worker.wait(5)
-        self._log.close()
+        self.worker.stop()
         self.server.stop()
         self._relay.join(5)
         self.db.close()
@@ -133,9 +100,9 @@ def test_worker_api_and_relay_survive_three_redis_restarts(stack_on_own_redis: S
         after = s.submit()[0]  # the API answers 201 on its own (its Redis clients reconnect)
         wait_for(lambda a=after: s.status(a) == "succeeded", timeout=30)
         took = time.monotonic() - restarted
-        assert s.worker.poll() is None, f"worker exited after restart {n + 1}:\n{s.worker_log()[-3000:]}"
+        assert s.worker.alive(), f"worker exited after restart {n + 1}:\n{s.worker.log()[-3000:]}"
         assert took < 30, f"restart {n + 1}: consumed again after {took:.1f}s"
-    log = s.worker_log()
+    log = s.worker.log()
     assert "Unrecoverable error" not in log, log[-3000:]
     assert log.count("Connected to") >= 4  # it did lose and re-establish the broker connection each time
 
