@@ -59,6 +59,25 @@ class Stack:
             ids.append(r.json()["execution_id"])
         return ids
 
+    def submit_for_relay(self) -> str:
+        """A run whose outbox row only the relay publishes (no API process holds it)."""
+        from guard import load_policy, resolve_permissions
+        from shared.ids import new_id
+        from shared.store import executions
+
+        policy = load_policy("default")
+        res = resolve_permissions(policy, None)
+        eid = new_id("exec")
+        with self.db.transaction() as cur:
+            cur.execute("SELECT id FROM workspaces WHERE name = 'redis-restart'")
+            ws_id = cur.fetchone()["id"]
+            executions.insert(cur, executions.NewExecution(
+                id=eid, workspace_id=ws_id, task="Say hello", compliance_policy=policy.name,
+                policy_version=policy.version, provider="local", model="local", budget_cents=1000,
+                requested_permissions=None, effective_permissions=res.effective, denied_permissions=res.denied,
+                webhook_url=None, queued_event={}))
+        return eid
+
     def status(self, execution_id: str) -> str:
         return str(self.client.get(f"/api/v1/executions/{execution_id}").json()["status"])
 
@@ -98,7 +117,8 @@ def test_worker_api_and_relay_survive_three_redis_restarts(stack_on_own_redis: S
         s.restart_redis()
         restarted = time.monotonic()
         after = s.submit()[0]  # the API answers 201 on its own (its Redis clients reconnect)
-        wait_for(lambda a=after: s.status(a) == "succeeded", timeout=30)
+        relayed = s.submit_for_relay()  # published by the relay alone (its subscription and publisher reconnect)
+        wait_for(lambda a=after, r=relayed: s.status(a) == s.status(r) == "succeeded", timeout=30)
         took = time.monotonic() - restarted
         assert s.worker.alive(), f"worker exited after restart {n + 1}:\n{s.worker.log()[-3000:]}"
         assert took < 30, f"restart {n + 1}: consumed again after {took:.1f}s"
