@@ -126,6 +126,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("WARDEN_REQUEUE_QUEUED_S must be positive")
     if settings.default_price_per_mtok_cents <= 0:
         raise ConfigError("WARDEN_DEFAULT_PRICE_PER_MTOK_CENTS must be positive (a model is never free)")
+    if not 0 < settings.webhook_timeout_s <= 45:  # an attempt must end well within its task's 60 s soft limit
+        raise ConfigError("WARDEN_WEBHOOK_TIMEOUT_S must be above 0 and at most 45")
     if settings.visibility_timeout_s <= settings.executions_time_limit_s:
         raise ConfigError("WARDEN_VISIBILITY_TIMEOUT_S must exceed WARDEN_EXECUTIONS_TIME_LIMIT_S")
     return settings
