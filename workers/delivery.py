@@ -143,17 +143,25 @@ def _claim(kind: Kind, delivery_id: str, lease_s: float) -> tuple[Claim, bytes |
         return claim, kind.prepare(cur, claim)
 
 
-def _record(kind: Kind, claim: Claim, status: str, delay: float | None, code: int | None, error: str | None,
-            ms: int, outcome: Outcome | None) -> bool:
+def _record(kind: Kind, claim: Claim, code: int | None, ms: int, outcome: Outcome | None,
+            ended: tuple[str, str] | None = None) -> tuple[str, float | None] | None:
+    """Record the attempt and the delivery's next state, only while the claim is still ours:
+    (new status, delay before the next attempt), or None when the claim was lost. ``ended``: the
+    delivery ends without an attempt being sent (status, reason)."""
     published: list[Any] = []
     with runtime.db().transaction() as cur:
+        if ended is not None:
+            (status, error), delay = ended, None
+        else:
+            assert outcome is not None
+            status, delay, error = kind.next_step(cur, claim, outcome)
         cur.execute(f"UPDATE {kind.table} SET attempt_count = %s, status = %s, last_error = %s,"  # noqa: S608
                     " next_attempt_at = now() + make_interval(secs => %s),"
                     " delivered_at = CASE WHEN %s = 'delivered' THEN now() END, updated_at = now(),"
                     " claim_token = NULL, claimed_until = NULL WHERE id = %s AND claim_token = %s",
                     (claim.attempt, status, error, delay or 0.0, status, claim.row["id"], claim.token))
         if cur.rowcount != 1:
-            return False  # the lease ran out and another attempt took over: its outcome counts
+            return None  # the lease ran out and another attempt took over: its outcome counts
         cur.execute(f"INSERT INTO {kind.attempts_table} (delivery_id, attempt, status_code, error, duration_ms)"  # noqa: S608
                     " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                     (claim.row["id"], claim.attempt, code, error, ms))
@@ -163,7 +171,8 @@ def _record(kind: Kind, claim: Claim, status: str, delay: float | None, code: in
         with contextlib.suppress(redis.RedisError):  # stored already; the list endpoint has it
             runtime.redis().client.publish(notifications.channel_for(workspace_id),
                                            json.dumps(item, separators=(",", ":")))
-    return True
+    log.info("%s %s attempt %d: %s", kind.table, claim.row["id"], claim.attempt, error or status)
+    return status, delay
 
 
 def attempt(kind: Kind, delivery_id: str) -> float | None:
@@ -175,19 +184,17 @@ def attempt(kind: Kind, delivery_id: str) -> float | None:
         return None  # not due, finished, or another worker is attempting it right now
     claim, prepared = got
     if isinstance(prepared, tuple):
-        status, reason = prepared
-        _record(kind, claim, status, None, None, reason, 0, None)
+        _record(kind, claim, None, 0, None, ended=prepared)
         return None
     started = time.monotonic()
     outcome = post(claim.row["url"], prepared, claim.secret, claim.row["webhook_id"],
                    allow_private=s.allow_private_webhooks, deadline_s=s.webhook_timeout_s)
     ms = int((time.monotonic() - started) * 1000)
-    with runtime.db().transaction() as cur:
-        status, delay, error = kind.next_step(cur, claim, outcome)
-    if not _record(kind, claim, status, delay, outcome.status_code, error, ms, outcome):
+    done = _record(kind, claim, outcome.status_code, ms, outcome)
+    if done is None:
         log.warning("%s %s attempt %d: claim lost, outcome not recorded", kind.table, delivery_id, claim.attempt)
         return None
-    log.info("%s %s attempt %d: %s", kind.table, delivery_id, claim.attempt, error or status)
+    status, delay = done
     return delay if status == "pending" else None
 
 

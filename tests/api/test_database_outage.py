@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support import ApiClient, LiveServer
+from tests.workers.ownstack import service_dir
 
 
 class OwnDatabaseApi:
@@ -51,10 +52,13 @@ class OwnDatabaseApi:
 
 
 @pytest.fixture()
-def own_db_api(settings: Any, tmp_path: Path) -> Iterator[OwnDatabaseApi]:
-    api = OwnDatabaseApi(settings, tmp_path)
-    yield api
-    api.stop()
+def own_db_api(settings: Any) -> Iterator[OwnDatabaseApi]:
+    with service_dir() as tmp:
+        api = OwnDatabaseApi(settings, tmp)
+        try:
+            yield api
+        finally:
+            api.stop()
 
 
 def _burst(client: ApiClient, n: int, width: int = 8) -> list[Any]:

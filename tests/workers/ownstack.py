@@ -3,11 +3,15 @@ and a real Celery worker subprocess, configured through the environment only."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,16 +31,16 @@ def fresh_database(server_url: str) -> str:
 class WorkerProcess:
     """``celery -A workers.main worker`` with only the given environment (no test settings leak in)."""
 
-    def __init__(self, log_path: Path, queue: str, *args: str, **env: str) -> None:
+    def __init__(self, log_path: Path, queue: str, *args: str, loglevel: str = "INFO", **env: str) -> None:
         own = ("OPENAI_", "ANTHROPIC_", "WARDEN_", "CELERY_", "DATABASE_URL", "REDIS_URL")
         base = {k: v for k, v in os.environ.items() if not k.startswith(own)}
         base.update({"WARDEN_SECRET_KEY": "test-secret", "WARDEN_DEFAULT_PROVIDER": "local",
-                     "WARDEN_LOG_LEVEL": "INFO", "WARDEN_LOG_JSON": "0"}, **env)
+                     "WARDEN_LOG_LEVEL": loglevel, "WARDEN_LOG_JSON": "0"}, **env)
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-Q", queue,
-             "-n", f"{queue}-{secrets.token_hex(3)}@%h", "-l", "INFO", *args],
+             "-n", f"{queue}-{secrets.token_hex(3)}@%h", "-l", loglevel, *args],
             env=base, stdout=self._log, stderr=subprocess.STDOUT)
 
     def alive(self) -> bool:
@@ -54,3 +58,15 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+
+
+@contextlib.contextmanager
+def service_dir() -> Iterator[Path]:
+    """A private temp dir for a test's own PostgreSQL or Redis. Not under pytest's ``tmp_path``:
+    the embedded PostgreSQL runs as another user (the tests run as root), and a pytest run that
+    starts meanwhile resets ``/tmp/pytest-of-<user>`` to mode 0700, locking that user out."""
+    path = Path(tempfile.mkdtemp(prefix="warden-own-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

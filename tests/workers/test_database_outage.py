@@ -14,10 +14,15 @@ from typing import Any
 
 from tests.fakes.receiver import Receiver
 from tests.support import wait_for
-from tests.workers.ownstack import WorkerProcess
+from tests.workers.ownstack import WorkerProcess, service_dir
 
 
 def test_delivery_consumed_during_outage_is_retried(settings: Any, tmp_path: Path):
+    with service_dir() as own:
+        _outage(settings, tmp_path, own)
+
+
+def _outage(settings: Any, tmp_path: Path, own: Path) -> None:
     from guard import load_policy, resolve_permissions
     from shared.celery_app import make_celery
     from shared.db import Database
@@ -26,10 +31,10 @@ def test_delivery_consumed_during_outage_is_retried(settings: Any, tmp_path: Pat
     from shared.store import executions, workspaces
     from warden.services import EmbeddedPostgres, EmbeddedRedis
 
-    pg = EmbeddedPostgres(tmp_path / "pg")
+    pg = EmbeddedPostgres(own / "pg")
     db_url = pg.start("warden")
     migrate(db_url)
-    redis_srv = EmbeddedRedis(tmp_path / "redis", persist=False)
+    redis_srv = EmbeddedRedis(own / "redis", persist=False)
     redis_url = redis_srv.start()
     rec = Receiver()
     worker = WorkerProcess(tmp_path / "worker.log", "delivery", "-P", "threads", "-c", "2",

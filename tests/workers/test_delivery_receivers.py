@@ -21,7 +21,7 @@ import pytest
 from tests.support import wait_for
 from tests.workers.ownstack import WorkerProcess, fresh_database
 
-DEADLINE_S = 1.5
+DEADLINE_S = 3.0
 GOOD, HANG, DRIP = 90, 5, 5
 
 
@@ -93,6 +93,7 @@ def test_hanging_and_dripping_receivers_do_not_delay_the_others(settings: Any, t
     db = Database(db_url, maxconn=4)
     worker = WorkerProcess(tmp_path / "worker.log", "delivery", "-P", "threads", "-c", "24",
                            DATABASE_URL=db_url, REDIS_URL=redis_url, WARDEN_WEBHOOK_TIMEOUT_S=str(DEADLINE_S),
+                           loglevel="WARNING",
                            WARDEN_WEBHOOK_BACKOFF_S="30", WARDEN_ALLOW_PRIVATE_WEBHOOKS="1")
     app = make_celery(settings.with_overrides(database_url=db_url, redis_url=redis_url))
     try:
@@ -129,7 +130,7 @@ def test_hanging_and_dripping_receivers_do_not_delay_the_others(settings: Any, t
         bad = [deliveries[p] for p in paths[GOOD:]]
         in_flight = wait_for(lambda: [r["id"] for r in db.fetchall(
             "SELECT id FROM webhook_deliveries WHERE id = ANY(%s) AND claim_token IS NOT NULL", (bad,))]
-            if any(p in endpoints.arrived for p in paths[GOOD:]) else None, timeout=10)
+            if any(p in endpoints.arrived for p in paths[GOOD:]) else None, timeout=10, interval=0.1)
         with db.transaction() as cur:
             cur.execute("SELECT id, claim_token FROM webhook_deliveries WHERE id = ANY(%s) FOR UPDATE NOWAIT",
                         (in_flight,))
@@ -140,19 +141,22 @@ def test_hanging_and_dripping_receivers_do_not_delay_the_others(settings: Any, t
                         " AND xact_start < now() - interval '500 milliseconds' AND pid <> pg_backend_pid()")
             assert cur.fetchall() == []
 
-        def status(path: str) -> dict[str, Any]:
-            return db.fetchone("SELECT status, attempt_count FROM webhook_deliveries WHERE id = %s",
-                               (deliveries[path],))
+        good = [deliveries[p] for p in paths[:GOOD]]
 
-        wait_for(lambda: all(status(p)["status"] == "delivered" for p in paths[:GOOD]), timeout=20)
+        def count(sql: str, ids: list[str]) -> int:
+            return int(db.fetchone(f"SELECT count(*) AS n FROM webhook_deliveries WHERE id = ANY(%s) AND {sql}",
+                                   (ids,))["n"])
+
+        wait_for(lambda: count("status = 'delivered'", good) == GOOD, timeout=20, interval=0.2)
         took = sorted(r["s"] for r in db.fetchall(
             "SELECT extract(epoch FROM delivered_at - %s)::float AS s FROM webhook_deliveries WHERE id = ANY(%s)",
-            (started, [deliveries[p] for p in paths[:GOOD]])))
+            (started, good)))
         p99 = took[int(0.99 * (len(took) - 1))]
+        print(f"receivers: p50 {took[len(took) // 2]:.2f}s p99 {p99:.2f}s max {took[-1]:.2f}s")
         assert p99 < 2.0, f"p99 {p99:.2f}s; slowest {took[-5:]}"
 
         # Each attempt on a bad endpoint ended at the deadline, recorded as a retry.
-        wait_for(lambda: all(status(p)["attempt_count"] >= 1 for p in paths[GOOD:]), timeout=10)
+        wait_for(lambda: count("attempt_count >= 1", bad) == HANG + DRIP, timeout=15, interval=0.2)
         assert all(p in endpoints.arrived for p in paths[GOOD:])  # each was reached, then cut off
         rows = db.fetchall("SELECT d.url, a.error, a.duration_ms, d.status FROM webhook_attempts a"
                            " JOIN webhook_deliveries d ON d.id = a.delivery_id"
@@ -160,7 +164,7 @@ def test_hanging_and_dripping_receivers_do_not_delay_the_others(settings: Any, t
         assert len(rows) == HANG + DRIP
         for r in rows:
             assert r["status"] == "pending" and "timed out" in r["error"], r
-            assert DEADLINE_S * 1000 - 50 <= r["duration_ms"] <= DEADLINE_S * 1000 + 1000, r
+            assert DEADLINE_S * 1000 - 50 <= r["duration_ms"] <= DEADLINE_S * 1000 + 1500, r
         assert worker.alive()
     finally:
         worker.stop()
