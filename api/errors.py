@@ -1,8 +1,9 @@
 """The one error envelope: ``{"detail": {"message", "code", ...}}`` for every 4xx and 5xx.
 
 Our ``WardenError``s, marshmallow's ``ValidationError`` (→ 422, ``errors`` per field), Werkzeug's
-``HTTPException`` (404, 405, 413, …) and anything unexpected (→ 500, logged, no internals leaked)
-all leave through here, as JSON.
+``HTTPException`` (404, 405, 413, …), PostgreSQL unreachable or failing under a request (→ 503
+``database_unavailable`` with ``retry_after`` and a ``Retry-After`` header, never a 500) and
+anything unexpected (→ 500, logged, no internals leaked) all leave through here, as JSON.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg2
 from flask import Flask, Response, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from shared.db import unavailable
 from shared.errors import WardenError
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,13 @@ def _http_error(exc: HTTPException) -> Response:
     return resp
 
 
+def _database_error(exc: psycopg2.Error) -> Response:
+    # The server went away, restarted, or refused for now (connection lost, shutting down, too many
+    # clients, statement or lock timeout): the request may succeed once it is back.
+    log.warning("database error on %s %s", request.method, request.path)
+    return _warden_error(unavailable(exc))
+
+
 def _unexpected(exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.path)
     return envelope(500, "Internal server error", "internal_error")
@@ -77,4 +87,6 @@ def register(app: Flask) -> None:
     app.register_error_handler(WardenError, _warden_error)
     app.register_error_handler(ValidationError, _validation_error)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(psycopg2.OperationalError, _database_error)
+    app.register_error_handler(psycopg2.InterfaceError, _database_error)
     app.register_error_handler(Exception, _unexpected)

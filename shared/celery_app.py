@@ -1,7 +1,9 @@
 """The Celery application object: broker, routes, limits. Tasks live in workers/.
 
 Routes are configuration, not call-site arguments: the task name's module decides the queue
-(``workers.executions.*`` → ``executions``, …). One worker pool per queue.
+(``workers.executions.*`` → ``executions``, …), an exact name first. One worker pool per queue.
+Housekeeping (outbox sweep, requeue of stale runs, purge, webhook retry sweep) has a queue and
+pool of its own, ``maintenance``, so a backlog of deliveries or runs never delays it.
 """
 
 from __future__ import annotations
@@ -13,21 +15,22 @@ from celery import Celery
 from shared.config import Settings
 from shared.kombu_redis import TRANSPORT as REDIS_TRANSPORT
 
-QUEUES = ("executions", "compiler", "evaluation", "delivery")
+QUEUES = ("executions", "compiler", "evaluation", "delivery", "maintenance")
 
 TASK_ROUTES = {
+    "workers.delivery.alert_retry_sweep": {"queue": "maintenance"},
     "workers.executions.*": {"queue": "executions"},
     "workers.workflows.*": {"queue": "executions"},
     "workers.compiler.*": {"queue": "compiler"},
     "workers.evaluation.*": {"queue": "evaluation"},
     "workers.delivery.*": {"queue": "delivery"},
-    "workers.maintenance.*": {"queue": "delivery"},
+    "workers.maintenance.*": {"queue": "maintenance"},
 }
 
 
 def queue_for(task_name: str) -> str:
     for pattern, route in TASK_ROUTES.items():
-        if task_name.startswith(pattern[:-1]):
+        if task_name == pattern or (pattern.endswith("*") and task_name.startswith(pattern[:-1])):
             return route["queue"]
     raise ValueError(f"no route for task {task_name!r}")
 

@@ -82,6 +82,8 @@ class Settings:
     signing_key: str | None = None  # base64url Ed25519 seed; generated and stored when unset
     default_price_per_mtok_cents: int = 1500
     webhook_backoff_s: float = 5.0  # first webhook retry delay; each next one is 4x longer
+    # One webhook attempt ends at this total deadline (connect, send and the whole response).
+    webhook_timeout_s: float = 15.0
     log_level: str = "INFO"
     log_json: bool = True
     # Celery's own task events (for Flower / `celery events`): off by default, since each task then
@@ -129,6 +131,7 @@ _ENV: tuple[tuple[str, str, type | object], ...] = (
     ("WARDEN_SIGNING_KEY", "signing_key", str),
     ("WARDEN_DEFAULT_PRICE_PER_MTOK_CENTS", "default_price_per_mtok_cents", int),
     ("WARDEN_WEBHOOK_BACKOFF_S", "webhook_backoff_s", float),
+    ("WARDEN_WEBHOOK_TIMEOUT_S", "webhook_timeout_s", float),
     ("WARDEN_LOG_LEVEL", "log_level", str),
     ("WARDEN_LOG_JSON", "log_json", _bool),
     ("WARDEN_CELERY_EVENTS", "celery_events", _bool),
@@ -193,6 +196,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("WARDEN_LEASE_S must be at least 1 (seconds)")
     if settings.max_deliveries < 1:
         raise ConfigError("WARDEN_MAX_DELIVERIES must be at least 1")
+    if not 0 < settings.webhook_timeout_s <= 45:  # an attempt must end well within its task's 60 s soft limit
+        raise ConfigError("WARDEN_WEBHOOK_TIMEOUT_S must be above 0 and at most 45")
     limit = settings.executions_time_limit_s
     if settings.visibility_timeout_s <= limit + max(1, min(30, limit // 10)):  # celery_app.backstop_s
         raise ConfigError("WARDEN_VISIBILITY_TIMEOUT_S must exceed WARDEN_EXECUTIONS_TIME_LIMIT_S (plus its backstop:"

@@ -2,14 +2,24 @@
 
 The pool is created lazily and re-created after a fork (gunicorn and Celery prefork both fork
 after import), so no connection is ever shared between processes.
+
+PostgreSQL going away. An idle pooled connection whose server restarted (or was shut down) is
+found out at checkout without a round trip: its socket is readable (the server's goodbye or EOF)
+while nothing was asked, so it is closed and another taken, and after a restart every idle
+connection of the old server is replaced the first time it is checked out, not at the cost of one
+failed request each. A connection that fails in use is closed, not pooled again. While the
+server is down, checkouts fail fast with :class:`shared.errors.ServiceUnavailable`
+(``database_unavailable``, ``retry_after``: the API answers 503 with ``Retry-After``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import select
 import threading
 import weakref
 from collections.abc import Iterator
@@ -22,6 +32,8 @@ import psycopg2.extras
 import psycopg2.pool
 
 from shared.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 
 def dumps_json(obj: Any) -> str:
@@ -60,6 +72,36 @@ class Json(psycopg2.extras.Json):  # type: ignore[misc]
 
     def dumps(self, obj: Any) -> str:
         return dumps_json(obj)
+
+
+#: Seconds a client should wait before retrying when the database is unavailable.
+RETRY_AFTER_S = 2
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """PostgreSQL cannot serve now (down, restarting, pool exhausted): worth retrying shortly."""
+
+    code = "database_unavailable"
+
+
+def unavailable(exc: BaseException | str) -> DatabaseUnavailable:
+    """The error for a database that cannot serve now (the cause is logged, not shown to clients)."""
+    log.warning("database unavailable: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+    return DatabaseUnavailable("Database unavailable, retry shortly", retry_after=RETRY_AFTER_S)
+
+
+def _dead(conn: Any) -> bool:
+    """True when an idle connection cannot be used: closed, or its socket readable although no
+    query is outstanding. Nothing is due on an idle connection (no LISTEN here): what arrived is
+    the server's goodbye (an administrator shutdown's FATAL, then EOF), or a rare asynchronous
+    notice, for which one reconnect is a fair price."""
+    if conn.closed:
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 _NAMED = re.compile(r"%\((\w+)\)s(::[\w\[\]]+)?")
@@ -135,8 +177,7 @@ class Database:
                             self.minconn, self.maxconn, self.url, connect_timeout=5,
                             application_name=self.application_name)
                     except psycopg2.OperationalError as exc:
-                        raise ServiceUnavailable(f"database unavailable: {exc}".strip(),
-                                                 code="database_unavailable") from None
+                        raise unavailable(exc) from None
                     # psycopg2's pool closes every returned connection beyond `minconn`, so under
                     # concurrency each checkout reconnected (~2 ms). `minconn` is only read on
                     # return after construction: raising it keeps up to maxconn idle connections,
@@ -152,12 +193,12 @@ class Database:
         pool = self._get_pool()
         slots = self._slots
         if not slots.acquire(timeout=self.acquire_timeout_s):
-            raise ServiceUnavailable("database pool exhausted; retry", code="database_unavailable")
+            raise DatabaseUnavailable("Database pool exhausted, retry shortly", retry_after=RETRY_AFTER_S)
         try:
-            conn = pool.getconn()
+            conn = self._checkout(pool)
         except psycopg2.Error as exc:
             slots.release()
-            raise ServiceUnavailable(f"database unavailable: {exc}".strip(), code="database_unavailable") from None
+            raise unavailable(exc) from None
         broken = False
         try:
             yield conn
@@ -173,6 +214,15 @@ class Database:
                     broken = True
             pool.putconn(conn, close=broken or bool(conn.closed))
             slots.release()
+
+    def _checkout(self, pool: psycopg2.pool.ThreadedConnectionPool) -> Any:
+        """An idle connection that is still alive, or a new one (the pool opens it)."""
+        for _ in range(self.maxconn + 1):
+            conn = pool.getconn()
+            if not _dead(conn):
+                return conn
+            pool.putconn(conn, close=True)
+        return pool.getconn()
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:

@@ -1,4 +1,5 @@
-"""kombu's Redis transport, with one client object per channel instead of one per command.
+"""kombu's Redis transport, with one client object per channel instead of one per command, and
+a channel that can still reach Redis while its connection is being torn down.
 
 kombu's Redis ``Channel`` builds a new ``redis.Redis`` object for every publish and for each
 acknowledgement's bookkeeping (``conn_or_acquire`` → ``_create_client``), and under redis-py 8
@@ -10,6 +11,17 @@ Its pool waits for a free connection instead of failing: kombu builds a ``redis.
 which raises ``MaxConnectionsError`` when all ``max_connections`` (10) are busy. Under the gevent
 pool hundreds of runs may finish, and acknowledge their messages, at once; a blocking pool keeps
 the connections bounded and queues the rest. Everything else is kombu's.
+
+Reconnection. When the broker connection drops, Celery's consumer closes the old kombu
+connection; closing a channel first drops its connection pools, then restores the messages it
+delivered but nobody acknowledged, which needs a client again, so a new pool, built from
+``channel.connection.client``: the ``kombu.Connection``, which by then may already have let go of
+its transport (``Transport.client = None``). kombu then raised
+``AttributeError("'NoneType' object has no attribute 'hostname'")``, which Celery does not treat
+as a connection error: the worker stopped with "Unrecoverable error" instead of reconnecting.
+Here the channel remembers the connection parameters it was built with and uses them once the
+connection is gone; with neither, it raises redis-py's ``ConnectionError`` (one of the
+transport's connection errors, which Celery handles by reconnecting).
 
 Used through Celery's ``broker_transport`` setting when the broker is a ``redis://`` URL
 (``shared/celery_app.py``); an ``amqp://`` broker is untouched.
@@ -27,6 +39,20 @@ POOL_WAIT_S = 30  # how long a command waits for one of the pool's connections b
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     _shared_client: Any = None
+    _saved_connparams: dict[bool, dict[str, Any]] | None = None
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        transport = self.connection
+        if transport is not None and getattr(transport, "client", None) is not None:
+            params = super()._connparams(asynchronous=asynchronous)
+            if self._saved_connparams is None:
+                self._saved_connparams = {}
+            self._saved_connparams[asynchronous] = dict(params)
+            return params
+        saved = (self._saved_connparams or {}).get(asynchronous)
+        if saved is None:
+            raise redis.exceptions.ConnectionError("broker connection closed")
+        return dict(saved)
 
     def _get_pool(self, asynchronous: bool = False) -> Any:
         if asynchronous:  # the consumer's own BRPOP connection

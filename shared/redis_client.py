@@ -1,13 +1,28 @@
 """Redis clients (one pool per process, created lazily, re-created after fork), and the lean
-request/reply path for the hottest commands (rate-limit checks, event publishes)."""
+request/reply path for the hottest commands (rate-limit checks, event publishes).
+
+Redis hung (a stopped process, a dead host whose connections the kernel still accepts). The lean
+path of :class:`RedisHandle`, which every API request takes (the rate limit), waits at most
+``LEAN_TIMEOUT_S`` on a socket, and after a failure fails fast: later calls raise at once, with
+no network wait, until a background probe gets a PING answered. So only the requests in flight
+when Redis hangs wait, and for a fraction of a second; the rest answer as if Redis were down
+(the rate limit fails open; intake's outbox keeps the runs for the relay).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
+import time
 
 import redis
+
+log = logging.getLogger(__name__)
+
+#: Socket connect and read timeout of a request's own Redis round trips (the lean path).
+LEAN_TIMEOUT_S = 0.5
 
 
 class RedisHandle:
@@ -42,7 +57,7 @@ class RedisHandle:
         if lean is None:
             with self._lock:
                 if self._lean is None:
-                    self._lean = LeanRedis(self.url)
+                    self._lean = LeanRedis(self.url, timeout_s=LEAN_TIMEOUT_S, fail_fast=True)
                 lean = self._lean
         return lean
 
@@ -67,8 +82,10 @@ class LeanRedis:
     connection, so each is delivered at least once (event subscribers drop repeated ``seq``).
     """
 
-    def __init__(self, url: str, *, max_idle: int = 64) -> None:
-        self._pool = redis.ConnectionPool.from_url(url, protocol=2, socket_connect_timeout=3, socket_timeout=10)
+    def __init__(self, url: str, *, max_idle: int = 64, timeout_s: float | None = None,
+                 fail_fast: bool = False) -> None:
+        self._pool = redis.ConnectionPool.from_url(url, protocol=2, socket_connect_timeout=timeout_s or 3,
+                                                   socket_timeout=timeout_s or 10)
         self._max_idle = max_idle
         self._idle: list[redis.connection.AbstractConnection] = []
         self._pid = os.getpid()
@@ -76,6 +93,34 @@ class LeanRedis:
         # callers (a gevent worker's hundreds of runs publishing together): a new connection is
         # made only when none is idle, i.e. while fewer than max_idle are in use.
         self._slots = threading.BoundedSemaphore(max(1, max_idle))
+        self._fail_fast = fail_fast
+        self._down = False  # fail fast until the probe gets an answer
+        self._down_lock = threading.Lock()
+
+    def _trip(self) -> None:
+        """A call failed on the network: fail fast from now on, until a PING is answered."""
+        with self._down_lock:
+            if self._down:
+                return
+            self._down = True
+        threading.Thread(target=self._probe, daemon=True, name="lean-redis-probe").start()
+
+    def _probe(self) -> None:
+        pause = 0.05
+        while True:
+            conn = self._pool.connection_class(**self._pool.connection_kwargs)
+            try:
+                conn.connect()
+                conn.send_command("PING")
+                conn.read_response()
+                self._down = False
+                log.info("Redis answers again: lean path back")
+                return
+            except (redis.RedisError, OSError):
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+            finally:
+                conn.disconnect()
 
     def call(self, packed: bytes):  # type: ignore[no-untyped-def]
         reply = self.call_many([packed])[0]
@@ -87,14 +132,20 @@ class LeanRedis:
         """Pipelined: every command sent in one write, the replies read in order. An error reply
         is returned in its place (as the ResponseError), not raised. ``wait=False``: see the
         class docstring (returns [])."""
-        if self._pid != os.getpid():  # forked: the parent's sockets are not ours
-            self._idle, self._pid = [], os.getpid()
+        if self._pid != os.getpid():  # forked: the parent's sockets (and probe thread) are not ours
+            self._idle, self._pid, self._down = [], os.getpid(), False
             self._slots = threading.BoundedSemaphore(max(1, self._max_idle))
+        if self._fail_fast and self._down:
+            raise redis.ConnectionError("Redis did not answer lately; failing fast until it does")
         slots = self._slots
         if not slots.acquire(timeout=10):
             raise redis.ConnectionError("no Redis connection free within 10 s")
         try:
             return self._call_many(packed, wait)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            if self._fail_fast:
+                self._trip()
+            raise
         finally:
             slots.release()
 

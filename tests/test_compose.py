@@ -40,8 +40,8 @@ def test_compose_file_is_valid_and_complete(tmp_path: Path) -> None:
     config = _config(tmp_path)
     services = config["services"]
     assert {"postgres", "redis", "api", "relay", "beat", "worker-executions", "worker-compiler",
-            "worker-evaluation", "worker-delivery"} <= set(services)
-    for queue in ("executions", "compiler", "evaluation", "delivery"):
+            "worker-evaluation", "worker-delivery", "worker-maintenance"} <= set(services)
+    for queue in ("executions", "compiler", "evaluation", "delivery", "maintenance"):
         command = services[f"worker-{queue}"]["command"]
         assert command[command.index("-Q") + 1] == queue
     assert services["api"]["environment"]["DATABASE_URL"].startswith("postgresql://")

@@ -3,6 +3,14 @@
 Every task states its queue and time limits explicitly, ignores results unless asked, binds
 log context, and opts into ``acks_late`` + ``reject_on_worker_lost`` only when it is idempotent
 (safe to run twice): then a worker killed mid-task loses nothing, the message is redelivered.
+
+PostgreSQL down. A message consumed while the database is unreachable (connection refused or
+lost, a dead pooled connection, the pool unable to connect) is not acknowledged and dropped: the
+task is retried (``autoretry_for`` those errors, exponential backoff with jitter from 1 s up to
+``DB_RETRY_BACKOFF_MAX_S``, at most ``DB_RETRIES`` times, about ten minutes in all; the
+periodic sweeps cover anything older). Every idempotent task gets this by default except the
+agent runs (``workers.executions.*``), which recover through their own resume path and opt in
+with ``retry_on_db_outage=True``.
 """
 
 from __future__ import annotations
@@ -11,16 +19,36 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import psycopg2
 from celery import shared_task
 
 from shared.celery_app import queue_for
+from shared.db import DatabaseUnavailable
+
+#: The errors that mean "the database cannot serve now", retried when a task opts in.
+DB_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (psycopg2.OperationalError, psycopg2.InterfaceError,
+                                                     DatabaseUnavailable)
+DB_RETRIES = 12
+DB_RETRY_BACKOFF_MAX_S = 60
 
 
 def task(name: str, *, soft_time_limit: int, time_limit: int, idempotent: bool, ignore_result: bool = True,
-         max_retries: int | None = None, **options: Any) -> Callable[[Callable[..., Any]], Any]:
+         max_retries: int | None = None, retry_on_db_outage: bool | None = None,
+         **options: Any) -> Callable[[Callable[..., Any]], Any]:
     queue = queue_for(name)
     if time_limit <= soft_time_limit:
         raise ValueError(f"{name}: time_limit must exceed soft_time_limit")
+    if retry_on_db_outage is None:
+        retry_on_db_outage = idempotent and not name.startswith("workers.executions.")
+    if retry_on_db_outage:
+        if not idempotent:
+            raise ValueError(f"{name}: only an idempotent task may be retried after a database outage")
+        options.setdefault("autoretry_for", DB_OUTAGE_ERRORS)
+        options.setdefault("retry_backoff", 1)
+        options.setdefault("retry_backoff_max", DB_RETRY_BACKOFF_MAX_S)
+        options.setdefault("retry_jitter", True)
+        if max_retries is None:
+            max_retries = DB_RETRIES  # (None would mean: retry for ever)
 
     def decorate(fn: Callable[..., Any]) -> Any:
         @functools.wraps(fn)

@@ -13,7 +13,10 @@ from workers.executor import execute
 log = logging.getLogger(__name__)
 
 
-@task("workers.executions.run", soft_time_limit=600, time_limit=660, idempotent=True, bind=True, max_retries=None)
+# retry_on_db_outage: a message consumed while PostgreSQL is down comes back with backoff (for as
+# long as it takes: max_retries None) instead of being dropped; its run is resumed under its lease.
+@task("workers.executions.run", soft_time_limit=600, time_limit=660, idempotent=True, bind=True, max_retries=None,
+      retry_on_db_outage=True)
 def run(self: Any, execution_id: str) -> str:
     """A run message: each queued execution has one, and each message drives one run to a
     terminal state, the one the fair-share scheduler gives it (normally its own, see

@@ -1,4 +1,5 @@
-"""Periodic housekeeping driven by celery beat."""
+"""Periodic housekeeping driven by celery beat, on its own queue and pool (``maintenance``), so a
+backlog of runs or deliveries never delays the outbox sweep or the requeue of stale runs."""
 
 from __future__ import annotations
 

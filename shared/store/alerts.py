@@ -11,7 +11,6 @@ from shared.db import Database, Json
 from shared.ids import new_id
 
 DELIVER_TASK = "workers.delivery.alert"
-WEBHOOK_TASK = "workers.delivery.alert_webhook"
 
 _ALERT_COLUMNS = (
     "id, workspace_id, task_id, condition_id, condition_version, action_id, action_version, entity, metric,"
@@ -202,24 +201,6 @@ def list_for_task(db: Database, workspace_id: str, task_id: str, *, after_id: st
 
 # ---- webhook deliveries -------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Delivery:
-    id: str
-    alert_id: str
-    workspace_id: str
-    url: str
-    webhook_id: str
-    status: str
-    attempt_count: int
-    next_attempt_at: datetime
-    give_up_at: datetime
-    last_error: str | None
-
-
-_DELIVERY_COLUMNS = ("id, alert_id, workspace_id, url, webhook_id, status, attempt_count, next_attempt_at,"
-                     " give_up_at, last_error")
-
-
 def create_delivery(cur: Any, alert: Alert, url: str, horizon_s: float) -> str:
     """The alert's one webhook delivery (created once; a repeat returns the existing id). The
     webhook-id is the alert id: stable across every retry of this message."""
@@ -231,50 +212,10 @@ def create_delivery(cur: Any, alert: Alert, url: str, horizon_s: float) -> str:
     return str(cur.fetchone()["id"])
 
 
-def lock_delivery(cur: Any, delivery_id: str) -> tuple[Delivery, str, bool] | None:
-    """The delivery, its workspace secret and whether its next attempt is due (by the database
-    clock, one second of slack), locked; None when another attempt holds it."""
-    cur.execute(f"SELECT {', '.join('d.' + c.strip() for c in _DELIVERY_COLUMNS.split(','))}, w.webhook_secret,"
-                " d.next_attempt_at <= now() + interval '1 second' AS due"
-                " FROM alert_deliveries d JOIN workspaces w ON w.id = d.workspace_id"
-                " WHERE d.id = %s FOR UPDATE OF d SKIP LOCKED", (delivery_id,))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    secret, due = row.pop("webhook_secret"), row.pop("due")
-    return Delivery(**row), secret, bool(due)
-
-
-def record_attempt(cur: Any, d: Delivery, attempt: int, status_code: int | None, error: str | None,
-                   duration_ms: int, *, new_status: str, retry_in_s: float | None) -> None:
-    cur.execute("INSERT INTO alert_delivery_attempts (delivery_id, attempt, status_code, error, duration_ms)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (d.id, attempt, status_code, error, duration_ms))
-    cur.execute("UPDATE alert_deliveries SET attempt_count = %s, status = %s, last_error = %s,"
-                " next_attempt_at = now() + make_interval(secs => %s),"
-                " delivered_at = CASE WHEN %s = 'delivered' THEN now() END, updated_at = now() WHERE id = %s",
-                (attempt, new_status, error, retry_in_s or 0.0, new_status, d.id))
-
-
 def attempts(cur: Any, delivery_id: str) -> list[dict[str, Any]]:
     cur.execute("SELECT attempt, status_code, error, duration_ms, at FROM alert_delivery_attempts"
                 " WHERE delivery_id = %s ORDER BY attempt", (delivery_id,))
     return list(cur.fetchall())
-
-
-def due_deliveries(cur: Any, *, grace_s: float, limit: int = 500) -> list[str]:
-    """Pending deliveries whose retry time passed more than ``grace_s`` ago (the sweeper
-    re-publishes them; short retries are published with a countdown and need no sweep)."""
-    cur.execute("SELECT id FROM alert_deliveries WHERE status = 'pending'"
-                " AND next_attempt_at <= now() - make_interval(secs => %s)"
-                " ORDER BY next_attempt_at LIMIT %s", (grace_s, limit))
-    return [r["id"] for r in cur.fetchall()]
-
-
-def enqueue_webhooks(cur: Any, delivery_ids: list[str]) -> None:
-    cur.execute("INSERT INTO outbox (task_name, args, queue)"
-                " SELECT %s, jsonb_build_array(i), 'delivery' FROM unnest(%s::text[]) AS i",
-                (WEBHOOK_TASK, delivery_ids))
 
 
 # ---- bindings disabled by 410 Gone --------------------------------------------------------

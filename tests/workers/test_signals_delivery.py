@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -106,10 +107,8 @@ class SlowThenOk:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def test_retried_after_timeout(stack, client, monkeypatch):
-    import workers.alert_delivery as delivery
-
-    monkeypatch.setattr(delivery, "TIMEOUT_S", 0.5)
+def test_retried_after_timeout(stack, client, worker_settings):
+    worker_settings(webhook_timeout_s=0.5)
     srv = SlowThenOk(1.5)
     try:
         task, _ = fire_one(client, {"type": "webhook", "endpoint": srv.url + "/hook"})
@@ -150,40 +149,77 @@ def test_private_target_refused_at_delivery_time(stack, client, worker_settings)
 @pytest.mark.parametrize("host", ["[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "2130706433", "0177.0.0.1",
                                   "0x7f.0.0.1", "127.1", "localhost", "10.0.0.1", "169.254.169.254"])
 def test_private_forms_refused(host):
-    from workers.alert_delivery import post
+    from workers.delivery import post
 
-    outcome, code, error, _ = post(f"https://{host}:9/hook", b"{}", "whsec_eA==", "msg_1", allow_private=False)
-    assert outcome == "refused" and code is None and "refused target" in (error or "")
+    got = post(f"https://{host}:9/hook", b"{}", "whsec_eA==", "msg_1", allow_private=False, deadline_s=5)
+    assert got.kind == "refused" and got.status_code is None and "refused target" in (got.error or "")
+
+
+class ConnectionCounter:
+    """A listener that only counts the connections made to it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+class Redirector:
+    """Answers every request with a real redirect to ``location``."""
+
+    def __init__(self, location: str) -> None:
+        self.hits = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("content-length", 0) or 0))
+                outer.hits += 1
+                self.send_response(302)
+                self.send_header("location", location)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def test_redirect_to_loopback_not_followed(stack, client):
-    target = Receiver()
-    hits = []
-
-    class Redirect(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:  # noqa: N802
-            hits.append(self.path)
-            self.send_response(302)
-            self.send_header("location", target.url + "/internal")
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-    redirector = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    threading.Thread(target=redirector.serve_forever, daemon=True).start()
+    target = ConnectionCounter()
+    redirector = Redirector(f"http://127.0.0.1:{target.port}/internal")
     try:
-        from workers.alert_delivery import post
+        from workers.delivery import post
 
-        # A real redirect to another (loopback) listener: a 3xx is a failed attempt, never followed.
-        outcome, code, error, _ = post(f"http://127.0.0.1:{redirector.server_port}/r", b"{}", "whsec_eA==", "m",
-                                       allow_private=True)
-        assert (outcome, code) == ("retry", 302) and "redirect not followed" in (error or "")
-        assert hits == ["/r"] and target.requests == []
+        got = post(redirector.url + "/r", b"{}", "whsec_eA==", "m", allow_private=True, deadline_s=5)
+        assert (got.kind, got.status_code) == ("retry", 302) and "redirect not followed" in (got.error or "")
+        # The whole path too: an alert webhook whose endpoint redirects.
+        task, _ = fire_one(client, {"type": "webhook", "endpoint": redirector.url + "/hook"})
+        wait_for(lambda: (a := alerts_of(client, task["task_id"])) and a[0]["delivery"].get("attempts"), timeout=15)
+        attempt = alerts_of(client, task["task_id"])[0]["delivery"]["attempts"][0]
+        assert attempt["status_code"] == 302 and "redirect not followed" in attempt["error"]
+        assert redirector.hits >= 2
+        assert target.connections == 0
     finally:
         target.stop()
-        redirector.shutdown()
+        redirector.server.shutdown()
 
 
 def test_notification_stored_listed_read_and_published(stack, client, settings, workspace):

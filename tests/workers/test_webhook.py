@@ -4,6 +4,10 @@ with the workspace secret, retried with backoff after a failure, attempts visibl
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 
 from shared import webhooks
 from tests.fakes.receiver import Receiver
@@ -38,17 +42,67 @@ def test_signed_and_retried(stack, client, db, workspace):
         rec.stop()
 
 
-def test_gives_up_after_finite_retries(stack, client, db):
+@pytest.fixture()
+def worker_settings(celery_app: Any) -> Iterator[Any]:
+    """Change what the in-process worker sees (restored afterwards)."""
+    saved = celery_app.conf.warden_settings
+
+    def apply(**changes: Any) -> None:
+        celery_app.conf.warden_settings = saved.with_overrides(**changes)
+
+    yield apply
+    celery_app.conf.warden_settings = saved
+
+
+def _hook(client, eid: str) -> dict[str, Any]:
+    return client.get(f"/api/v1/executions/{eid}").json()["webhook"]
+
+
+def _failure_notice(client, eid: str) -> dict[str, Any] | None:
+    items = client.get("/api/v1/notifications").json()["items"]
+    return next((n for n in items if n["body"].get("execution_id") == eid), None)
+
+
+def test_gives_up_after_finite_retries(stack, client, worker_settings):
+    worker_settings(webhook_backoff_s=0.01)  # 0.01 s × 4^n: the whole schedule in about 3.4 s
     rec = Receiver(statuses=[503] * 20)
     try:
         eid = submit(client, task="Say hello", webhook_url=rec.url + "/hook")
         wait_terminal(client, eid)
-        # Backoff 0.2 s × 4^n in tests: 0.2, 0.8, 3.2 ... the last retries take too long to wait for
-        # here, so check the schedule is finite and attempts are recorded as they happen.
-        e = wait_for(lambda: (x := client.get(f"/api/v1/executions/{eid}").json())["webhook"]["attempt_count"] >= 3
-                     and x, timeout=15)
-        assert e["webhook"]["status"] == "pending" and e["webhook"]["last_error"] == "HTTP 503"
-        assert webhooks.MAX_RETRIES == 5 and webhooks.backoff_s(5, 5.0) == 1280.0
+        hook = wait_for(lambda: (h := _hook(client, eid))["status"] != "pending" and h, timeout=30)
+        assert hook["status"] == "failed" and hook["last_error"] == "HTTP 503"
+        assert hook["attempt_count"] == 1 + webhooks.MAX_RETRIES
+        assert [a["status_code"] for a in hook["attempts"]] == [503] * (1 + webhooks.MAX_RETRIES)
+        assert len(rec.requests) == 1 + webhooks.MAX_RETRIES  # and not one more
+        notice = wait_for(lambda: _failure_notice(client, eid), timeout=5)
+        assert notice["body"]["attempts"] == 1 + webhooks.MAX_RETRIES
+        assert notice["body"]["delivery_id"] == hook["delivery_id"]
+    finally:
+        rec.stop()
+
+
+def test_410_stops_at_once(stack, client):
+    rec = Receiver(statuses=[410, 200])
+    try:
+        eid = submit(client, task="Say hello", webhook_url=rec.url + "/hook")
+        wait_terminal(client, eid)
+        hook = wait_for(lambda: (h := _hook(client, eid))["status"] != "pending" and h, timeout=15)
+        assert hook["status"] == "failed" and hook["attempt_count"] == 1 and "410" in hook["last_error"]
+        assert wait_for(lambda: _failure_notice(client, eid), timeout=5)["body"]["last_status_code"] == 410
+        assert len(rec.requests) == 1
+    finally:
+        rec.stop()
+
+
+def test_retry_after_is_honoured(stack, client):
+    # Backoff after the first attempt is 0.2 s in tests; the receiver asks for 2 s.
+    rec = Receiver(statuses=[(503, {"Retry-After": "2"})])
+    try:
+        eid = submit(client, task="Say hello", webhook_url=rec.url + "/hook")
+        wait_terminal(client, eid)
+        hook = wait_for(lambda: (h := _hook(client, eid))["status"] == "delivered" and h, timeout=15)
+        assert [a["status_code"] for a in hook["attempts"]] == [503, 200]
+        assert rec.requests[1]["at"] - rec.requests[0]["at"] >= 1.9
     finally:
         rec.stop()
 
