@@ -6,6 +6,9 @@ the request (so a retried or resumed request gets the same answer). A turn is a 
 ``calls`` [(tool, arguments)], ``text``, ``usage`` (input, output), ``delay`` seconds, and
 ``fail`` [(status, times)] to fail that many requests first with that status, ``delay_first``
 seconds to stall only the first request of that turn (a worker killed mid-call).
+
+It listens on loopback unless given another ``host`` (the fleet tests serve it on a namespace
+host's own address, for worker hosts to reach over their network).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 
 class FakeLLM:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.scripts: dict[str, list[dict[str, Any]]] = {}
         self.requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._failures: dict[tuple[str, int], int] = defaultdict(int)
@@ -41,9 +44,9 @@ class FakeLLM:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.url = f"http://{host}:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True, name="fake-llm").start()
 
     def script(self, model: str, turns: list[dict[str, Any]]) -> str:
