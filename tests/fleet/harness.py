@@ -189,6 +189,22 @@ class Fleet:
         for host in self.hosts.values():
             host.start()
         self.wait_ready(timeout)
+        self.warm_up()
+
+    def warm_up(self, runs_per_host: int = 8) -> None:
+        """Run a burst of one-call runs through the openai provider, so the executions workers'
+        processes have loaded the vendor SDK before a test times a run (a cold process spends
+        seconds importing it, and the tests' run time limit is short)."""
+        model = self.llm.script(f"warm-{secrets.token_hex(3)}", [{"text": "warm", "delay": 0.2}])
+        clients = [self.api(h) for h in API_HOSTS]
+        ids = []
+        for i in range(runs_per_host * len(EXEC_HOSTS)):
+            r = clients[i % 2].post("/api/v1/tasks", json={"task": "warm up", "provider": "openai", "model": model})
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["execution_id"])
+        _wait(lambda: self.db.fetchone("SELECT count(*) AS n FROM executions WHERE id = ANY(%s) AND status IN"
+                                       " ('succeeded', 'error', 'blocked', 'cancelled')", (ids,))["n"] == len(ids),
+              120, "the warm-up runs")
 
     def _env(self, name: str) -> dict[str, str]:
         env = {
@@ -349,14 +365,6 @@ class Fleet:
         netns.set_link(name, up=False)
         return self.hosts[name].kill()
 
-    def restore_host(self, name: str, timeout: float = 90.0) -> None:
-        host = self.hosts[name]
-        netns.set_link(name, up=True)
-        if not all(host.alive().values()) or not host.procs:
-            host.kill()
-            host.start()
-        self.wait_ready(timeout, [name])
-
     def partition(self, name: str) -> None:
         netns.set_link(name, up=False)
 
@@ -371,11 +379,15 @@ class Fleet:
         netns.set_link("data", up=True)
         if self._redis is None or self._redis.poll() is not None:
             self.start_redis()
+        restarted = []
         for host in self.hosts.values():
             if not host.procs or not all(host.alive().values()):
                 host.kill()
                 host.start()
+                restarted.append(host.name)
         self.wait_ready(timeout)
+        if set(restarted) & set(EXEC_HOSTS):
+            self.warm_up()
 
     # ---- teardown -------------------------------------------------------------------------
     def close(self) -> None:
