@@ -52,7 +52,7 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
     skipped = _state.get("skipped")
     if skipped:
         n, reason = skipped  # type: ignore[misc]
-        terminalreporter.write_line(f"fleet tests left out ({n}): {reason}; run `make test` as root to include them")
+        terminalreporter.write_line(f"fleet tests left out ({n}): {reason}")
 
 
 @pytest.fixture(scope="package")

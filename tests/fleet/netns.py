@@ -48,8 +48,8 @@ def unavailable_reason() -> str | None:
         ip("netns", "add", probe_ns)
         ip("link", "add", probe_br, "type", "bridge")
     except (subprocess.CalledProcessError, OSError) as exc:
-        err = getattr(exc, "stderr", "") or str(exc)
-        return f"cannot create network namespaces and bridges here: {err.strip().splitlines()[-1:]}"
+        err = (getattr(exc, "stderr", "") or str(exc)).strip().splitlines()
+        return f"cannot create network namespaces and bridges here ({err[-1] if err else exc})"
     finally:
         ip("link", "del", probe_br, check=False)
         ip("netns", "del", probe_ns, check=False)

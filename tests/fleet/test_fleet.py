@@ -112,13 +112,15 @@ def test_websocket_on_one_api_host_streams_a_run_from_another_as_it_moves_worker
     assert seen and all((e["data"].get("worker") or {}).get("host") == "exec3"
                         for e in seen if e["type"] != "execution.queued"), seen
     fleet.hosts["exec3"].kill()
-    assert stream.closed.wait(VISIBILITY_S + 90), f"stream still open; got {[e['type'] for e in stream.events]}"
+    killed_at = time.monotonic()
+    assert stream.closed.wait(VISIBILITY_S + 120), f"stream still open; got {[e['type'] for e in stream.events]}"
     assert stream.error is None, stream.error
     evs = stream.events
     assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1)), [e["seq"] for e in evs]
     assert evs[-1]["type"] == "execution.succeeded"
     hosts = sc.RunRecord(eid, "succeeded", evs).hosts
-    print(f"\nfleet websocket: {len(evs)} events via api1 for a run submitted via api2, hosts {hosts}")
+    print(f"\nfleet websocket: {len(evs)} events via api1 for a run submitted via api2, hosts {hosts}; "
+          f"ended {time.monotonic() - killed_at:.1f} s after exec3's workers were killed")
     assert hosts[0] == "exec3" and len(hosts) == 2 and hosts[1] in ("exec1", "exec2"), hosts
     recs = sc.records(fleet, [eid])
     assert sc.exactly_once_problems(recs, [eid]) == []
