@@ -197,9 +197,10 @@ def by_host(recs: dict[str, RunRecord]) -> dict[str, list[str]]:
 
 
 def kill_and_recover(fleet: Fleet, victim: str, model: str, n: int, *, min_held: int,
-                     timeout: float) -> tuple[list[str], list[str], float]:
+                     timeout: float, cut_link: bool = True) -> tuple[list[str], list[str], float]:
     """Submit ``n`` runs, wait until ``victim`` holds at least ``min_held`` of them mid-run, kill
-    the host (link down, every process SIGKILLed) and wait for all ``n`` to end. Returns (all
+    the host (link down, every process SIGKILLed; with ``cut_link=False`` only the processes)
+    and wait for all ``n`` to end. Returns (all
     ids, the ids the victim held, recovery seconds: from the kill to the last of the held runs'
     terminal event)."""
     ids = submit_many(fleet, model, n)
@@ -209,7 +210,10 @@ def kill_and_recover(fleet: Fleet, victim: str, model: str, n: int, *, min_held:
             raise AssertionError(f"{victim} never held {min_held} runs (holds {len(held)})")
         time.sleep(0.1)
     killed_at = db_now(fleet)
-    fleet.kill_host(victim)
+    if cut_link:
+        fleet.kill_host(victim)
+    else:  # only the processes die: their kernel still closes their connections
+        fleet.hosts[victim].kill()
     wait_terminal(fleet, held, timeout)
     recovery = last_terminal_at(fleet, held) - killed_at
     wait_terminal(fleet, ids, timeout)

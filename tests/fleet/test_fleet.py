@@ -118,7 +118,7 @@ def test_websocket_on_one_api_host_streams_a_run_from_another_as_it_moves_worker
     evs = stream.events
     assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1)), [e["seq"] for e in evs]
     assert evs[-1]["type"] == "execution.succeeded"
-    hosts = sc.RunRecord(eid, "succeeded", evs).hosts
+    hosts = sc.RunRecord(eid, "succeeded", events=evs).hosts
     print(f"\nfleet websocket: {len(evs)} events via api1 for a run submitted via api2, hosts {hosts}; "
           f"ended {time.monotonic() - killed_at:.1f} s after exec3's workers were killed")
     assert hosts[0] == "exec3" and len(hosts) == 2 and hosts[1] in ("exec1", "exec2"), hosts
