@@ -38,11 +38,14 @@ class FakeLLM:
                 wire = "anthropic" if self.path.endswith("/messages") else "openai"
                 status, payload = fake.answer(wire, body, {k.lower(): v for k, v in self.headers.items()})
                 data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller is gone (a killed worker): nobody to answer
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
