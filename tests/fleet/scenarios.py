@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fleet.harness import API_HOSTS, Fleet
+from tests.fleet.harness import ADDRESSES, API_HOSTS, Fleet
 from tests.support import ApiClient
 
 TERMINAL = ("succeeded", "blocked", "error", "cancelled")
@@ -120,12 +120,15 @@ def records(fleet: Fleet, ids: list[str]) -> dict[str, RunRecord]:
     return recs
 
 
+CUT_OFF_CODES = ("provider_unavailable", "time_limit_exceeded")
+
+
 def exactly_once_problems(recs: dict[str, RunRecord], ids: list[str], *,
                           may_fail: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """What is wrong with the scripted runs (empty when each ran once to one result): missing,
     not succeeded, events with a gap or a second terminal, a certificate or email twice. Runs in
-    ``may_fail`` may instead end `error` with code provider_unavailable (their model call failed),
-    still once, with no certificate or email twice."""
+    ``may_fail`` may instead end `error` because their host lost its network mid-run (code
+    provider_unavailable or time_limit_exceeded), still once, with no certificate or email twice."""
     problems = []
     for i in ids:
         r = recs.get(i)
@@ -135,7 +138,7 @@ def exactly_once_problems(recs: dict[str, RunRecord], ids: list[str], *,
         seqs = [e["seq"] for e in r.events]
         types = [e["type"] for e in r.events]
         terminals = [t for t in types if t in TERMINAL_EVENTS]
-        failed_ok = i in may_fail and r.status == "error" and (r.error or {}).get("code") == "provider_unavailable"
+        failed_ok = i in may_fail and r.status == "error" and (r.error or {}).get("code") in CUT_OFF_CODES
         if r.status != "succeeded" and not failed_ok:
             problems.append(f"{i}: {r.status} {r.error}, hosts {r.hosts}, events {types}")
         if seqs != list(range(1, len(seqs) + 1)):
@@ -214,10 +217,20 @@ def kill_and_recover(fleet: Fleet, victim: str, model: str, n: int, *, min_held:
         fleet.kill_host(victim)
     else:  # only the processes die: their kernel still closes their connections
         fleet.hosts[victim].kill()
-    wait_terminal(fleet, held, timeout)
+    try:
+        wait_terminal(fleet, held, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; PostgreSQL still holds {pg_backends(fleet, victim)} connection(s) from "
+                             f"the dead {victim}") from None
     recovery = last_terminal_at(fleet, held) - killed_at
     wait_terminal(fleet, ids, timeout)
     return ids, held, recovery
+
+
+def pg_backends(fleet: Fleet, host: str) -> int:
+    """PostgreSQL sessions whose client is ``host`` (a dead host's stay until TCP gives up)."""
+    return int(fleet.db.fetchone("SELECT count(*) AS n FROM pg_stat_activity WHERE client_addr = %s",
+                                 (ADDRESSES[host],))["n"])
 
 
 def throughput(fleet: Fleet, model: str, n: int, timeout: float = 300) -> float:
