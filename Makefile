@@ -32,8 +32,8 @@ fmt: $(STAMP) ## format the code
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-migrate: $(STAMP) ## apply database migrations to DATABASE_URL
-	$(BIN)/warden migrate
+migrate: $(STAMP) ## apply database migrations (DATABASE_URL, else the running make run's database)
+	@$(BIN)/warden migrate
 
 bench: $(STAMP) ## run the benchmarks (prints JSON, writes bench/results/latest.json)
 	$(BIN)/warden bench

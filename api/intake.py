@@ -3,6 +3,7 @@ transaction, answer. Never publishes to the broker (the outbox relay does, after
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import request
@@ -14,7 +15,7 @@ from api.idempotency import create_once
 from api.schemas import AgentTaskRequest
 from api.services import services
 from guard import UnknownPolicy, load_policy, resolve_permissions
-from shared.config import PROVIDERS, resolve_provider
+from shared.config import PROVIDERS, Settings, resolve_provider
 from shared.errors import BadRequest, WardenError
 from shared.ids import new_id
 from shared.netsafe import check_url_literal
@@ -92,6 +93,26 @@ def _fast_load(body: dict[str, Any]) -> dict[str, Any] | None:
             "provider": provider, "model": model, "webhook_url": None}
 
 
+# The variable each vendor provider needs; `local` needs nothing.
+_PROVIDER_KEYS = {"openai": ("openai_api_key", "OPENAI_API_KEY"),
+                  "anthropic": ("anthropic_api_key", "ANTHROPIC_API_KEY")}
+
+
+def require_configured(settings: Settings, provider: str, *, stage: str | None = None) -> None:
+    """400 ``provider_not_configured`` naming the provider when this server has no key for it:
+    refused at submission rather than accepted and ended ``error`` by the worker."""
+    need = _PROVIDER_KEYS.get(provider)
+    # The worker's client falls back to the variable itself when Settings has no key (the vendor
+    # SDK reads it), so the same two places are looked at here.
+    if need is None or getattr(settings, need[0]) or os.environ.get(need[1]):
+        return
+    where = f"Stage {stage!r}: " if stage else ""
+    extra = {"provider": provider} | ({"stage": stage} if stage else {})
+    raise BadRequest(f"{where}Provider {provider!r} is not configured on this server ({need[1]} is not set); "
+                     "omit 'provider' to use the server default, or choose 'local'",
+                     code="provider_not_configured", **extra)
+
+
 def _policy_name(body: dict[str, Any]) -> None:
     name = body.get("compliance_policy", "default")
     if isinstance(name, str):
@@ -116,6 +137,7 @@ def submit_execution(workspace_id: str, body: dict[str, Any], idem_key: str | No
             from marshmallow import ValidationError
             raise ValidationError({"webhook_url": [f"Refused: {reason}."]})
     provider, model = resolve_provider(svc.settings, data["provider"], data["model"])
+    require_configured(svc.settings, provider)
 
     execution_id = new_id("exec")
     token = svc.tokens.issue(workspace_id, execution_id, key_id())

@@ -32,16 +32,24 @@ class StateCollector:
     def collect(self):  # type: ignore[no-untyped-def]
         from shared.outbox import pending_count
         from shared.store.executions import STATUSES, count_by_status
+        from shared.store.workspaces import executions_by_workspace
 
         svc = self.services
         by_status = GaugeMetricFamily("warden_executions", "Executions by status", labels=["status"])
         backlog = GaugeMetricFamily("warden_outbox_backlog", "Outbox rows not yet published to the broker")
         depth = GaugeMetricFamily("warden_queue_depth", "Messages waiting in each broker queue", labels=["queue"])
+        running = GaugeMetricFamily("warden_workspace_running_executions", "Running executions per workspace",
+                                    labels=["workspace"])
+        waiting = GaugeMetricFamily("warden_workspace_queued_executions",
+                                    "Executions waiting for a slot per workspace", labels=["workspace"])
         try:
             counts = count_by_status(svc.db)
             for status in STATUSES:
                 by_status.add_metric([status], counts.get(status, 0))
             backlog.add_metric([], pending_count(svc.db))
+            for row in executions_by_workspace(svc.db):
+                running.add_metric([str(row["name"])], int(row["running"]))  # type: ignore[call-overload]
+                waiting.add_metric([str(row["name"])], int(row["queued"]))  # type: ignore[call-overload]
         except Exception:  # noqa: S110 - a scrape must not fail because one source is down
             pass
         try:
@@ -52,6 +60,8 @@ class StateCollector:
         except Exception:  # noqa: S110
             pass
         yield by_status
+        yield running
+        yield waiting
         yield backlog
         yield depth
 

@@ -1,23 +1,20 @@
 """OpenAPI 3 document generated from the marshmallow schemas and the views' docstrings
-(apispec), served at /api/v1/openapi.json, with a rendered docs page at /api/v1/docs."""
+(apispec), served at /api/v1/openapi.json, with Swagger UI at /api/v1/docs/ served from the pip
+package ``flask-swagger-ui`` (its JavaScript and CSS ship in the wheel: the page works offline).
+``/`` and ``/api/v1/docs`` redirect to it (``/`` to the dashboard when the app has one)."""
 
 from __future__ import annotations
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec_webframeworks.flask import FlaskPlugin
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, redirect
+from flask_swagger_ui import get_swaggerui_blueprint
 
 from api import monitoring_schemas, schemas, signals_schemas, workflow_schemas
 
-_DOCS_HTML = """<!doctype html>
-<html><head><title>Warden API</title><meta charset="utf-8"/>
-<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"/></head>
-<body><div id="ui"></div>
-<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/api/v1/openapi.json", dom_id: "#ui"});</script>
-<noscript>The machine-readable document is at <a href="/api/v1/openapi.json">/api/v1/openapi.json</a>.</noscript>
-</body></html>"""
+DOCS_PATH = "/api/v1/docs"
+_DOCS_CONFIG = {"app_name": "Warden API", "docExpansion": "none"}
 
 SCHEMAS = ("AgentTaskRequest", "TaskResponse", "ErrorResponse", "ExecutionSchema", "ExecutionList",
            "EventSchema", "EventList", "DocumentCreateRequest", "DocumentSchema", "DocumentList", "CertificateSchema",
@@ -115,6 +112,12 @@ def init_app(app: Flask) -> None:
             cache["doc"] = build_spec(app)
         return jsonify(cache["doc"])
 
-    @app.get("/api/v1/docs")
-    def docs() -> Response:
-        return Response(_DOCS_HTML, mimetype="text/html")
+    app.register_blueprint(get_swaggerui_blueprint(DOCS_PATH, "/api/v1/openapi.json", config=dict(_DOCS_CONFIG),
+                                                   blueprint_name="docs"))
+
+    @app.get("/")
+    def root() -> Response:
+        """The dashboard when this app serves one, else the API docs: never a 404 for a first visit."""
+        paths = {rule.rule for rule in app.url_map.iter_rules()}
+        target = next((p for p in ("/dashboard", "/dashboard/") if p in paths), DOCS_PATH + "/")
+        return redirect(target, code=302)

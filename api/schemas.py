@@ -95,6 +95,9 @@ class ExecutionSchema(Schema):
     denied_permissions = fields.List(fields.Dict())
     webhook_url = fields.String(allow_none=True)
     result = fields.Dict(allow_none=True)
+    labels = fields.List(fields.String(), metadata={
+        "description": "Labels (phi, privileged, financial) the run carries from labelled content it read or was "
+                       "given (a workflow stage's upstream output): its output and the documents it wrote carry them."})
     error = fields.Dict(allow_none=True)
     usage = fields.Dict()
     counts = fields.Dict()
@@ -106,6 +109,9 @@ class ExecutionSchema(Schema):
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
     updated_at = fields.DateTime()
+    worker = fields.Dict(allow_none=True, metadata={
+        "description": "The worker host and process that last took the run ({host, pid}); every event "
+                       "it wrote carries the same in data.worker."})
 
 
 class ExecutionList(Schema):
@@ -127,6 +133,7 @@ class EventList(Schema):
     items = fields.List(fields.Nested(EventSchema))
     has_more = fields.Boolean()
     next_after = fields.Integer(allow_none=True)
+    total_count = fields.Integer(metadata={"description": "Events of the execution in all."})
 
 
 # --- documents, certificates, signing keys (governed executions) ---------------------------------
@@ -168,6 +175,7 @@ class DocumentList(Schema):
     items = fields.List(fields.Nested(DocumentSchema))
     has_more = fields.Boolean()
     next_cursor = fields.String(allow_none=True)
+    total_count = fields.Integer()
 
 
 class CertificateSchema(Schema):
@@ -191,6 +199,7 @@ class CertificateList(Schema):
     execution_id = fields.String()
     items = fields.List(fields.Nested(CertificateSchema))
     violations = fields.List(fields.Dict(), metadata={"description": "Refused calls with their violations."})
+    total_count = fields.Integer(metadata={"description": "Certificates in items (all of them: not paged)."})
 
 
 class JwkSchema(Schema):

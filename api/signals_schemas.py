@@ -137,6 +137,7 @@ class AlertList(Schema):
     items = fields.List(fields.Nested(AlertSchema))
     has_more = fields.Boolean()
     next_cursor = fields.String(allow_none=True)
+    total_count = fields.Integer()
 
 
 class NotificationSchema(Schema):

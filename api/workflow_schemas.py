@@ -67,7 +67,10 @@ class WorkflowStage(Schema):
     provider = fields.String(allow_none=True)
     model = fields.String(allow_none=True)
     effective_permissions = fields.List(fields.String())
-    output = fields.String(allow_none=True)
+    output = fields.String(allow_none=True, metadata={
+        "description": "The stage's final output (redacted under a policy that redacts, such as hipaa)."})
+    labels = fields.List(fields.String(), metadata={
+        "description": "Labels its output carries (phi, privileged, financial): given to the stages that use it."})
     error = fields.Dict(allow_none=True)
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)

@@ -5,7 +5,9 @@ insert+enqueue baseline (``bench/baseline_app.py``) under the same gunicorn sett
 Both servers run at once and are loaded in turn (baseline, ours, baseline, ours, …), so drift in a
 shared machine's load hits both alike. Reported p50/p99 are the medians over segments; the ratio
 is the median of the per-round p99 ratios (five rounds: with three, one bad segment of a shared
-machine moved the median). Bounded to about 45 s.
+machine moved the median). Bounded to about 45 s. The load generator counts non-2xx answers,
+connection errors and timeouts as errors on both sides (``dryrun_*errors``) and keeps them in the
+latency percentiles; ``dryrun_rps`` counts 2xx answers only.
 
 The compiler worker runs as the Procfile runs it (prefork); ``BENCH_COMPILER_POOL_ARGS="--pool
 solo"`` measures another pool (a compile is ~0.1 ms of CPU, so the pool's own overhead dominates).
@@ -41,6 +43,14 @@ def _wait_compiles(url: str, key: str, timeout: float = 30.0) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError("the compiler worker did not answer a dry run within 30 s")
+
+
+def _kinds(segs: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for seg in segs:
+        for kind, n in seg["error_kinds"].items():
+            out[kind] = out.get(kind, 0) + n
+    return out
 
 
 def run(clients: int = 50) -> dict:
@@ -82,6 +92,9 @@ def run(clients: int = 50) -> dict:
         "dryrun_p50_ms": round(statistics.median(s["p50_ms"] for s in ours), 2),
         "dryrun_p99_ms": round(statistics.median(s["p99_ms"] for s in ours), 2),
         "dryrun_errors": sum(s["errors"] for s in ours),
+        "dryrun_error_kinds": _kinds(ours),
+        "dryrun_baseline_errors": sum(s["errors"] for s in base),
+        "dryrun_baseline_error_kinds": _kinds(base),
         "dryrun_statuses": statuses,
         "dryrun_segment_p99_ms": [round(s["p99_ms"], 1) for s in ours],
         "dryrun_baseline_rps": round(statistics.median(s["rps"] for s in base), 1),

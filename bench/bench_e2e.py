@@ -1,19 +1,27 @@
 """End to end: POST /api/v1/tasks → terminal event, with the zero-latency `local` provider,
-against a bare Celery no-op round trip on the same broker and worker settings, same run.
+against its bare Celery peer in the same run: a bare Flask endpoint (same gunicorn settings) that
+sends a no-op task to a worker with the same settings, whose task publishes one terminal event
+(``bench/noop_app.py``).
 
-e2e_ratio = our p50 / bare Celery round-trip p50 (target ≤ 3).
-e2e_throughput_ratio = executions/s (submitted by 8 concurrent clients) over no-op tasks/s
-(target ≥ 0.4).
+e2e_ratio = our p50 / the peer's p50, one submission at a time (target ≤ 3).
+e2e_throughput_ratio = our executions/s over the peer's tasks/s, each submitted by the same
+THROUGHPUT_CLIENTS threads (target ≥ 0.4).
 
-Both sides run at once (our API, relay and worker; the no-op worker) and are measured in turn,
-round after round (no-op latencies, ours, no-op throughput, ours, …), so drift in a shared
-machine's load hits both alike; each worker pool is warmed first (every prefork child runs a few
-tasks: its imports, connections and prepared statements). Latency percentiles are over all the
-rounds' samples; throughput is the median of the rounds.
+Like for like: both sides are driven by the same code (http.client, one keep-alive connection
+per submitting thread, a non-2xx answer fails the benchmark), both completions are seen the same
+way (the terminal event on a Redis pattern subscription, read by the same watcher), and both
+workers run the Procfile's executions line (pool, concurrency, prefetch, child recycling; only
+the log level is lowered to WARNING on both), so this measures the pool the stack ships with.
+
+Both sides run at once (our API, relay and worker; the peer's endpoint and worker) and are
+measured in turn, round after round (peer latencies, ours, peer throughput, ours, …), so drift in
+a shared machine's load hits both alike; each worker pool is warmed first. Latency percentiles
+are over all the rounds' samples; throughput is the median of the rounds.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import statistics
@@ -28,6 +36,7 @@ from shared.redis_client import pack
 
 TERMINAL = {"execution.succeeded", "execution.blocked", "execution.error", "execution.cancelled"}
 THROUGHPUT_CLIENTS = 8
+# The workflow benchmark's worker (not a ratio to a peer); this one runs the Procfile's line.
 WORKER_ARGS = ["--concurrency", "4", "--prefetch-multiplier", "1", "-l", "WARNING"]
 
 
@@ -37,37 +46,6 @@ def _pct(values: list[float], p: float) -> float:
 
 
 ROUNDS = 5
-
-
-class NoopBaseline:
-    """The bare Celery peer: a no-op task on the same broker and worker settings."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        from bench.noop_app import app as noop_app
-
-        noop_app.conf.broker_url = env["REDIS_URL"]
-        noop_app.conf.result_backend = env["REDIS_URL"]
-        self.app = noop_app
-        self.cmd = [str(stack.BIN / "celery"), "-A", "bench.noop_app", "worker", "-Q", "noop", *WORKER_ARGS]
-
-    def warm(self) -> None:
-        self.app.send_task("bench.noop").get(timeout=60)  # worker up
-        for r in [self.app.send_task("bench.noop") for _ in range(16)]:
-            r.get(timeout=30)
-
-    def latencies(self, n: int) -> list[float]:
-        lat = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            self.app.send_task("bench.noop").get(timeout=30)
-            lat.append((time.perf_counter() - t0) * 1000)
-        return lat
-
-    def rate(self, n: int) -> float:
-        t0 = time.perf_counter()
-        for r in [self.app.send_task("bench.noop") for _ in range(n)]:
-            r.get(timeout=120)
-        return n / (time.perf_counter() - t0)
 
 
 class TerminalWatcher:
@@ -163,50 +141,58 @@ class TerminalWatcher:
         self._sock.close()
 
 
-class RawClient:
-    """One keep-alive HTTP/1.1 connection sending the same request again and again: its bytes
-    are built once, and the answer is read off the socket by its Content-Length. http.client
-    spends about 100 µs per request building headers and parsing the reply's through the email
-    package, CPU taken from the server it measures on this 2-core machine."""
+class HttpSubmitter:
+    """Submits one JSON body again and again, one keep-alive http.client connection per thread;
+    returns the new resource's id from a 2xx answer (anything else raises). A connection idle
+    for IDLE_S is replaced before use: the server closes idle keep-alive connections after 5 s
+    (api/gunicorn_conf.py), and a POST is not retried on a connection found closed."""
 
-    def __init__(self, port: int, request: bytes) -> None:
-        self._sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._request = request
-        self._buf = b""
+    IDLE_S = 2.0
 
-    @staticmethod
-    def request(method: str, path: str, port: int, body: bytes, headers: dict[str, str]) -> bytes:
-        head = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Length: {len(body)}",
-                *(f"{k}: {v}" for k, v in headers.items())]
-        return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+    def __init__(self, port: int, path: str, body: dict, headers: dict[str, str]) -> None:
+        self.port, self.path = port, path
+        self.body = json.dumps(body).encode()
+        self.headers = {"Content-Type": "application/json", **headers}
+        self._local = threading.local()
 
-    def send(self) -> bytes:
-        """The body of a 2xx answer (raises on anything else)."""
-        self._sock.sendall(self._request)
-        buf = self._buf
-        while (end := buf.find(b"\r\n\r\n")) < 0:
-            buf += self._recv()
-        head = buf[:end].decode("latin-1")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split("\r\n")[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
-        start = end + 4
-        while len(buf) < start + length:
-            buf += self._recv()
-        body, self._buf = buf[start:start + length], buf[start + length:]
-        if not 200 <= status < 300:
-            raise RuntimeError(f"{status}: {body[:200]!r}")
-        return body
+    def __call__(self, _: int = 0) -> str:
+        conn = getattr(self._local, "conn", None)
+        now = time.monotonic()
+        if conn is not None and now - self._local.used > self.IDLE_S:
+            conn.close()
+            conn = None
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        self._local.used = now
+        try:
+            conn.request("POST", self.path, body=self.body, headers=self.headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            self._local.conn = None
+            raise
+        if not 200 <= resp.status < 300:
+            raise RuntimeError(f"{self.path}: {resp.status} {data[:200]!r}")
+        return str(json.loads(data)["execution_id"])
 
-    def _recv(self) -> bytes:
-        chunk = self._sock.recv(65536)
-        if not chunk:
-            raise RuntimeError("the server closed the connection")
-        return chunk
+
+def _latencies(submit: HttpSubmitter, watcher: TerminalWatcher, n: int) -> list[float]:
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        rid = submit()
+        watcher.wait([rid], 30)
+        lat.append((watcher.done[rid] - t0) * 1000)
+    return lat
+
+
+def _rate(submit: HttpSubmitter, watcher: TerminalWatcher, n: int) -> float:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(THROUGHPUT_CLIENTS) as pool:
+        ids = list(pool.map(submit, range(n)))
+    watcher.wait(ids, 300)
+    return n / (max(watcher.done[i] for i in ids) - t0)
 
 
 def run(n_latency: int = 150, n_throughput: int = 200) -> dict:
@@ -218,63 +204,53 @@ def run(n_latency: int = 150, n_throughput: int = 200) -> dict:
         db = Database(env["DATABASE_URL"], maxconn=2)
         key = workspaces.create_key(db, workspaces.get_or_create_workspace(db, "bench-e2e").id)
         db.close()
-        port = free_port()
-        base = NoopBaseline(env)
+        port, base_port = free_port(), free_port()
         env = dict(env, WARDEN_DEFAULT_PROVIDER="local", WEB_CONCURRENCY="1")
-        worker = [str(stack.BIN / "celery"), "-A", "workers.main", "worker", "-Q", "executions", *WORKER_ARGS]
-        relay = [str(stack.BIN / "warden"), "relay"]
-        with stack.gunicorn("api.app:create_app()", port, env), stack.process(relay, env), \
-                stack.process(worker, env), stack.process(base.cmd, env):
+        worker = stack.worker_command(log_level="WARNING", environ=env)
+        base_worker = stack.worker_command(app="bench.noop_app", queue="noop", node="noop", log_level="WARNING",
+                                           environ=env)
+        with stack.gunicorn("api.app:create_app()", port, env), \
+                stack.gunicorn("bench.noop_app:create_app()", base_port, env), \
+                stack.shell(stack.procfile_command("relay", env), env), \
+                stack.shell(worker, env), stack.shell(base_worker, env):
+            stack.wait_port(base_port)
             body = {"task": "List my documents", "compliance_policy": "default", "budget_cents": 1000}
-            # A raw keep-alive client (see RawClient): the clients share the 2 cores with what they
-            # measure.
-            request = RawClient.request("POST", "/api/v1/tasks", port, json.dumps(body).encode(),
-                                        {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-            conns = threading.local()
-
-            def submit(_: int = 0) -> str:
-                if not hasattr(conns, "c"):
-                    conns.c = RawClient(port, request)
-                return str(json.loads(conns.c.send())["execution_id"])
-
+            ours = HttpSubmitter(port, "/api/v1/tasks", body, {"Authorization": f"Bearer {key}"})
+            peer = HttpSubmitter(base_port, "/noop", body, {})
             terminals = TerminalWatcher(env["REDIS_URL"])
+            peer_done = TerminalWatcher(env["REDIS_URL"], "noop:*")
             try:
-                base.warm()
-                warm = [submit() for _ in range(16)]
-                terminals.wait(warm, 60)
+                for submit, watcher in ((ours, terminals), (peer, peer_done)):  # workers up, pools warm
+                    watcher.wait([submit()], 60)
+                    with ThreadPoolExecutor(THROUGHPUT_CLIENTS) as pool:
+                        watcher.wait(list(pool.map(submit, range(16))), 60)
                 lat: list[float] = []
                 base_lat: list[float] = []
                 rates: list[float] = []
                 base_rates: list[float] = []
                 for _ in range(ROUNDS):
-                    base_lat += base.latencies(n_latency // ROUNDS)
-                    for _ in range(n_latency // ROUNDS):
-                        t0 = time.perf_counter()
-                        eid = submit()
-                        terminals.wait([eid], 30)
-                        lat.append((terminals.done[eid] - t0) * 1000)
-                    base_rates.append(base.rate(n_throughput))
-                    # Throughput: submitted by several clients at once, as a queue is fed in practice
-                    # (the baseline's producer is not held back by HTTP either).
-                    t0 = time.perf_counter()
-                    with ThreadPoolExecutor(THROUGHPUT_CLIENTS) as pool:
-                        ids = list(pool.map(submit, range(n_throughput)))
-                    terminals.wait(ids, 300)
-                    rates.append(n_throughput / (max(terminals.done[i] for i in ids) - t0))
+                    base_lat += _latencies(peer, peer_done, n_latency // ROUNDS)
+                    lat += _latencies(ours, terminals, n_latency // ROUNDS)
+                    base_rates.append(_rate(peer, peer_done, n_throughput))
+                    rates.append(_rate(ours, terminals, n_throughput))
             finally:
                 terminals.close()
+                peer_done.close()
     p50, base_p50 = statistics.median(lat), statistics.median(base_lat)
     rate, base_rate = statistics.median(rates), statistics.median(base_rates)
     return {
         "e2e_p50_ms": round(p50, 2),
         "e2e_p99_ms": round(_pct(lat, 0.99), 2),
         "celery_roundtrip_p50_ms": round(base_p50, 2),
+        "celery_roundtrip_p99_ms": round(_pct(base_lat, 0.99), 2),
         "e2e_ratio": round(p50 / base_p50, 3),
         "e2e_executions_per_s": round(rate, 1),
         "celery_noop_tasks_per_s": round(base_rate, 1),
         "e2e_throughput_ratio": round(rate / base_rate, 3),
         "e2e_round_executions_per_s": [round(r, 1) for r in rates],
         "celery_round_tasks_per_s": [round(r, 1) for r in base_rates],
+        "e2e_clients": THROUGHPUT_CLIENTS,
+        "e2e_worker": stack.expand(worker, env),
     }
 
 

@@ -7,8 +7,10 @@
   nothing else (no HTTP, no validation, no evaluation).
 * ``signal_to_webhook_p50_ms`` / ``_p99_ms``: POST of a batch that fires one webhook Task →
   the signed POST arriving at a loopback receiver. Baseline: ``bare_http_post_p50_ms``, one
-  plain POST to the same receiver.
-Bounded to about a minute.
+  plain POST to the same receiver. Every sample is in the percentiles: one slower than 10 s
+  with its real time (waited for up to 30 s more at the end), one that never arrived as lost
+  (counted in ``signal_to_webhook_lost``; a percentile falling on it is reported as null).
+Bounded to about a minute (two when webhooks are late).
 """
 
 from __future__ import annotations
@@ -32,10 +34,17 @@ ENTITIES = 1000
 TASKS_PER_ENTITY = 10
 WORKER = ["--concurrency", "2", "--prefetch-multiplier", "4", "-l", "WARNING"]
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
+SAMPLE_WAIT_S = 10.0  # how long one latency sample is waited for before the next is sent
+LATE_WAIT_S = 30.0  # how long the samples still missing are waited for at the end
 
 
 def _log(msg: str) -> None:
     print(f"bench_signals: {msg}", file=sys.stderr, flush=True)
+
+
+def _ms(value: float) -> float | None:
+    """Rounded; None for a percentile that falls on a lost sample (JSON has no infinity)."""
+    return None if value == float("inf") else round(value, 2)
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -178,7 +187,11 @@ def run(seconds: float = 8.0, latency_samples: int = 60) -> dict:
             done = wait_evaluated(step[0], 120)
             rate = total / (done - t0)
 
-            lat, base = [], []
+            # Each sample waits up to SAMPLE_WAIT_S for its webhook before the next is sent; one
+            # still missing then is waited for at the end (its real arrival time counts), and one
+            # that never arrives within LATE_WAIT_S stays in the percentiles as lost (infinite).
+            starts: dict[str, float] = {}
+            base = []
             for i in range(latency_samples):
                 ts_hi = (T0 + timedelta(days=1, seconds=2 * i + 1)).isoformat()
                 ts_lo = (T0 + timedelta(days=1, seconds=2 * i)).isoformat()
@@ -186,14 +199,19 @@ def run(seconds: float = 8.0, latency_samples: int = 60) -> dict:
                 s.post(url, json={"signals": [{"entity": "LAT", "metric": "price", "value": 50, "ts": ts_lo},
                                               {"entity": "LAT", "metric": "price", "value": 150, "ts": ts_hi}]},
                        timeout=10).raise_for_status()
-                deadline = time.monotonic() + 10
+                starts[ts_hi] = t_start
+                deadline = time.monotonic() + SAMPLE_WAIT_S
                 while ts_hi not in receiver.arrivals and time.monotonic() < deadline:
                     time.sleep(0.001)
-                if ts_hi in receiver.arrivals:
-                    lat.append((receiver.arrivals[ts_hi] - t_start) * 1000)
                 t_b = time.perf_counter()
                 requests.post(receiver.url, data=b"{}", timeout=5)
                 base.append((time.perf_counter() - t_b) * 1000)
+            late = sum(1 for ts, t in starts.items() if receiver.arrivals.get(ts, float("inf")) - t > SAMPLE_WAIT_S)
+            deadline = time.monotonic() + LATE_WAIT_S
+            while any(ts not in receiver.arrivals for ts in starts) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            lat = [(receiver.arrivals[ts] - t) * 1000 if ts in receiver.arrivals else float("inf")
+                   for ts, t in starts.items()]
         db.close()
     receiver.server.shutdown()
     return {
@@ -201,9 +219,11 @@ def run(seconds: float = 8.0, latency_samples: int = 60) -> dict:
         "signals_tasks_active": ENTITIES * TASKS_PER_ENTITY + 1,
         "bare_insert_signals_per_s": round(bare, 1),
         "signals_ratio_to_bare_insert": round(rate / bare, 3),
-        "signal_to_webhook_p50_ms": round(statistics.median(lat), 2) if lat else None,
-        "signal_to_webhook_p99_ms": round(_pct(lat, 0.99), 2) if lat else None,
+        "signal_to_webhook_p50_ms": _ms(statistics.median(lat)) if lat else None,
+        "signal_to_webhook_p99_ms": _ms(_pct(lat, 0.99)) if lat else None,
         "signal_to_webhook_samples": len(lat),
+        "signal_to_webhook_slower_than_10s": late,
+        "signal_to_webhook_lost": sum(1 for x in lat if x == float("inf")),
         "bare_http_post_p50_ms": round(statistics.median(base), 2) if base else None,
     }
 

@@ -106,3 +106,113 @@ def loadgen(url: str, body: str, headers: list[str], *, clients: int = 50, secon
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
     return json.loads(out.stdout)
+
+
+def procfile_command(name: str, environ: dict[str, str] | None = None) -> str:
+    """The shell command line the Procfile gives process ``name`` (run by ``sh -c``, as honcho does
+    for ``make run``, so its ``${VAR:-default}`` expansions follow the environment).
+
+    ``BENCH_EXECUTIONS_WORKER`` in the environment replaces the ``executions`` line: a benchmark
+    of another pool or concurrency without editing the Procfile."""
+    env = os.environ if environ is None else environ
+    if name == "executions" and env.get("BENCH_EXECUTIONS_WORKER"):
+        return env["BENCH_EXECUTIONS_WORKER"]
+    from warden.devstack import read_procfile
+
+    for proc, cmd in read_procfile(ROOT / "Procfile"):
+        if proc == name:
+            return cmd
+    raise KeyError(f"no {name!r} process in the Procfile")
+
+
+def worker_command(app: str = "workers.main", queue: str = "executions", node: str = "executions",
+                   log_level: str | None = None, environ: dict[str, str] | None = None) -> str:
+    """The Procfile's executions worker line (pool, concurrency, prefetch, child recycling as
+    shipped) with another app, queue, node name or log level: the bare Celery peer of a benchmark
+    runs under exactly the settings of ours."""
+    tokens = procfile_command("executions", environ).split()
+    replace = {"-A": app, "--app": app, "-Q": queue, "--queues": queue, "-n": f"{node}@%h",
+               "--hostname": f"{node}@%h"}
+    if log_level:
+        replace.update({"-l": log_level, "--loglevel": log_level})
+    out: list[str] = []
+    seen: set[str] = set()
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        name, eq, _ = tok.partition("=")
+        if eq and name in replace:
+            out.append(f"{name}={replace[name]}")
+            seen.add(name)
+        elif tok in replace and i + 1 < len(tokens):
+            out += [tok, replace[tok]]
+            seen.add(tok)
+            i += 1
+        else:
+            out.append(tok)
+        i += 1
+    if log_level and not seen & {"-l", "--loglevel"}:
+        out += ["-l", log_level]
+    return " ".join(out)
+
+
+def expand(cmd: str, env: dict[str, str]) -> str:
+    """``cmd`` with its ``${VAR:-default}`` expansions done as ``sh -c`` would do them in ``env``."""
+    return subprocess.run(["/bin/sh", "-c", f"echo {cmd}"], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def shell(cmd: str, env: dict[str, str], **kw: object) -> contextlib.AbstractContextManager[subprocess.Popen]:
+    """Run a Procfile-style command line through ``sh -c`` (in its own process group)."""
+    return process(["/bin/sh", "-c", cmd], env, **kw)  # type: ignore[arg-type]
+
+
+class ProcessTree:
+    """Resident memory and CPU time of a process and its descendants, read from /proc.
+
+    ``cpu_s`` counts each process's user+system time plus that of its children it has reaped
+    (a prefork pool replaces children: their CPU stays counted in the parent)."""
+
+    _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def __init__(self, root_pid: int) -> None:
+        self.root = root_pid
+
+    def pids(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            stat = self._stat(int(entry))
+            if stat:
+                children.setdefault(int(stat[1]), []).append(int(entry))
+        out, todo = [], [self.root]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo += children.get(pid, [])
+        return out
+
+    @staticmethod
+    def _stat(pid: int) -> list[str] | None:
+        """Fields of /proc/<pid>/stat after the command name (index 0 is the state)."""
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            return None
+        return text[text.rfind(")") + 2:].split()
+
+    def sample(self) -> tuple[float, float]:
+        """(resident MiB, CPU seconds) over the tree right now."""
+        rss = cpu = 0.0
+        for pid in self.pids():
+            st = self._stat(pid)
+            if not st:
+                continue
+            # after the name: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+            # utime(11) stime(12) cutime(13) cstime(14) … rss(21)
+            cpu += sum(int(x) for x in st[11:15]) / self._TICK
+            rss += int(st[21]) * self._PAGE / (1 << 20)
+        return rss, cpu

@@ -32,6 +32,11 @@ def queue_for(task_name: str) -> str:
     raise ValueError(f"no route for task {task_name!r}")
 
 
+def backstop_s(limit: int) -> int:
+    """How long after a run's own time limit Celery's hard limit strikes."""
+    return max(1, min(30, limit // 10))
+
+
 def make_celery(settings: Settings, *, main: str = "warden") -> Celery:
     # Not made current: only the worker entry (workers/main.py) and tests choose the current app, so an
     # app built for the API, the relay or a test never hijacks what tasks see as current_app.
@@ -67,9 +72,12 @@ def make_celery(settings: Settings, *, main: str = "warden") -> Celery:
     )
     if urlsplit(settings.broker_url).scheme == "redis":  # (rediss and sentinel keep kombu's own)
         app.conf.broker_transport = REDIS_TRANSPORT  # kombu's, one client per channel (shared/kombu_redis.py)
-    # Agent runs are bounded by configuration; the Redis visibility timeout is validated to exceed it.
+    # Agent runs are bounded by configuration. The executor ends a run at its limit itself (error
+    # with code time_limit, nothing else in the process disturbed); Celery's limits are a backstop a
+    # little later (the gevent pool enforces only the hard one, by killing the greenlet). The Redis
+    # visibility timeout is validated to exceed them (shared/config.py).
     limit = settings.executions_time_limit_s
     app.conf.task_annotations = {"workers.executions.run": {
-        "time_limit": limit, "soft_time_limit": max(1, limit - max(1, min(30, limit // 10)))}}
+        "soft_time_limit": limit + backstop_s(limit) / 2, "time_limit": limit + backstop_s(limit)}}
     app.conf.warden_settings = settings
     return app

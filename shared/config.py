@@ -40,6 +40,14 @@ class Settings:
     # longest task time limit (executions_time_limit_s) or long runs would be started twice.
     visibility_timeout_s: int = 3600
     executions_time_limit_s: int = 900
+    # Run ownership (workers/ownership.py): a worker's lease on a run lasts this long unless its
+    # heartbeat renews it (every third of it). A run whose worker died is taken over by another
+    # once its lease has expired: this bounds recovery after a host loss, with the beat's sweep.
+    lease_s: float = 30.0
+    # A run taken this many times without ending (its worker died each time) ends error/worker_lost.
+    max_deliveries: int = 3
+    # How this host names itself in events and on the execution record (which worker ran a step).
+    hostname: str | None = None
     # A queued execution untouched this long is re-enqueued (its broker message was lost).
     requeue_queued_s: float = 600.0
     compile_timeout_s: float = 10.0
@@ -78,6 +86,9 @@ _ENV: tuple[tuple[str, str, type | object], ...] = (
     ("WARDEN_MAX_BODY_BYTES", "max_body_bytes", int),
     ("WARDEN_RATE_LIMIT_PER_S", "rate_limit_per_s", float),
     ("WARDEN_RATE_LIMIT_BURST", "rate_limit_burst", int),
+    ("WARDEN_LEASE_S", "lease_s", float),
+    ("WARDEN_MAX_DELIVERIES", "max_deliveries", int),
+    ("WARDEN_HOSTNAME", "hostname", str),
     ("WARDEN_WS_TOKEN_TTL_S", "ws_token_ttl_s", int),
     ("WARDEN_AUTH_CACHE_S", "auth_cache_s", float),
     ("WARDEN_IDEMPOTENCY_TTL_S", "idempotency_ttl_s", int),
@@ -123,8 +134,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("WARDEN_REQUEUE_QUEUED_S must be positive")
     if settings.default_price_per_mtok_cents <= 0:
         raise ConfigError("WARDEN_DEFAULT_PRICE_PER_MTOK_CENTS must be positive (a model is never free)")
-    if settings.visibility_timeout_s <= settings.executions_time_limit_s:
-        raise ConfigError("WARDEN_VISIBILITY_TIMEOUT_S must exceed WARDEN_EXECUTIONS_TIME_LIMIT_S")
+    if settings.lease_s < 1:
+        raise ConfigError("WARDEN_LEASE_S must be at least 1 (seconds)")
+    if settings.max_deliveries < 1:
+        raise ConfigError("WARDEN_MAX_DELIVERIES must be at least 1")
+    limit = settings.executions_time_limit_s
+    if settings.visibility_timeout_s <= limit + max(1, min(30, limit // 10)):  # celery_app.backstop_s
+        raise ConfigError("WARDEN_VISIBILITY_TIMEOUT_S must exceed WARDEN_EXECUTIONS_TIME_LIMIT_S (plus its backstop:"
+                          " a tenth of it, from 1 to 30 s)")
     return settings
 
 

@@ -112,8 +112,9 @@ class Prepared:
 
 
 class Database:
-    def __init__(self, url: str, *, minconn: int = 1, maxconn: int = 20) -> None:
+    def __init__(self, url: str, *, minconn: int = 1, maxconn: int = 20, application_name: str = "warden") -> None:
         self.url = url
+        self.application_name = application_name
         self.minconn = minconn
         self.maxconn = maxconn
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
@@ -132,7 +133,7 @@ class Database:
                     try:
                         self._pool = psycopg2.pool.ThreadedConnectionPool(
                             self.minconn, self.maxconn, self.url, connect_timeout=5,
-                            application_name="warden")
+                            application_name=self.application_name)
                     except psycopg2.OperationalError as exc:
                         raise ServiceUnavailable(f"database unavailable: {exc}".strip(),
                                                  code="database_unavailable") from None

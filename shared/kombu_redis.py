@@ -4,7 +4,12 @@ kombu's Redis ``Channel`` builds a new ``redis.Redis`` object for every publish 
 acknowledgement's bookkeeping (``conn_or_acquire`` → ``_create_client``), and under redis-py 8
 building one costs ~140 µs of CPU (its response-callback table is rebuilt each time): more than
 the LPUSH it is built for. A ``redis.Redis`` is safe to share (it draws connections from the
-channel's pool per command), so this channel keeps one per pool. Everything else is kombu's.
+channel's pool per command), so this channel keeps one per pool.
+
+Its pool waits for a free connection instead of failing: kombu builds a ``redis.ConnectionPool``,
+which raises ``MaxConnectionsError`` when all ``max_connections`` (10) are busy. Under the gevent
+pool hundreds of runs may finish, and acknowledge their messages, at once; a blocking pool keeps
+the connections bounded and queues the rest. Everything else is kombu's.
 
 Used through Celery's ``broker_transport`` setting when the broker is a ``redis://`` URL
 (``shared/celery_app.py``); an ``amqp://`` broker is untouched.
@@ -14,11 +19,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
+
+POOL_WAIT_S = 30  # how long a command waits for one of the pool's connections before failing
 
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     _shared_client: Any = None
+
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        if asynchronous:  # the consumer's own BRPOP connection
+            return super()._get_pool(asynchronous=True)
+        params = self._connparams(asynchronous=False)
+        self.keyprefix_fanout = self.keyprefix_fanout.format(db=params["db"])
+        return redis.BlockingConnectionPool(timeout=POOL_WAIT_S, **params)
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:  # the consumer's BRPOP client: kombu keeps that one itself

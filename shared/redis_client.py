@@ -72,6 +72,10 @@ class LeanRedis:
         self._max_idle = max_idle
         self._idle: list[redis.connection.AbstractConnection] = []
         self._pid = os.getpid()
+        # At most max_idle calls (at least one) at once, so at most that many connections open however many
+        # callers (a gevent worker's hundreds of runs publishing together): a new connection is
+        # made only when none is idle, i.e. while fewer than max_idle are in use.
+        self._slots = threading.BoundedSemaphore(max(1, max_idle))
 
     def call(self, packed: bytes):  # type: ignore[no-untyped-def]
         reply = self.call_many([packed])[0]
@@ -85,6 +89,16 @@ class LeanRedis:
         class docstring (returns [])."""
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours
             self._idle, self._pid = [], os.getpid()
+            self._slots = threading.BoundedSemaphore(max(1, self._max_idle))
+        slots = self._slots
+        if not slots.acquire(timeout=10):
+            raise redis.ConnectionError("no Redis connection free within 10 s")
+        try:
+            return self._call_many(packed, wait)
+        finally:
+            slots.release()
+
+    def _call_many(self, packed: list[bytes], wait: bool) -> list:  # type: ignore[type-arg]
         idle = self._idle
         if idle:
             conn = idle.pop()
@@ -143,7 +157,7 @@ class LeanRedis:
         conn.disconnect()
         if unread:
             with contextlib.suppress(redis.RedisError, OSError):  # as a failed wait=True call would
-                self.call_many(unread)
+                self._call_many(unread, True)
 
     @staticmethod
     def _unconfirmed(conn) -> list[bytes]:  # type: ignore[no-untyped-def]

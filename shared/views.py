@@ -27,6 +27,7 @@ def execution_json(e: Execution, *, webhook: dict[str, Any] | None = None) -> di
         "denied_permissions": e.denied_permissions,
         "webhook_url": e.webhook_url,
         "result": e.result,
+        "labels": list(e.labels),
         "error": e.error,
         "usage": e.usage,
         "counts": {"events": e.event_count, "tool_calls": 0, "certificates": 0, "blocked": 0, **e.counts},
@@ -35,6 +36,7 @@ def execution_json(e: Execution, *, webhook: dict[str, Any] | None = None) -> di
         "started_at": _ts(e.started_at),
         "finished_at": _ts(e.finished_at),
         "updated_at": _ts(e.updated_at),
+        "worker": e.worker,
     }
     if webhook is not None:
         out["webhook"] = webhook

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import run_warden
-from warden.devstack import DEV_ENV, with_dev_stack
+from warden.devstack import DEV_ENV, hold_checkout, with_dev_stack
 
 
 def _write(root: Path, text: str) -> None:
@@ -15,23 +15,45 @@ def _write(root: Path, text: str) -> None:
     (root / DEV_ENV).write_text(text)
 
 
+def _running(root: Path) -> Any:
+    """Hold the checkout's dev lock as a running ``warden dev`` does."""
+    lock = hold_checkout(root / ".warden")
+    assert lock is not None
+    return lock
+
+
 def test_the_environment_wins_and_the_file_fills_the_rest(tmp_path: Path) -> None:
     assert with_dev_stack({"A": "1"}, tmp_path) == {"A": "1"}  # no dev stack running
     _write(tmp_path, "DATABASE_URL=postgresql:///dev?host=/sock\nREDIS_URL=redis://127.0.0.1:7/0\nOTHER=x\n")
-    env = with_dev_stack({"REDIS_URL": "redis://elsewhere:6379/0"}, tmp_path)
+    assert with_dev_stack({"A": "1"}, tmp_path) == {"A": "1"}  # a dev.env left by a killed stack
+    with _running(tmp_path):
+        env = with_dev_stack({"REDIS_URL": "redis://elsewhere:6379/0"}, tmp_path)
     assert env == {"DATABASE_URL": "postgresql:///dev?host=/sock", "REDIS_URL": "redis://elsewhere:6379/0"}
+
+
+def test_without_urls_or_a_dev_stack_commands_touch_no_database(tmp_path: Path) -> None:
+    """Not the built-in 127.0.0.1:5432 either: one line saying how to start a stack or what to set."""
+    _write(tmp_path, "DATABASE_URL=postgresql://postgres@127.0.0.1:5432/warden\n")  # stale: nobody holds the lock
+    for args in (("create-key", "--workspace", "x"), ("migrate",), ("revoke-key", "wk_x"),
+                 ("rotate-signing-key",)):
+        done = run_warden(*args, cwd=tmp_path)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "make run" in lines[0] and "DATABASE_URL" in lines[0], (args, done.stderr)
+        assert done.stdout == ""
 
 
 def test_create_and_revoke_key_in_a_second_terminal(settings: Any, db: Any, tmp_path: Path) -> None:
     from shared.store import workspaces
 
     _write(tmp_path, f"DATABASE_URL={settings.database_url}\nREDIS_URL={settings.redis_url}\n")
-    made = run_warden("create-key", "--workspace", "second-terminal", cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
-    key = made.stdout.strip().splitlines()[-1]
-    assert workspaces.authenticate(db, key) is not None  # the key is in the dev stack's database
-    revoked = run_warden("revoke-key", key, cwd=tmp_path)
-    assert revoked.returncode == 0 and revoked.stdout.strip() == "revoked", revoked.stderr
+    with _running(tmp_path):
+        made = run_warden("create-key", "--workspace", "second-terminal", cwd=tmp_path)
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip().splitlines()[-1]
+        assert workspaces.authenticate(db, key) is not None  # the key is in the dev stack's database
+        revoked = run_warden("revoke-key", key, cwd=tmp_path)
+        assert revoked.returncode == 0 and revoked.stdout.strip() == "revoked", revoked.stderr
     assert workspaces.authenticate(db, key) is None
 
 

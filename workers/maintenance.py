@@ -22,12 +22,12 @@ def sweep_outbox() -> int:
 
 @task("workers.maintenance.requeue_stale", soft_time_limit=50, time_limit=60, idempotent=True)
 def requeue_stale() -> int:
-    """Re-enqueue executions whose broker message was lost: queued for longer than
-    WARDEN_REQUEUE_QUEUED_S, or running with no step for longer than the run time limit plus a
-    minute (its worker is gone and the broker did not redeliver)."""
+    """Re-enqueue executions whose broker message was lost (queued for longer than
+    WARDEN_REQUEUE_QUEUED_S) or whose worker is gone (running under an expired lease): the new
+    message takes the run over without waiting for the broker's visibility timeout."""
     s = runtime.settings()
     ids = executions.requeue_stale(runtime.db(), queued_s=s.requeue_queued_s,
-                                   running_s=s.executions_time_limit_s + 60)
+                                   running_s=s.executions_time_limit_s + 60, lease_s=s.lease_s)
     if ids:
         log.warning("re-enqueued %d stale execution(s): %s", len(ids), ", ".join(ids[:20]))
         outbox.wake(runtime.redis().client)

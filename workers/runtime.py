@@ -3,6 +3,8 @@ worker process (after the prefork), never at import time."""
 
 from __future__ import annotations
 
+import os
+
 from celery import current_app
 
 from shared.config import Settings, load_settings
@@ -25,9 +27,11 @@ def db() -> Database:
     key = ("db", s.database_url)
     handle = _state.get(str(key))
     if handle is None:
-        # An agent run holds one connection for its whole run (its advisory lock lives there) and
-        # briefly a second; thread pools run several at once.
-        handle = Database(s.database_url, minconn=1, maxconn=16)
+        # Bounded however many runs are in flight: a run holds a connection only for the length of
+        # one step's statement (never across a model call), and callers beyond the pool's size
+        # queue for it (shared/db.Database); WARDEN_DB_POOL_MAX sizes it.
+        handle = Database(s.database_url, minconn=1, maxconn=s.db_pool_max,
+                          application_name=f"warden-worker:{os.getpid()}")
         _state[str(key)] = handle
     return handle  # type: ignore[return-value]
 

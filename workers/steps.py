@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING
 from typing import TYPE_CHECKING, Any
 
-from guard import Guard, Policy, ToolCall, VerifyContext, arguments_sha256, find_phi, issue_certificate, redact
+from guard import Guard, Policy, ToolCall, VerifyContext, arguments_sha256, display, find_phi, issue_certificate
+from guard.model import labels_of
 from shared.ids import new_id
 from workers import tools
 
@@ -26,24 +27,22 @@ class StepResult:
     finished: str | None = None  # the terminal status when this step ended the run
 
 
-def _preview(arguments: dict[str, Any], policy: Policy, record_names: tuple[str, ...]) -> dict[str, Any]:
+def _preview(arguments: dict[str, Any], policy: Policy, record_names: tuple[str, ...],
+             labels: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Arguments for events: long strings shortened (the certificate carries the full hash).
 
     Under a policy that keeps PHI in (its ``phi_unredacted`` rule), strings are shown redacted:
     the stream, the stored events and the audit packages built from them are no place for the
     identifiers the policy exists to keep in, whether the call was allowed (redact_text's input)
     or refused for carrying them."""
-    redacting = any(rule.get("id") == "phi_unredacted" for rule in policy.rules)
+    redacting = display.redacts(policy, labels)
 
     def shown(value: Any) -> Any:
         if isinstance(value, str):
             if redacting:
                 # The whole string, then the cut: a cut first could split an identifier, and the
                 # detectors already read every outbound string in Guard.verify.
-                try:
-                    value = redact(value, record_names)[0]
-                except ValueError:  # redaction did not converge: show nothing rather than PHI
-                    value = "[REDACTED]"
+                value = display.redact_text(value, record_names)
             return value[:_ARG_PREVIEW] + "…" if len(value) > _ARG_PREVIEW else value
         if isinstance(value, dict):
             return {k: shown(v) for k, v in value.items()}
@@ -54,12 +53,46 @@ def _preview(arguments: dict[str, Any], policy: Policy, record_names: tuple[str,
     return {k: shown(v) for k, v in arguments.items()}
 
 
+# Keys of a tool's result summary that are never content (kept as they are in events).
+_SUMMARY_KEYS = ("labels", "status", "created", "truncated", "redactions", "content_type")
+
+
+def shown_result(run: Run, result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run's terminal ``result`` as its terminal event shows it: redacted under a policy that
+    redacts (the record keeps the output itself), with the labels the output carries."""
+    if result is None:
+        return None
+    labels = run.state.get("labels") or []
+    out = display.shown(result, run.policy, run.state.get("record_names") or (), keep=("reason",), labels=labels)
+    return {**out, "labels": list(labels)} if labels else out
+
+
+def _input_document(run: Run) -> dict[str, Any] | None:
+    """The task as a document carrying the labels of what it was made from (a workflow stage's
+    ``{{stages.<name>.output}}``): the Guard judges copies of it as it judges the labelled
+    document it came from."""
+    labels = run.state.get("input_labels") or []
+    return {"labels": list(labels), "content": run.task} if labels else None
+
+
+# The key the task's own content is judged under; no document name can hold a NUL.
+INPUT_KEY = "\x00task-input"
+
+
 def _context(run: Run, docs: list[Any]) -> VerifyContext:
     by_key: dict[str, dict[str, Any]] = {}
     for d in docs:
         entry = {"labels": d.labels, "content": d.content}
         by_key[d.id] = entry
         by_key[d.name] = entry
+    given = _input_document(run)
+    if given is not None:
+        by_key[INPUT_KEY] = given
+        if "phi" in given["labels"] and not run.state.get("input_names"):
+            # As if the stage had read the labelled document: the names it states are identifiers.
+            names = list(dict.fromkeys([*run.state.get("record_names", []), *_names_from(run.task)]))
+            run.state["record_names"] = names[:MAX_RECORD_NAMES]
+            run.state["input_names"] = True
     return VerifyContext(
         execution_id=run.id, policy=run.policy, effective_permissions=frozenset(run.effective_permissions),
         budget_cents=run.budget_cents, spent_cents=int(run.spent.to_integral_value(ROUND_CEILING)),
@@ -87,6 +120,9 @@ def _complete(run: Run, call: dict[str, Any], result: dict[str, Any] | None,
         if call["name"] == "read_document":
             names = list(dict.fromkeys([*state.get("record_names", []), *_names_from(result.get("content", ""))]))
             state["record_names"] = names[:MAX_RECORD_NAMES]
+            carried = display.sensitive([*state.get("labels", []), *(result.get("labels") or [])])
+            if carried:  # what the run writes or answers from now on is derived from it
+                state["labels"] = carried
     else:
         content, ok = {"error": error.code, "message": error.message}, False
     state["messages"].append(_tool_message(call, content, not ok))
@@ -94,6 +130,8 @@ def _complete(run: Run, call: dict[str, Any], result: dict[str, Any] | None,
     run.counts["tool_calls"] = run.counts.get("tool_calls", 0) + 1
     summary = ({k: v for k, v in result.items() if k not in ("content", "body", "text", "documents")}
                if result else {"error": content})
+    summary = display.shown(summary, run.policy, state.get("record_names") or (), keep=_SUMMARY_KEYS,
+                            labels=state.get("labels") or ())
     run.emit("tool.completed", {"call_id": call["id"], "tool": call["name"], "ok": ok, "result": summary})
 
 
@@ -119,11 +157,12 @@ def judge_and_run(run: Run, call: dict[str, Any], cur: Any) -> StepResult | None
     the certificate and, for a database tool, the tool itself through ``cur``. None: an external
     call was certified and marked started; it runs after this step commits."""
     key = call_key(call)
-    tc = ToolCall(call["name"], call["arguments"])
     docs = run.documents(cur)
     context = _context(run, docs)
+    tc = ToolCall(call["name"], call["arguments"])
     run.emit("tool.requested", {"call_id": call["id"], "tool": call["name"],
-                                "arguments": _preview(call["arguments"], context.policy, context.record_names),
+                                "arguments": _preview(call["arguments"], context.policy, context.record_names,
+                                                      run.state.get("labels") or []),
                                 "step": call["step"]})
     decision = Guard.verify(tc, context)
     run.emit("guard.decision", {"call_id": call["id"], **decision.to_dict()})
@@ -152,6 +191,10 @@ def judge_and_run(run: Run, call: dict[str, Any], cur: Any) -> StepResult | None
         run.state["pending"].pop(0)
         return StepResult()
     state = run.state
+    if call["name"] == "write_document" and state.get("labels") and _carry_labels(call, context, state["labels"]):
+        # Judged as asked; written (and certified) with the labels it carries. More labels never
+        # turn an allowed write into a refused one, so the decision holds for what is written.
+        tc = ToolCall(call["name"], call["arguments"])
     cert = issue_certificate(run.key, certificate_id=new_id("cert"), execution_id=run.id,
                              seq=state["cert_seq"] + 1, call=tc, decision=decision, policy=run.policy,
                              issued_at=_now(), prev_hash=state["prev_hash"])
@@ -171,6 +214,22 @@ def judge_and_run(run: Run, call: dict[str, Any], cur: Any) -> StepResult | None
             _complete(run, call, None, exc)
         return StepResult()
     return None
+
+
+def _carry_labels(call: dict[str, Any], context: VerifyContext, carried: list[str]) -> bool:
+    """A document written by a run that holds labelled content carries those labels too, on top
+    of the ones it asked for (or, overwriting without asking, the ones the document has). True
+    when the call's arguments changed: the certificate then hashes what is written."""
+    arguments = call["arguments"]
+    asked = arguments.get("labels")
+    if isinstance(asked, list):
+        base = [str(label) for label in asked]
+    else:
+        base = sorted(labels_of(context.document(arguments.get("name"))))
+    if set(carried) <= set(base):
+        return False
+    call["arguments"] = {**arguments, "labels": [*base, *(label for label in carried if label not in base)]}
+    return True
 
 
 def _finish_external(run: Run, call: dict[str, Any], call_key: str, *, resumed: bool) -> StepResult:
@@ -196,4 +255,4 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-__all__ = ["process_call", "judge_and_run", "StepResult"]
+__all__ = ["process_call", "judge_and_run", "shown_result", "StepResult"]

@@ -70,10 +70,11 @@ def list_documents() -> Response:
     """
     limit = parse_limit(request.args.get("limit"))
     after = decode_cursor(request.args.get("cursor"))
-    items, has_more = documents.list_page(services().db, workspace_id(), after_id=after, limit=limit,
+    items, has_more, total = documents.list_page(services().db, workspace_id(), after_id=after, limit=limit,
                                           label=request.args.get("label"))
     return jsonify({"items": [_doc(d, content=False) for d in items], "has_more": has_more,
-                    "next_cursor": encode_cursor(items[-1].id) if has_more and items else None})
+                    "next_cursor": encode_cursor(items[-1].id) if has_more and items else None,
+                    "total_count": total})
 
 
 @bp.get("/documents/<document_id>")

@@ -123,7 +123,7 @@ def list_certificates(execution_id: str) -> Response:
             raise NotFound(f"Execution {execution_id} not found", code="execution_not_found")
         certs = runs.certificates(cur, execution_id)
         refused = runs.violations(cur, execution_id)
-    return jsonify({"execution_id": execution_id, "items": certs, "violations": refused})
+    return jsonify({"execution_id": execution_id, "items": certs, "violations": refused, "total_count": len(certs)})
 
 
 @bp.get("/executions/<execution_id>/events")
@@ -152,5 +152,8 @@ def list_events(execution_id: str) -> Response:
     if events is None:
         raise NotFound(f"Execution {execution_id} not found", code="execution_not_found")
     page = events[:limit]
+    # Events are numbered gaplessly from 1: the execution's count is the total.
+    total = services().db.fetchone("SELECT event_count FROM executions WHERE id = %s", (execution_id,))["event_count"]
     return jsonify({"items": page, "has_more": len(events) > limit,
-                    "next_after": page[-1]["seq"] if len(events) > limit else None})
+                    "next_after": page[-1]["seq"] if len(events) > limit else None,
+                    "total_count": max(int(total), page[-1]["seq"] if page else 0)})

@@ -100,9 +100,10 @@ def list_alerts(task_id: str) -> Response:
     page = alerts.list_for_task(services().db, workspace_id(), task_id, after_id=after, limit=limit)
     if page is None:
         raise NotFound(f"Task {task_id} not found", code="task_not_found")
-    items, has_more = page
+    items, has_more, total = page
     return jsonify({"items": items, "has_more": has_more,
-                    "next_cursor": encode_cursor(items[-1]["alert_id"]) if has_more and items else None})
+                    "next_cursor": encode_cursor(items[-1]["alert_id"]) if has_more and items else None,
+                    "total_count": total})
 
 
 def _wait_replay(req: dict[str, Any]) -> dict[str, Any]:

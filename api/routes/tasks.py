@@ -6,12 +6,17 @@ monitoring Task (seed 002). Exactly one of the two must be present.
 
 from __future__ import annotations
 
+import difflib
+from typing import Any
+
 from flask import Blueprint, Response, jsonify, request
 
 from api.auth import workspace_id
 from api.body import json_object
 from api.intake import submit_execution
 from api.monitoring import create_task as create_monitoring_task
+from api.monitoring_schemas import MonitoringTaskRequest
+from api.schemas import AgentTaskRequest
 from shared.errors import BadRequest
 
 bp = Blueprint("tasks", __name__)
@@ -62,8 +67,7 @@ def create_task() -> Response:
         raise BadRequest("Body must contain either 'task' (agent execution) or 'intent' (monitoring task), "
                          "not both", code="invalid_request_shape")
     if not has_task and not has_intent:
-        raise BadRequest("Body must contain 'task' (agent execution) or 'intent' (monitoring task)",
-                         code="invalid_request_shape")
+        raise _neither(body)
     if has_intent:
         return create_monitoring_task(body)
     status, payload, headers = submit_execution(workspace_id(), body, request.headers.get("Idempotency-Key"))
@@ -72,3 +76,23 @@ def create_task() -> Response:
     for k, v in headers.items():
         resp.headers[k] = v
     return resp
+
+
+# Every field either kind of body may carry: anything else is named in the error.
+_KNOWN_FIELDS = tuple(sorted(set(AgentTaskRequest().fields) | set(MonitoringTaskRequest().fields)))
+
+
+def _neither(body: dict[str, Any]) -> BadRequest:
+    """400 for a body with neither ``task`` nor ``intent``, naming the fields it has that neither
+    kind knows (``{"taks": …}`` → ``unknown field 'taks' (did you mean 'task'?)``)."""
+    unknown = [str(k) for k in body if k not in _KNOWN_FIELDS]
+    message = "Body must contain 'task' (agent execution) or 'intent' (monitoring task)"
+    if unknown:
+        parts = []
+        for name in unknown[:10]:
+            close = difflib.get_close_matches(name, _KNOWN_FIELDS, n=1, cutoff=0.6)
+            parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        message += f"; unknown field{'s' if len(unknown) > 1 else ''}: " + ", ".join(parts)
+        return BadRequest(message, code="invalid_request_shape", unknown_fields=unknown[:10],
+                          errors={name: ["Unknown field."] for name in unknown[:10]})
+    return BadRequest(message, code="invalid_request_shape")

@@ -16,10 +16,10 @@ from marshmallow import ValidationError
 from api.auth import key_id, workspace_id
 from api.body import json_object
 from api.idempotency import create_once
-from api.intake import websocket_url
+from api.intake import require_configured, websocket_url
 from api.services import services
 from api.workflow_schemas import WorkflowCreateRequest
-from guard import UnknownPolicy, load_policy, resolve_permissions
+from guard import UnknownPolicy, display, load_policy, resolve_permissions
 from shared import events as execution_events
 from shared import workflow_events, workflow_plan
 from shared.config import resolve_provider
@@ -38,13 +38,20 @@ def _ts(value: Any) -> str | None:
 def _stage_json(s: dict[str, Any]) -> dict[str, Any]:
     spec = s["spec"]
     status = workflows.stage_status(s)
+    policy, names = spec["compliance_policy"], tuple(s.get("record_names") or ())
+    output = (s["result"] or {}).get("output") if status == "succeeded" else None
+    task, resolved = spec["task"], s["execution_task"]
+    if display.redacts(policy, s.get("labels") or ()):  # as its events show them
+        task = display.redact_text(task, names)
+        resolved = display.redact_text(resolved, names) if resolved is not None else None
+        output = display.redact_text(output, names) if isinstance(output, str) else output
     return {
         "name": s["name"], "depends_on": s["depends_on"], "status": status, "execution_id": s["execution_id"],
-        "task": spec["task"], "resolved_task": s["execution_task"], "compliance_policy": spec["compliance_policy"],
+        "task": task, "resolved_task": resolved, "compliance_policy": policy,
         "budget_cents": s["execution_budget"] if s["execution_budget"] is not None else spec["budget_cents"],
         "spent_cents": float(s["spent_cents"] or 0), "provider": spec["provider"], "model": spec["model"],
         "effective_permissions": spec["effective_permissions"],
-        "output": (s["result"] or {}).get("output") if status == "succeeded" else None,
+        "output": output, "labels": list(s.get("labels") or []),
         "error": s["skip_reason"] if s["state"] == "skipped" else s["error"],
         "started_at": _ts(s["started_at"]), "finished_at": _ts(s["finished_at"]),
     }
@@ -77,6 +84,7 @@ def _resolve_stages(data: dict[str, Any]) -> list[dict[str, Any]]:
             raise ValidationError({f"stages.{s['name']}.permissions": [
                 f"No effective permissions after applying '{policy.name}' compliance policy"]})
         provider, model = resolve_provider(settings, s["provider"], s["model"])
+        require_configured(settings, provider, stage=s["name"])
         out.append({"name": s["name"], "depends_on": list(dict.fromkeys(s["depends_on"])), "task": s["task"],
                     "compliance_policy": policy.name, "policy_version": policy.version,
                     "requested_permissions": s["permissions"], "effective_permissions": resolution.effective,

@@ -162,13 +162,17 @@ def set_delivery(cur: Any, alert_id: str, status: str, detail: dict[str, Any]) -
 
 
 def list_for_task(db: Database, workspace_id: str, task_id: str, *, after_id: str | None,
-                  limit: int) -> tuple[list[dict[str, Any]], bool] | None:
-    """Newest first, as JSON, each webhook alert with its attempts; None when no such task."""
+                  limit: int) -> tuple[list[dict[str, Any]], bool, int] | None:
+    """Newest first, as JSON, each webhook alert with its attempts, whether more follow and the
+    task's alert count; None when no such task."""
     cols = ", ".join("a." + c.strip() for c in _ALERT_COLUMNS.split(","))
     with db.transaction() as cur:
         cur.execute("SELECT 1 FROM tasks WHERE id = %s AND workspace_id = %s", (task_id, workspace_id))
         if cur.fetchone() is None:
             return None
+        cur.execute("SELECT count(*) AS n FROM alerts WHERE task_id = %s AND workspace_id = %s",
+                    (task_id, workspace_id))
+        total = int(cur.fetchone()["n"])
         cur.execute(f"SELECT {cols}, d.id AS d_id, d.next_attempt_at AS d_next FROM alerts a"
                     " LEFT JOIN alert_deliveries d ON d.alert_id = a.id"
                     " WHERE a.task_id = %s AND a.workspace_id = %s" + (" AND a.id < %s" if after_id else "") +
@@ -193,7 +197,7 @@ def list_for_task(db: Database, workspace_id: str, task_id: str, *, after_id: st
             if item["delivery"]["status"] == "pending":
                 item["delivery"]["next_attempt_at"] = d_next.isoformat()
         items.append(item)
-    return items, len(rows) > limit
+    return items, len(rows) > limit, total
 
 
 # ---- webhook deliveries -------------------------------------------------------------------

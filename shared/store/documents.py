@@ -70,14 +70,17 @@ def from_json(rows: list[dict[str, Any]]) -> list[Document]:
 
 
 def list_page(db: Database, workspace_id: str, *, after_id: str | None, limit: int,
-              label: str | None = None) -> tuple[list[Document], bool]:
+              label: str | None = None) -> tuple[list[Document], bool, int]:
+    """A page, newest first, whether more follow, and how many match in all (``label`` filter)."""
     where, params = ["workspace_id = %s"], [workspace_id]
     if label is not None:
         where.append("labels ? %s")
         params.append(label)
+    counted = db.fetchone(f"SELECT count(*) AS n FROM documents WHERE {' AND '.join(where)}", params)
+    total = int(counted["n"]) if counted else 0
     if after_id is not None:
         where.append("id < %s")
         params.append(after_id)
     rows = db.fetchall(f"SELECT {COLUMNS} FROM documents WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s",
                        [*params, limit + 1])
-    return [Document(**r) for r in rows[:limit]], len(rows) > limit
+    return [Document(**r) for r in rows[:limit]], len(rows) > limit, total

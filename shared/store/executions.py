@@ -19,7 +19,10 @@ RUN_TASK = "workers.executions.run"
 _COLUMNS = (
     "id, workspace_id, task, status, compliance_policy, policy_version, provider, model, budget_cents,"
     " spent_cents, requested_permissions, effective_permissions, denied_permissions, webhook_url, result,"
-    " error, usage, counts, event_count, cancel_requested, created_at, started_at, finished_at, updated_at"
+    " error, usage, counts, event_count, cancel_requested, created_at, started_at, finished_at, updated_at, worker,"
+    # What the run carries from labelled content (workers/steps.py), and the names it has read
+    # from the record (to redact views of it under hipaa).
+    " COALESCE(state->'labels', '[]'::jsonb) AS labels, COALESCE(state->'record_names', '[]'::jsonb) AS record_names"
 )
 
 
@@ -66,6 +69,9 @@ class Execution:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    worker: dict[str, Any] | None = None  # {"host", "pid"} of the worker that last took the run
+    labels: list[str] = field(default_factory=list)
+    record_names: list[str] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -123,18 +129,21 @@ def insert(cur: Any, new: NewExecution, *, publish_after_s: float | None = None)
     return insert_many(cur, [new], publish_after_s=publish_after_s)[0]
 
 
-# Executions that should have moved by now: queued longer than `queued_s`, or running with no step
-# saved for longer than `running_s` (longer than a run's time limit: its worker is gone). Each gets
-# a fresh outbox row; its updated_at is touched so the next pass waits another interval. A second
-# message for a run that is in fact alive is harmless: the executor's advisory lock and guarded
-# transitions make it a no-op.
+# Executions that should have moved by now: queued longer than `queued_s` (their message was lost),
+# or running under a lease that expired (their worker is gone; `running_s` covers rows written
+# before leases existed). Each gets a fresh outbox row: its message takes the run over
+# (shared/store/runs.begin). `updated_at` is touched so the next pass waits another interval. A
+# second message for a run that is in fact alive is harmless: the lease and the guarded writes
+# make it a no-op, or it starts the next queued run.
 _REQUEUE = f"""
 WITH stale AS (
   UPDATE executions SET updated_at = now()
    WHERE id IN (SELECT id FROM executions
-                 WHERE status IN ('queued', 'running')
-                   AND updated_at < now() - make_interval(secs => CASE status WHEN 'queued' THEN %(queued_s)s
-                                                                            ELSE %(running_s)s END)
+                 WHERE (status = 'queued' AND updated_at < now() - make_interval(secs => %(queued_s)s))
+                    OR (status = 'running' AND updated_at < now() - make_interval(secs => %(lease_s)s)
+                        AND (lease_expires_at < now()
+                             OR (lease_expires_at IS NULL
+                                 AND updated_at < now() - make_interval(secs => %(running_s)s))))
                  ORDER BY updated_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
   RETURNING id
 ), o AS (
@@ -144,11 +153,13 @@ SELECT id FROM stale
 """
 
 
-def requeue_stale(db: Database, *, queued_s: float, running_s: float, limit: int = 500) -> list[str]:
-    """Re-enqueue executions whose message was lost (a broker that dropped it, a purge); returns
-    their ids. Run periodically by the beat (workers.maintenance.requeue_stale)."""
+def requeue_stale(db: Database, *, queued_s: float, running_s: float, lease_s: float = 30.0,
+                  limit: int = 500) -> list[str]:
+    """Re-enqueue executions whose message was lost (a broker that dropped it, a purge) or whose
+    worker died (an expired lease); returns their ids. Run periodically by the beat
+    (workers.maintenance.requeue_stale)."""
     with db.autocommit() as cur:
-        cur.execute(_REQUEUE, {"queued_s": queued_s, "running_s": running_s, "limit": limit})
+        cur.execute(_REQUEUE, {"queued_s": queued_s, "running_s": running_s, "lease_s": lease_s, "limit": limit})
         return [r["id"] for r in cur.fetchall()]
 
 

@@ -23,84 +23,211 @@ ADVANCE_TASK = "workers.workflows.advance"  # a stage's end advances its workflo
 
 def lock(cur: Any, execution_id: str) -> dict[str, Any] | None:
     """The row, locked for this transaction (serialises the executor with cancel)."""
-    cur.execute("SELECT id, workspace_id, status, cancel_requested, state, spent_cents, usage, counts, webhook_url"
-                " FROM executions WHERE id = %s FOR UPDATE", (execution_id,))
+    cur.execute("SELECT id, workspace_id, status, cancel_requested, state, spent_cents, usage, counts, webhook_url,"
+                " lease_token FROM executions WHERE id = %s FOR UPDATE", (execution_id,))
     return cur.fetchone()
 
 
-# The runner's session-level advisory lock (see workers/executor.py), then queued → running with its
-# `execution.started` event, in one statement that also returns the row as it was (so a
-# redelivery sees `running` and its saved state), the active generated signing key and, for a run
-# started now, the workspace's documents (see Run.documents in workers/executor.py): the start of a
-# run is one round trip. Without the lock nothing is written.
-#
-# A run that ended leaves its lock held on the connection (one round trip less per run): the next
-# run started on that connection releases it here, first thing. Nothing is lost by holding it
-# meanwhile: a message for a finished run that finds the lock taken sees the terminal status and
-# stops (see :func:`begin`).
-_BEGIN = Prepared(f"""
-WITH r AS MATERIALIZED (SELECT pg_advisory_unlock_all()),
-l AS MATERIALIZED (SELECT CASE WHEN (SELECT true FROM r) THEN pg_try_advisory_lock(hashtextextended(%(lock)s, 0))
-                          END AS locked),
-u AS (
+# Run ownership is a lease on the row (see workers/ownership.py): `lease_token` is the fencing
+# token every step's guarded write checks, `lease_expires_at` the moment another worker may take the
+# run over. No lock or connection is held between steps.
+
+_RUN_COLUMNS = """e.id, e.workspace_id, e.task, e.status, e.compliance_policy, e.policy_version, e.provider,
+       e.model, e.budget_cents, e.spent_cents, e.effective_permissions, e.state, e.usage, e.counts,
+       e.cancel_requested, e.webhook_url, e.workflow_id"""
+
+_SIGNING_KEY = """LEFT JOIN LATERAL (SELECT key_id, encrypted_seed FROM signing_keys
+                      WHERE retired_at IS NULL AND source = 'generated') k ON true"""
+
+# What a run message (a "ticket") finds when it arrives: a run it was driving before (a
+# redelivery: its worker died), and the state of the run it names.
+_LOOK = Prepared("""
+SELECT o.id AS own_id, o.live AS own_live, o.left_s AS own_left_s, n.status AS named_status, n.live AS named_live
+  FROM (SELECT 1) one
+  LEFT JOIN LATERAL (SELECT id, COALESCE(lease_expires_at > now(), false) AS live,
+                            EXTRACT(EPOCH FROM lease_expires_at - now())::float8 AS left_s
+                       FROM executions WHERE ticket = %(ticket)s AND status = 'running' LIMIT 1) o ON true
+  LEFT JOIN LATERAL (SELECT status, COALESCE(lease_expires_at > now(), false) AS live
+                       FROM executions WHERE id = %(ticket)s) n ON true
+""")
+
+# Fair share: the next run to start is the oldest queued run of the waiting workspace with the
+# fewest running (ties: the workspace waiting longest), skipping workspaces at their
+# max_running_executions. So a burst from one workspace never delays another's runs by more than
+# the next free slot, and a workspace alone takes every slot. Workspaces with queued runs are found
+# with a loose index scan (executions_queued_fair); running counts read executions_running_workspace.
+# The claim takes the run's lease and writes its execution.started event in the same statement,
+# and returns the active signing key and the workspace's documents (see Run.documents).
+_CLAIM = Prepared(f"""
+WITH RECURSIVE w(workspace_id) AS (
+  (SELECT workspace_id FROM executions WHERE status = 'queued' ORDER BY workspace_id LIMIT 1)
+  UNION ALL
+  SELECT (SELECT q.workspace_id FROM executions q
+           WHERE q.status = 'queued' AND q.workspace_id > w.workspace_id ORDER BY q.workspace_id LIMIT 1)
+    FROM w WHERE w.workspace_id IS NOT NULL
+), r AS (
+  SELECT workspace_id, count(*) AS n FROM executions WHERE status = 'running' GROUP BY workspace_id
+), c AS (
+  SELECT w.workspace_id, COALESCE(r.n, 0) AS n,
+         (SELECT min(q.id) FROM executions q WHERE q.workspace_id = w.workspace_id AND q.status = 'queued') AS oldest
+    FROM w JOIN workspaces s ON s.id = w.workspace_id LEFT JOIN r ON r.workspace_id = w.workspace_id
+   WHERE s.max_running_executions IS NULL OR COALESCE(r.n, 0) < s.max_running_executions
+), t AS (
+  SELECT e.id FROM executions e
+   WHERE e.status = 'queued' AND NOT e.cancel_requested
+     AND e.workspace_id = (SELECT workspace_id FROM c ORDER BY n, oldest LIMIT 1)
+   ORDER BY e.id LIMIT 1 FOR UPDATE SKIP LOCKED
+), u AS (
   UPDATE executions SET status = 'running', started_at = now(), updated_at = now(),
-         event_count = event_count + 1
-   WHERE id = %(id)s AND status = 'queued' AND NOT cancel_requested AND (SELECT locked FROM l)
-  RETURNING id, event_count, provider, model
+         event_count = event_count + 1, lease_token = lease_token + 1,
+         lease_expires_at = now() + make_interval(secs => %(lease_s)s), ticket = %(ticket)s,
+         deliveries = deliveries + 1, worker = %(worker)s::jsonb
+   WHERE id = (SELECT id FROM t) AND status = 'queued'
+  RETURNING id, workspace_id, event_count, provider, model, lease_token, deliveries
 ), ev AS (
   INSERT INTO execution_events (execution_id, seq, type, data)
-  SELECT id, event_count, 'execution.started', jsonb_build_object('provider', provider, 'model', model) FROM u
+  SELECT id, event_count, 'execution.started',
+         jsonb_build_object('provider', provider, 'model', model, 'worker', %(worker)s::jsonb) FROM u
   RETURNING execution_id, seq, type, at, data
 )
-SELECT l.locked, e.id, e.workspace_id, e.task, e.status, e.compliance_policy, e.policy_version, e.provider,
-       e.model, e.budget_cents, e.spent_cents, e.effective_permissions, e.state, e.usage, e.counts,
-       e.cancel_requested, e.webhook_url, e.workflow_id, ev.seq AS ev_seq, ev.at AS ev_at, ev.data AS ev_data,
+SELECT (SELECT count(*) FROM w WHERE workspace_id IS NOT NULL) AS waiting, (SELECT count(*) FROM c) AS eligible,
+       u.lease_token, u.deliveries, {_RUN_COLUMNS},
+       ev.seq AS ev_seq, ev.at AS ev_at, ev.data AS ev_data,
        k.key_id AS key_id, k.encrypted_seed AS key_encrypted_seed, dd.docs
-  FROM l
-  LEFT JOIN executions e ON e.id = %(id)s
+  FROM (SELECT 1) one
+  LEFT JOIN u ON true
+  LEFT JOIN executions e ON e.id = u.id
   LEFT JOIN ev ON true
-  LEFT JOIN LATERAL (SELECT key_id, encrypted_seed FROM signing_keys
-                      WHERE retired_at IS NULL AND source = 'generated') k ON true
+  {_SIGNING_KEY}
   LEFT JOIN LATERAL (SELECT json_agg(d ORDER BY d.id) AS docs
                        FROM (SELECT {documents.COLUMNS} FROM documents
-                              WHERE workspace_id = e.workspace_id AND ev.seq IS NOT NULL
+                              WHERE workspace_id = u.workspace_id
                               ORDER BY id LIMIT {documents.CONTEXT_LIMIT}) d) dd ON true
 """)
 
-
-def lock_key(execution_id: str) -> str:
-    """The key of the advisory lock a runner holds for the whole run (hashtextextended'ed)."""
-    return "warden:execution:" + execution_id
+# Take over a running run whose lease has expired (its worker is gone): a new token fences the old
+# owner out, and an execution.resumed event says who took it and how many times it has been taken.
+_TAKEOVER = Prepared(f"""
+WITH u AS (
+  UPDATE executions SET lease_token = lease_token + 1, updated_at = now(),
+         lease_expires_at = now() + make_interval(secs => %(lease_s)s), ticket = %(ticket)s,
+         deliveries = deliveries + 1, worker = %(worker)s::jsonb, event_count = event_count + 1
+   WHERE id = %(id)s AND status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+  RETURNING id, event_count, lease_token, deliveries
+), ev AS (
+  INSERT INTO execution_events (execution_id, seq, type, data)
+  SELECT id, event_count, 'execution.resumed',
+         jsonb_build_object('worker', %(worker)s::jsonb, 'delivery', deliveries) FROM u
+  RETURNING execution_id, seq, type, at, data
+)
+SELECT u.lease_token, u.deliveries, {_RUN_COLUMNS},
+       ev.seq AS ev_seq, ev.at AS ev_at, ev.data AS ev_data,
+       k.key_id AS key_id, k.encrypted_seed AS key_encrypted_seed
+  FROM u JOIN executions e ON e.id = u.id
+  LEFT JOIN ev ON true
+  {_SIGNING_KEY}
+""")
 
 
 @dataclass
 class Begun:
-    locked: bool  # the advisory lock is now held by this session (False: another runner has it)
-    row: dict[str, Any] | None  # the execution as it was before this statement (None: no such execution;
-    #                             when not locked, only its status)
-    started: dict[str, Any] | None  # the execution.started event when this call started the run
-    signing_key: tuple[str, str] | None  # (key_id, encrypted seed) of the active generated key
-    documents: list[documents.Document] | None = None  # the workspace's, read by a start (not a resume)
+    """What a run message found (see :func:`begin`)."""
+
+    row: dict[str, Any] | None  # the run this message now owns (its lease taken), as it was before
+    token: int = 0  # the fencing token of that lease
+    event: dict[str, Any] | None = None  # execution.started (a start) or execution.resumed (a takeover)
+    deliveries: int = 0  # how many times the run has been taken, this time included
+    signing_key: tuple[str, str] | None = None  # (key_id, encrypted seed) of the active generated key
+    documents: list[documents.Document] | None = None  # the workspace's, read by a start (not a takeover)
+    retry_in: float | None = None  # nothing owned: come back after this long (a lease still live, or a cap)
 
 
-def begin(cur: Any, execution_id: str) -> Begun:
-    """Release what an earlier run left held on this connection, take this run's advisory lock
-    and start a queued run (or read a running one back). Run in autocommit: the lock is the
-    session's, and outlives the statement."""
-    _BEGIN.execute(cur, {"id": execution_id, "lock": lock_key(execution_id)})
-    row = cur.fetchone()
-    locked = bool(row.pop("locked"))
-    if row["id"] is None:
-        return Begun(locked, None, None, None)
-    if not locked:
-        return Begun(False, {"id": row["id"], "status": row["status"]}, None, None)
+def _owned(row: dict[str, Any], type_: str) -> Begun:
     seq, at, data = row.pop("ev_seq"), row.pop("ev_at"), row.pop("ev_data")
     key_id, seed = row.pop("key_id"), row.pop("key_encrypted_seed")
-    docs = row.pop("docs")
-    started = (event_dict({"execution_id": execution_id, "seq": seq, "type": "execution.started", "at": at,
-                           "data": data}) if seq is not None else None)
-    return Begun(True, row, started, (key_id, seed) if key_id else None,
-                 documents.from_json(docs or []) if started is not None else None)
+    docs = row.pop("docs", None)
+    token, deliveries = row.pop("lease_token"), row.pop("deliveries")
+    row.pop("waiting", None), row.pop("eligible", None)
+    event = (event_dict({"execution_id": row["id"], "seq": seq, "type": type_, "at": at, "data": data})
+             if seq is not None else None)
+    return Begun(row, int(token), event, int(deliveries), (key_id, seed) if key_id else None,
+                 documents.from_json(docs or []) if type_ == "execution.started" else None)
+
+
+def takeover(cur: Any, execution_id: str, *, ticket: str, worker: Any, lease_s: float) -> Begun | None:
+    """Take over a running run whose lease has expired; None when it is not (or no longer) so."""
+    _TAKEOVER.execute(cur, {"id": execution_id, "ticket": ticket, "worker": Json(worker), "lease_s": lease_s})
+    row = cur.fetchone()
+    return _owned(row, "execution.resumed") if row is not None else None
+
+
+CAPPED_RETRY_S = 2.0  # how soon a message that found only capped workspaces waiting looks again
+
+
+def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float) -> Begun:
+    """What a run message (named ``ticket``, its execution's id) owns now. In order:
+
+    1. the run it was driving before, when its worker died (a redelivery): taken over once its
+       lease has expired, otherwise come back when it will have;
+    2. the run it names, when that run is running with an expired lease (its worker is gone and
+       the sweep re-sent its message);
+    3. the next queued run by fair share (not necessarily the one it names: every message is a
+       slot's worth of work, and each queued run has one message).
+
+    Nothing to own: ``row`` is None, with ``retry_in`` set when runs wait only behind their
+    workspace's cap. Run in autocommit: each statement is its own transaction."""
+    _LOOK.execute(cur, {"ticket": ticket})
+    look = cur.fetchone()
+    if look["own_id"] is not None:
+        if look["own_live"]:
+            return Begun(None, retry_in=max(0.5, float(look["own_left_s"] or 0.0) + 0.5))
+        taken = takeover(cur, look["own_id"], ticket=ticket, worker=worker, lease_s=lease_s)
+        if taken is not None:
+            return taken
+    if look["named_status"] == "running" and not look["named_live"]:
+        taken = takeover(cur, ticket, ticket=ticket, worker=worker, lease_s=lease_s)
+        if taken is not None:
+            return taken
+    for _ in range(8):  # SKIP LOCKED: a concurrent claim may have taken the row we aimed at
+        _CLAIM.execute(cur, {"ticket": ticket, "worker": Json(worker), "lease_s": lease_s})
+        row = cur.fetchone()
+        if row["lease_token"] is not None:
+            return _owned(row, "execution.started")
+        if not row["waiting"]:
+            return Begun(None)
+        if not row["eligible"]:
+            return Begun(None, retry_in=CAPPED_RETRY_S)
+    return Begun(None, retry_in=0.1)
+
+
+# A live lease pushed forward (the owners' heartbeat, one statement for all of a process's runs);
+# returns the runs still owned.
+_RENEW = """
+UPDATE executions e SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
+  FROM unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS h(id, token)
+ WHERE e.id = h.id AND e.lease_token = h.token AND e.status = 'running'
+RETURNING e.id
+"""
+
+# Of a process's runs, those it must stop driving: a cancel was requested, or it lost the run
+# (ended meanwhile, or its lease was taken over under a newer token).
+_INTERRUPTED = """
+SELECT e.id, e.cancel_requested, e.status, e.lease_token = h.token AS owned
+  FROM unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS h(id, token) JOIN executions e ON e.id = h.id
+ WHERE e.cancel_requested OR e.status <> 'running' OR e.lease_token <> h.token
+"""
+
+
+def renew(cur: Any, owned: dict[str, int], lease_s: float) -> set[str]:
+    cur.execute(_RENEW, {"ids": list(owned), "tokens": list(owned.values()), "lease_s": lease_s})
+    return {r["id"] for r in cur.fetchall()}
+
+
+def interrupted(cur: Any, owned: dict[str, int]) -> dict[str, str]:
+    """{id: "cancel" | "lost"} for the runs in ``owned`` (id → token) that must stop."""
+    cur.execute(_INTERRUPTED, {"ids": list(owned), "tokens": list(owned.values())})
+    return {r["id"]: ("cancel" if r["cancel_requested"] and r["owned"] and r["status"] == "running" else "lost")
+            for r in cur.fetchall()}
 
 
 @dataclass
@@ -112,6 +239,10 @@ class Step:
     certificate: tuple[str, dict[str, Any]] | None = None  # (call_key, certificate)
     violation: tuple[str, str, str, list[dict[str, Any]], bool] | None = None  # call_key, tool, sha, list, halted
     terminal: tuple[str, dict[str, Any] | None, dict[str, Any] | None] | None = None  # status, result, error
+    token: int | None = None  # the writer's lease (fencing) token: the executor's steps
+    lease_s: float = 30.0  # how far the write pushes the lease's expiry
+    worker: dict[str, Any] | None = None  # {"host", "pid"} added to every event's data
+    event_result: dict[str, Any] | None = None  # the result as the terminal event shows it (default: result)
 
 
 _SAVABLE = ("state", "spent_cents", "usage", "counts")
@@ -130,7 +261,11 @@ def _step_sql(save: tuple[str, ...], certificate: bool, violation: bool, termina
     if terminal:
         sets += ["status = %(status)s", "result = %(result)s", "error = %(error)s", "finished_at = now()",
                  "cancel_requested = false"]
-    guard = "status = 'running' AND NOT cancel_requested" if running_only else "status IN ('queued', 'running')"
+    if running_only:  # the executor: its lease's fencing token, which the write renews
+        guard = "status = 'running' AND NOT cancel_requested AND lease_token = %(token)s"
+        sets.append("lease_expires_at = now() + make_interval(secs => %(lease_s)s)")
+    else:
+        guard = "status IN ('queued', 'running')"
     parts = [f"""
 WITH u AS (
   UPDATE executions SET {", ".join([*sets, "event_count = event_count + %(n)s", "updated_at = now()"])}
@@ -138,15 +273,15 @@ WITH u AS (
   RETURNING id, workspace_id, workflow_id, webhook_url, spent_cents, counts, event_count - %(n)s AS base
 ), ev AS (
   INSERT INTO execution_events (execution_id, seq, type, data)
-  SELECT u.id, u.base + v.ord, v.type, v.data
+  SELECT u.id, u.base + v.ord, v.type, v.data || %(extra)s::jsonb
     FROM u, unnest(%(types)s::text[], %(datas)s::jsonb[]) WITH ORDINALITY AS v(type, data, ord)"""]
     if terminal:
         # The terminal event carries the final spend and counts as stored.
         parts.append("""
   UNION ALL
   SELECT u.id, u.base + %(n)s, 'execution.' || %(status)s,
-         jsonb_build_object('status', %(status)s::text, 'result', %(result)s::jsonb, 'error', %(error)s::jsonb,
-                            'spent_cents', u.spent_cents::float8, 'counts', u.counts)
+         jsonb_build_object('status', %(status)s::text, 'result', %(event_result)s::jsonb, 'error', %(error)s::jsonb,
+                            'spent_cents', u.spent_cents::float8, 'counts', u.counts) || %(extra)s::jsonb
     FROM u""")
     parts.append("\n  RETURNING execution_id, seq, type, at, data\n)")
     if certificate:
@@ -190,7 +325,12 @@ def write_step(cur: Any, execution_id: str, step: Step, *, running_only: bool = 
     save = tuple(c for c in _SAVABLE if c in step.save)
     params: dict[str, Any] = {
         "id": execution_id, "types": [t for t, _ in step.events], "datas": [Json(d) for _, d in step.events],
-        "n": len(step.events) + (1 if step.terminal else 0)}
+        "n": len(step.events) + (1 if step.terminal else 0),
+        "extra": Json({"worker": step.worker} if step.worker else {})}
+    if running_only:
+        if step.token is None:
+            raise ValueError("an executor step is written under its lease token")
+        params.update(token=step.token, lease_s=step.lease_s)
     for c in save:
         v = step.save[c]
         params[c] = Json(v) if isinstance(v, dict) else v
@@ -205,7 +345,9 @@ def write_step(cur: Any, execution_id: str, step: Step, *, running_only: bool = 
         if status not in TERMINAL:
             raise ValueError(status)
         delivery_id = new_id("dlv")
+        shown = step.event_result if step.event_result is not None else result
         params.update(status=status, result=Json(result) if result is not None else None,
+                      event_result=Json(shown) if shown is not None else None,
                       error=Json(error) if error is not None else None, dlv_id=delivery_id,
                       webhook_id="msg_" + delivery_id[4:])
     _step_statement(save, step.certificate is not None, step.violation is not None, step.terminal is not None,

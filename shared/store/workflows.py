@@ -19,18 +19,23 @@ from shared.db import Database, Json
 from shared.ids import new_id
 from shared.paging import keyset_page
 from shared.store import executions, runs
-from shared.workflow_plan import ancestors, render
+from shared.workflow_plan import ancestors, references, render
 
 ADVANCE_TASK = runs.ADVANCE_TASK
 STATUSES = ("running", "succeeded", "failed", "cancelled")
 FAILED = frozenset({"blocked", "error", "cancelled"})
 MIN_STAGE_BUDGET = 100
 MAX_TASK_CHARS = 100_000
+# The labels that follow the data from a stage's output into the stages that use it (the same set
+# as guard.display.SENSITIVE_LABELS; shared/ imports no guard code).
+CARRIED_LABELS = ("financial", "phi", "privileged")
 
 _STAGES = """
 SELECT s.workflow_id, s.name, s.position, s.depends_on, s.spec, s.state, s.execution_id, s.skip_reason,
        s.started_at, e.status AS execution_status, e.task AS execution_task, e.result, e.error,
-       e.spent_cents, e.budget_cents AS execution_budget, e.finished_at
+       e.spent_cents, e.budget_cents AS execution_budget, e.finished_at,
+       COALESCE(e.state->'labels', '[]'::jsonb) AS labels,
+       COALESCE(e.state->'record_names', '[]'::jsonb) AS record_names
   FROM workflow_stages s LEFT JOIN executions e ON e.id = s.execution_id
  WHERE s.workflow_id = ANY(%s) ORDER BY s.workflow_id, s.position
 """
@@ -127,7 +132,8 @@ def _report_finished(cur: Any, out: Advanced, workflow_id: str, stages: dict[str
         if s["name"] not in reported:
             out.events.append(append_event(cur, workflow_id, "stage.finished", {
                 "stage": s["name"], "execution_id": s["execution_id"], "status": s["execution_status"],
-                "error": s["error"], "spent_cents": float(s["spent_cents"] or 0)}))
+                "error": s["error"], "spent_cents": float(s["spent_cents"] or 0),
+                "labels": list(s.get("labels") or [])}))
 
 
 def _skip(cur: Any, out: Advanced, wf: dict[str, Any], s: dict[str, Any], reason: dict[str, Any]) -> None:
@@ -164,6 +170,10 @@ def _start(cur: Any, out: Advanced, wf: dict[str, Any], s: dict[str, Any], stage
     deps = {n: list(x["depends_on"]) for n, x in stages.items()}
     outputs = {n: (stages[n]["result"] or {}).get("output") for n in ancestors(deps, s["name"])}
     task = render(spec["task"], outputs)[:MAX_TASK_CHARS]
+    # Labels follow the data: the outputs placed in this task bring the labels their stages carry
+    # (phi, privileged, financial); the executor judges the task as a document with them.
+    carried = sorted({str(label) for n in references(spec["task"]) if n in outputs
+                      for label in (stages[n].get("labels") or [])} & set(CARRIED_LABELS))
     execution_id = new_id("exec")
     queued = {"compliance_policy": spec["compliance_policy"], "policy_version": spec["policy_version"],
               "effective_permissions": spec["effective_permissions"],
@@ -174,8 +184,10 @@ def _start(cur: Any, out: Advanced, wf: dict[str, Any], s: dict[str, Any], stage
         policy_version=spec["policy_version"], provider=spec["provider"], model=spec["model"], budget_cents=budget,
         requested_permissions=spec["requested_permissions"], effective_permissions=spec["effective_permissions"],
         denied_permissions=spec["denied_permissions"], webhook_url=None, queued_event=queued))
-    cur.execute("UPDATE executions SET workflow_id = %s, workflow_stage = %s WHERE id = %s",
-                (wf["id"], s["name"], execution_id))
+    cur.execute("UPDATE executions SET workflow_id = %s, workflow_stage = %s, state = COALESCE(%s, state)"
+                " WHERE id = %s",
+                (wf["id"], s["name"], Json({"labels": carried, "input_labels": carried}) if carried else None,
+                 execution_id))
     cur.execute("UPDATE workflow_stages SET state = 'started', execution_id = %s, started_at = now()"
                 " WHERE workflow_id = %s AND name = %s AND state = 'pending' RETURNING name",
                 (execution_id, wf["id"], s["name"]))
@@ -184,8 +196,10 @@ def _start(cur: Any, out: Advanced, wf: dict[str, Any], s: dict[str, Any], stage
     s.update(state="started", execution_id=execution_id, execution_status="queued", execution_budget=budget,
              spent_cents=Decimal(0), result=None)
     out.started.append(execution_id)
-    out.events.append(append_event(cur, wf["id"], "stage.started",
-                                   {"stage": s["name"], "execution_id": execution_id, "budget_cents": budget}))
+    started: dict[str, Any] = {"stage": s["name"], "execution_id": execution_id, "budget_cents": budget}
+    if carried:
+        started["labels"] = carried
+    out.events.append(append_event(cur, wf["id"], "stage.started", started))
 
 
 def _finish(cur: Any, out: Advanced, wf: dict[str, Any], statuses: dict[str, str]) -> None:

@@ -112,3 +112,21 @@ def webhook_secret(db: Database, workspace_id: str) -> str:
     if row is None:
         raise LookupError(workspace_id)
     return str(row["webhook_secret"])
+
+
+def set_max_running(db: Database, name: str, limit: int | None) -> bool:
+    """Cap (or, with None, uncap) a workspace's running executions; False when there is no such
+    workspace. Runs beyond the cap wait ``queued`` (shared/store/runs.begin): nothing is refused."""
+    if limit is not None and limit < 1:
+        raise ValueError("max_running_executions must be at least 1")
+    return db.execute("UPDATE workspaces SET max_running_executions = %s WHERE name = %s", (limit, name)) == 1
+
+
+def executions_by_workspace(db: Database) -> list[dict[str, object]]:
+    """Running and queued executions per workspace with any (for /metrics), and each one's cap."""
+    return db.fetchall("""
+SELECT w.name, c.running, c.queued, w.max_running_executions AS cap
+  FROM (SELECT workspace_id, count(*) FILTER (WHERE status = 'running') AS running,
+               count(*) FILTER (WHERE status = 'queued') AS queued
+          FROM executions WHERE status IN ('queued', 'running') GROUP BY workspace_id) c
+  JOIN workspaces w ON w.id = c.workspace_id""")

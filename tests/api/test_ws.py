@@ -42,6 +42,10 @@ def make_execution(db: Any, workspace_id: str) -> str:
     with db.transaction() as cur:
         executions.insert(cur, new)
         cur.execute("DELETE FROM outbox WHERE args = jsonb_build_array(%s::text)", (eid,))
+        # Held under a lease no worker has, for a day: the fair-share scheduler gives every run
+        # message the next queued run, whichever it names, so a queued one would be run.
+        cur.execute("UPDATE executions SET status = 'running', lease_expires_at = now() + interval '1 day'"
+                    " WHERE id = %s", (eid,))
     return eid
 
 

@@ -4,8 +4,10 @@ scripted per model name, so the official SDKs run unmodified against it.
 A script is a list of turns; the turn answered is the number of assistant messages already in
 the request (so a retried or resumed request gets the same answer). A turn is a dict:
 ``calls`` [(tool, arguments)], ``text``, ``usage`` (input, output), ``delay`` seconds, and
-``fail`` [(status, times)] to fail that many requests first with that status, ``delay_first``
+``fail`` [(status, times)] to fail that many requests first with that status (with a
+``retry-after`` header of ``retry_after`` seconds when the turn has one), ``delay_first``
 seconds to stall only the first request of that turn (a worker killed mid-call).
+``answered[model]`` counts the answers sent, late ones included.
 
 It listens on loopback unless given another ``host`` (the fleet tests serve it on a namespace
 host's own address, for worker hosts to reach over their network).
@@ -26,10 +28,15 @@ class FakeLLM:
         self.scripts: dict[str, list[dict[str, Any]]] = {}
         self.requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._failures: dict[tuple[str, int], int] = defaultdict(int)
+        self.answered: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as the vendors' APIs: the SDKs reuse their connections (HTTP/1.0 would
+            # make every call a new TCP connection, which no real provider costs).
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -37,17 +44,23 @@ class FakeLLM:
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
                 wire = "anthropic" if self.path.endswith("/messages") else "openai"
                 status, payload = fake.answer(wire, body, {k.lower(): v for k, v in self.headers.items()})
+                extra = payload.pop("_headers", {})
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
                     self.send_header("content-type", "application/json")
                     self.send_header("content-length", str(len(data)))
+                    for name, value in extra.items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the caller is gone (a killed worker): nobody to answer
+                    pass  # the client gave up on the call (a cancelled run, a stopped or killed worker)
+                finally:
+                    with fake._lock:
+                        fake.answered[body.get("model", "")] += 1
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = _Server((host, port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://{host}:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True, name="fake-llm").start()
@@ -73,7 +86,10 @@ class FakeLLM:
                 key = (model, turn_no * 100 + status)
                 if self._failures[key] < times:
                     self._failures[key] += 1
-                    return status, _error(wire, f"scripted failure {status}")
+                    error = _error(wire, f"scripted failure {status}")
+                    if turn.get("retry_after") is not None:
+                        error["_headers"] = {"retry-after": str(turn["retry_after"])}
+                    return status, error
         if turn.get("delay"):
             time.sleep(turn["delay"])
         if turn.get("delay_first"):
@@ -102,6 +118,12 @@ class FakeLLM:
         return 200, {"id": f"msg_{turn_no}", "type": "message", "role": "assistant", "model": model,
                      "content": content, "stop_reason": "tool_use" if calls else "end_turn", "stop_sequence": None,
                      "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}
+
+
+class _Server(ThreadingHTTPServer):
+    # Hundreds of calls arrive at once when many runs are in flight; the standard library's listen
+    # backlog of 5 would leave the rest to SYN retries (a second or more each).
+    request_queue_size = 1024
 
 
 def _error(wire: str, message: str) -> dict[str, Any]:

@@ -49,14 +49,20 @@ def test_begin_and_step_writes_read_only_their_own_row(settings: Any, db: Any) -
                 cur.execute(f"SET {setting}")
         for eid in ids[:8]:
             with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                assert runs.begin(cur, eid).locked
-                step = runs.Step(events=[("llm.completed", {"step": 1})], save={"state": {"step": 1}})
-                assert runs.write_step(cur, eid, step) is not None
-                step = runs.Step(save={"state": {"step": 2}}, terminal=("succeeded", {"output": "done"}, None))
-                assert runs.write_step(cur, eid, step) is not None
+                begun = runs.begin(cur, eid, worker={"host": "plans", "pid": 1}, lease_s=30)
+                assert begun.row is not None
+                rid = begun.row["id"]  # the fair-share pick: the oldest queued run
+                step = runs.Step(events=[("llm.completed", {"step": 1})], save={"state": {"step": 1}},
+                                 token=begun.token)
+                assert runs.write_step(cur, rid, step) is not None
+                step = runs.Step(save={"state": {"step": 2}}, terminal=("succeeded", {"output": "done"}, None),
+                                 token=begun.token)
+                assert runs.write_step(cur, rid, step) is not None
         plans = [json.loads(n[n.index("{"):])["Plan"] for n in conn.notices if '"Plan"' in n]
     finally:
         conn.close()
+        # Queued runs without a message would be taken by later tests' messages: end them.
+        db.execute("UPDATE executions SET status = 'cancelled' WHERE id = ANY(%s) AND status = 'queued'", (ids,))
     assert len(plans) >= 3 * 8
     filtered: list[tuple[str, int]] = []
     for plan in plans:

@@ -63,3 +63,54 @@ def add_doc(client: ApiClient, name: str, content: str, labels: list[str] | None
 def assert_gapless(evs: list[dict[str, Any]]) -> None:
     assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1))
     assert sum(1 for e in evs if e["type"].split(".")[-1] in TERMINAL and e["type"].startswith("execution.")) == 1
+
+
+def worker_process(settings: Any, name: str, *, pool: str = "gevent", concurrency: int = 200,
+                   queues: str = "executions", **env: str) -> Any:
+    """A real Celery worker in its own process, as the Procfile starts one (gevent pool by
+    default, as the executions pool runs), on this session's services; ``env`` adds WARDEN_*
+    settings. Its output goes to a temp file that :func:`stop_process` prints if it failed."""
+    import subprocess
+    import sys
+    import tempfile
+
+    full = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+            "WARDEN_SECRET_KEY": settings.secret_key, "WARDEN_ALLOW_PRIVATE_WEBHOOKS": "1",
+            "WARDEN_LOG_LEVEL": "WARNING", "WARDEN_LOG_JSON": "0", **env}
+    full.pop("WARDEN_SIGNING_KEY", None)
+    log = tempfile.NamedTemporaryFile(prefix=f"worker-{name}-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-Q", queues, "--pool", pool,
+         "--concurrency", str(concurrency), "--prefetch-multiplier", "1", "-n", f"{name}@%h",
+         "--without-mingle", "--without-gossip", "-l", "WARNING"],
+        env=full, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log.name  # type: ignore[attr-defined]
+    return proc
+
+
+def stop_process(proc: Any, timeout: float = 15.0) -> None:
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def worker_log(proc: Any) -> str:
+    with open(proc.log_path, errors="replace") as f:
+        return f.read()[-4000:]
+
+
+@pytest.fixture()
+def own_executions_queue(celery_app: Any, worker: Any) -> Iterator[None]:
+    """The session's in-process worker stops consuming ``executions`` for the test (which starts
+    its own worker processes), and resumes after."""
+    celery_app.control.cancel_consumer("executions", destination=[worker.hostname], reply=True, timeout=5)
+    try:
+        yield
+    finally:
+        celery_app.control.add_consumer("executions", destination=[worker.hostname], reply=True, timeout=5)

@@ -102,6 +102,10 @@ def test_a_row_committed_without_a_wake_up_is_still_run_once(stack: LiveServer, 
             denied_permissions=[], webhook_url=None))
     client = ApiClient(stack.url, workspace[1])
     wait_for(lambda: client.get(f"/api/v1/executions/{eid}").json()["status"] != "queued", timeout=10)
+    # Its row is published by the relay's poll. (The run itself may have been started by another
+    # message first: each run message runs the next queued run by fair share.)
+    wait_for(lambda: db.fetchone("SELECT count(*) AS n FROM outbox WHERE args = jsonb_build_array(%s::text)"
+                                 " AND dispatched_at IS NULL", (eid,))["n"] == 0, timeout=10)
     assert drain(db, celery_app) == 0  # nothing left to publish twice
     events = client.get(f"/api/v1/executions/{eid}/events").json()["items"]
     assert [e["type"] for e in events].count("execution.started") == 1

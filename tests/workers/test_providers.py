@@ -128,3 +128,35 @@ def test_argument_previews_are_redacted_whole_before_the_cut():
     assert "@" not in shown["body"] and "4800" not in shown["body"] and "@" not in shown["to"]
     plain = _preview({"body": body}, load_policy("default"), ())
     assert plain["body"] == body[:_ARG_PREVIEW] + "…"
+
+
+@pytest.mark.parametrize(("provider", "status"), [("openai", 429), ("anthropic", 529)])
+def test_rate_limit_waits_for_retry_after_and_says_so(stack, client, fake_llm, provider, status):
+    """A 429 (or Anthropic's 529, overloaded) with retry-after: the run waits that long (no
+    retry before it), says so in an llm.retrying event per wait, then goes on."""
+    model = fake_llm.script(model_name(), [{"text": "done", "fail": [(status, 2)], "retry_after": 1}])
+    e = wait_terminal(client, submit(client, task="Say done", provider=provider, model=model))
+    assert e["status"] == "succeeded" and e["result"]["output"] == "done", e
+    evs = events(client, e["execution_id"])
+    assert_gapless(evs)
+    waits = [x for x in evs if x["type"] == "llm.retrying"]
+    assert [(w["data"]["attempt"], w["data"]["delay_s"]) for w in waits] == [(1, 1.0), (2, 1.0)]
+    assert {w["data"]["code"] for w in waits} == {"provider_rate_limited" if status == 429 else "provider_unavailable"}
+    # The tries were a second apart at least: the provider's retry-after was honoured.
+    at = [x["at"] for x in evs if x["type"] in ("llm.retrying", "llm.completed")]
+    from datetime import datetime
+
+    stamps = [datetime.fromisoformat(t) for t in at]
+    gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert all(g >= 0.95 for g in gaps), gaps
+    assert len(fake_llm.requests[model]) == 3
+
+
+def test_provider_unavailable_past_the_time_limit_ends_with_its_code(stack, client, fake_llm, settings, db):
+    """Still rate limited when the next try would come after the run's time limit: the run ends
+    error with the provider's code, saying why, instead of waiting past its limit."""
+    model = fake_llm.script(model_name(), [{"text": "never", "fail": [(429, 99)], "retry_after": 100000}])
+    e = wait_terminal(client, submit(client, task="Say done", provider="openai", model=model))
+    assert e["status"] == "error" and e["error"]["code"] == "provider_rate_limited", e
+    assert "time limit" in e["error"]["message"]
+    assert len(fake_llm.requests[model]) == 1

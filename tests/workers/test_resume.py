@@ -7,26 +7,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from guard import verify_chain
 from tests.support import wait_for
-from tests.workers.conftest import assert_gapless, events, model_name, submit, wait_terminal
+from tests.workers.conftest import assert_gapless, events, model_name, submit, wait_terminal, worker_process
 
-VISIBILITY_S = 3
+VISIBILITY_S = 4
 
 
 def _worker(settings, name: str) -> subprocess.Popen:
-    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-           "WARDEN_SECRET_KEY": settings.secret_key, "WARDEN_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
-           "WARDEN_EXECUTIONS_TIME_LIMIT_S": "2", "WARDEN_ALLOW_PRIVATE_WEBHOOKS": "1", "WARDEN_LOG_LEVEL": "WARNING"}
-    env.pop("WARDEN_SIGNING_KEY", None)
     # Solo pool: one process, so SIGKILL takes the task down with it (no pool parent to clean up).
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-Q", "executions", "--pool", "solo",
-         "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return worker_process(settings, name, pool="solo", concurrency=1, WARDEN_VISIBILITY_TIMEOUT_S=str(VISIBILITY_S),
+                          WARDEN_EXECUTIONS_TIME_LIMIT_S="2", WARDEN_LEASE_S="2")
 
 
 def test_sigkill_mid_run_resumes_exactly_once(stack, client, fake_llm, db, settings, celery_app, worker):
@@ -94,36 +87,60 @@ def test_duplicate_message_while_running_has_no_second_effect(stack, client, fak
 
 
 
-def test_finished_run_leaves_its_lock_until_the_next_run_on_that_connection(stack, workspace, db, settings):
-    """The lock of a run that ended stays with its connection until the next run starts there (one
-    round trip less per run); a message for the finished run meanwhile stops at once, without
-    the 30 s retry meant for a run another worker is driving."""
-    from shared.db import Database
+def test_a_run_is_taken_over_only_once_its_lease_expired_and_the_old_owner_is_fenced_out(
+        stack, workspace, db, settings):
+    """Ownership is a lease with a fencing token, not a held connection: while the owner's lease
+    is live another message leaves the run alone (and comes back when it will have expired);
+    after that it takes the run over under a new token, and a late write by the old owner (a
+    process that stalled rather than died) changes nothing."""
     from shared.store import runs
     from workers.executor import execute
 
-    def holders(eid: str) -> int:
-        return db.fetchone("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                           " AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%s, 0)",
-                           (runs.lock_key(eid),))["n"]
+    eid = _queued_execution(db, workspace[0], owned_for_s=1.5)
+    old_token = db.fetchone("SELECT lease_token FROM executions WHERE id = %s", (eid,))["lease_token"]
 
-    own, other = Database(settings.database_url, maxconn=1), Database(settings.database_url, maxconn=1)
-    try:
-        first = _queued_execution(db, workspace[0])
-        assert execute(first, own, settings) == "succeeded"
-        assert holders(first) == 1  # still held by own's connection
-        assert execute(first, other, settings) == "not_runnable"  # taken, but the run is over: no retry
-        second = _queued_execution(db, workspace[0])
-        assert execute(second, own, settings) == "succeeded"
-        assert (holders(first), holders(second)) == (0, 1)  # released by the second run's begin
-        assert execute(first, other, settings) == "not_runnable"
-    finally:
-        own.close()
-        other.close()
+    outcome = execute(eid, db, settings)  # the message again, as the broker would redeliver it
+    assert outcome.status == "retry" and 0.5 <= outcome.retry_in <= 2.5, outcome
+
+    wait_for(lambda: db.fetchone("SELECT lease_expires_at < now() AS gone FROM executions WHERE id = %s",
+                                 (eid,))["gone"], timeout=10)
+    assert execute(eid, db, settings) == "succeeded"
+    row = db.fetchone("SELECT status, lease_token, deliveries, worker FROM executions WHERE id = %s", (eid,))
+    assert row["status"] == "succeeded" and row["lease_token"] == old_token + 1 and row["deliveries"] == 2
+    assert row["worker"]["pid"] == os.getpid()
+
+    # The old owner wakes up and writes its step under its old token: refused, nothing written.
+    with db.autocommit() as cur:
+        late = runs.Step(events=[("llm.completed", {"step": 9})], save={"state": {"step": 9}}, token=old_token)
+        assert runs.write_step(cur, eid, late) is None
+    evs = db.fetchall("SELECT type, data FROM execution_events WHERE execution_id = %s ORDER BY seq", (eid,))
+    assert [e["type"] for e in evs][:2] == ["execution.queued", "execution.resumed"]
+    assert evs[1]["data"]["delivery"] == 2 and evs[1]["data"]["worker"]["pid"] == os.getpid()
+    assert [e["type"] for e in evs].count("execution.succeeded") == 1
+    assert all(e["data"].get("worker", {}).get("pid") == os.getpid() for e in evs[1:])
+    assert execute(eid, db, settings) == "nothing_to_run"  # a finished run's message: nothing, no retry
 
 
-def _queued_execution(db, workspace_id: str) -> str:
-    """A queued execution no worker will pick up (its outbox row marked dispatched in the same
+def test_a_run_whose_worker_keeps_dying_ends_worker_lost(stack, workspace, db, settings):
+    """Taken max_deliveries times without ending (each owner died at the same step): the next
+    takeover ends it error/worker_lost instead of running it again, and keeps what it spent."""
+    from workers.executor import execute
+
+    eid = _queued_execution(db, workspace[0], owned_for_s=0)
+    db.execute("UPDATE executions SET deliveries = %s, spent_cents = 1.5 WHERE id = %s",
+               (settings.max_deliveries, eid))
+    assert execute(eid, db, settings) == "worker_lost"
+    row = db.fetchone("SELECT status, error, spent_cents, deliveries FROM executions WHERE id = %s", (eid,))
+    assert row["status"] == "error" and row["error"]["code"] == "worker_lost", row
+    assert float(row["spent_cents"]) == 1.5 and row["deliveries"] == settings.max_deliveries + 1
+    types = [e["type"] for e in db.fetchall("SELECT type FROM execution_events WHERE execution_id = %s ORDER BY seq",
+                                            (eid,))]
+    assert types == ["execution.queued", "execution.resumed", "execution.error"]
+
+
+def _queued_execution(db, workspace_id: str, *, owned_for_s: float) -> str:
+    """An execution already started by an owner that no longer renews its lease (it expires in
+    ``owned_for_s``), with no message of its own (its outbox row marked dispatched in the same
     transaction), for driving the executor by hand."""
     from guard import load_policy, resolve_permissions
     from shared.ids import new_id
@@ -139,4 +156,7 @@ def _queued_execution(db, workspace_id: str) -> str:
             requested_permissions=None, effective_permissions=res.effective, denied_permissions=res.denied,
             webhook_url=None, queued_event={}))
         cur.execute("UPDATE outbox SET dispatched_at = now() WHERE id = %s", (oid,))
+        cur.execute("UPDATE executions SET status = 'running', started_at = now(), lease_token = 7, ticket = id,"
+                    " deliveries = 1, lease_expires_at = now() + make_interval(secs => %s) WHERE id = %s",
+                    (owned_for_s, eid))
     return eid

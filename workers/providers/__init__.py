@@ -3,11 +3,44 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
+import os
+
 from shared.config import Settings
 from workers.providers.base import Provider, ProviderError
 
+# Runs in flight share SDK clients, a few of them: a client costs ~25 ms of CPU to build (its HTTP
+# client and TLS context), more than a run's own work, so one per run is out; and one client's
+# connection pool scans all its connections for every request it sends (httpcore), which with
+# hundreds of calls in flight on one pool cost more CPU than the rest of the run. A handful of
+# pools, taken in turn, keep each small.
+CLIENTS_PER_PROVIDER = 8
+_turn = itertools.count()
+
 
 def make_provider(name: str, settings: Settings) -> Provider:
+    """A provider for ``name``: for the vendors, one of the process's shared SDK clients per
+    (provider, key, base URL), taken in turn; ``local`` is built fresh (it is plain Python)."""
+    if name in ("openai", "anthropic"):
+        key = settings.openai_api_key if name == "openai" else settings.anthropic_api_key
+        base = os.environ.get("OPENAI_BASE_URL" if name == "openai" else "ANTHROPIC_BASE_URL")
+        return _shared(name, key, base, next(_turn) % CLIENTS_PER_PROVIDER)
+    return _build(name, settings)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared(name: str, api_key: str | None, _base_url: str | None, _shard: int) -> Provider:
+    if name == "openai":
+        from workers.providers.openai_provider import OpenAIProvider
+
+        return OpenAIProvider(api_key)
+    from workers.providers.anthropic_provider import AnthropicProvider
+
+    return AnthropicProvider(api_key)
+
+
+def _build(name: str, settings: Settings) -> Provider:
     if name == "openai":
         from workers.providers.openai_provider import OpenAIProvider
 

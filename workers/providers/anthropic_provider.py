@@ -10,7 +10,14 @@ from typing import Any
 
 import anthropic
 
-from workers.providers.base import MAX_OUTPUT_TOKENS, Completion, ProviderError, classify_status, parse_arguments
+from workers.providers.base import (
+    MAX_OUTPUT_TOKENS,
+    Completion,
+    ProviderError,
+    classify_status,
+    parse_arguments,
+    retry_after,
+)
 
 
 def _wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -61,7 +68,7 @@ class AnthropicProvider:
             if exc.status_code == 529:
                 code, transient = "provider_unavailable", True
             raise ProviderError(code, f"Anthropic returned {exc.status_code}: {exc.message}"[:500],
-                                transient=transient) from None
+                                transient=transient, retry_after=retry_after(exc.response.headers)) from None
         except anthropic.APIConnectionError as exc:
             raise ProviderError("provider_unavailable", f"Anthropic unreachable: {exc}"[:500], transient=True) from None
         except anthropic.AnthropicError as exc:

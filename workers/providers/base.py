@@ -31,11 +31,12 @@ class ProviderError(Exception):
     """A failed model call. ``transient`` errors (rate limits, 5xx, timeouts, connection
     failures) are retried with backoff; the others end the run ``error`` with ``code``."""
 
-    def __init__(self, code: str, message: str, *, transient: bool) -> None:
+    def __init__(self, code: str, message: str, *, transient: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.transient = transient
+        self.retry_after = retry_after  # seconds the vendor asked us to wait (its retry-after header)
 
 
 class Provider(Protocol):
@@ -70,3 +71,32 @@ def classify_status(status: int) -> tuple[str, bool]:
     if status == 404:
         return "provider_model_not_found", False
     return "provider_bad_request", False
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds from a vendor's ``retry-after-ms`` or ``retry-after`` header (seconds or an HTTP
+    date), or None when it sent neither or something unreadable."""
+    if headers is None:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    import time
+
+    return max(0.0, when.timestamp() - time.time())

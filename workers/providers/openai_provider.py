@@ -12,7 +12,14 @@ from typing import Any
 
 import openai
 
-from workers.providers.base import MAX_OUTPUT_TOKENS, Completion, ProviderError, classify_status, parse_arguments
+from workers.providers.base import (
+    MAX_OUTPUT_TOKENS,
+    Completion,
+    ProviderError,
+    classify_status,
+    parse_arguments,
+    retry_after,
+)
 
 
 def _wire_messages(system: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -56,7 +63,7 @@ class OpenAIProvider:
         except openai.APIStatusError as exc:
             code, transient = classify_status(exc.status_code)
             raise ProviderError(code, f"OpenAI returned {exc.status_code}: {exc.message}"[:500],
-                                transient=transient) from None
+                                transient=transient, retry_after=retry_after(exc.response.headers)) from None
         except openai.APIConnectionError as exc:  # includes APITimeoutError
             raise ProviderError("provider_unavailable", f"OpenAI unreachable: {exc}"[:500], transient=True) from None
         except openai.OpenAIError as exc:

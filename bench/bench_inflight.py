@@ -1,0 +1,199 @@
+"""Runs in flight: 1,000 submissions at once to the default stack (the Procfile's ``web``,
+``relay`` and ``executions`` lines, run as ``make run`` runs them), against a model server that
+answers every call after 5 s, two model calls per run (a tool call, then the answer).
+
+* ``inflight_effective`` = completed runs × 10 s ÷ elapsed seconds: the mean number of runs in
+  flight, from the first submission to the last run's end (or to the give-up bound, default
+  180 s, counting what completed by then).
+* ``inflight_ratio`` = that ÷ runs submitted (target ≥ 0.8).
+* ``inflight_rss_mib_per_run``: the executions worker's resident memory at its peak (the whole
+  process tree: a prefork pool's children summed), over the most runs seen ``running`` at once
+  (target ≤ 2).
+* ``inflight_cpu_ms_per_run``: the worker tree's CPU time from the first submission to the end,
+  over completed runs.
+
+The executions worker is whatever the Procfile says (``WARDEN_EXECUTIONS_CONCURRENCY`` applies
+as it does to ``make run``); ``BENCH_EXECUTIONS_WORKER`` replaces its whole command line.
+``BENCH_INFLIGHT_RUNS``, ``BENCH_INFLIGHT_DELAY_S`` and ``BENCH_INFLIGHT_GIVE_UP_S`` change the
+scale. The model is the test suite's fake (``bench/fake_llm.py``) through the official OpenAI SDK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from bench import stack
+
+SUBMITTERS = 50
+TERMINAL = ("succeeded", "blocked", "error", "cancelled")
+
+
+def _log(msg: str) -> None:
+    print(f"bench_inflight: {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def fake_model(delay: float, env: dict[str, str]) -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "bench.fake_llm", "--delay", str(delay)], cwd=stack.ROOT,
+                            env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url:
+            raise RuntimeError("the fake model server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def run(runs: int | None = None, delay: float | None = None, give_up_s: float | None = None) -> dict[str, Any]:
+    from shared.db import Database
+    from shared.store import workspaces
+    from warden.services import free_port
+
+    runs = runs or int(os.environ.get("BENCH_INFLIGHT_RUNS", "1000"))
+    delay = delay if delay is not None else float(os.environ.get("BENCH_INFLIGHT_DELAY_S", "5"))
+    give_up_s = give_up_s or float(os.environ.get("BENCH_INFLIGHT_GIVE_UP_S", "180"))
+    model_s = 2 * delay  # two model calls per run
+
+    with stack.services() as env, fake_model(delay, env) as model_url:
+        db = Database(env["DATABASE_URL"], maxconn=2)
+        ws = workspaces.get_or_create_workspace(db, "bench-inflight").id
+        key = workspaces.create_key(db, ws)
+        port = free_port()
+        env = dict(env, PORT=str(port), OPENAI_BASE_URL=model_url + "/v1", OPENAI_API_KEY="sk-bench-not-real")
+        worker_cmd = stack.procfile_command("executions", env)
+        worker_cmd = stack.expand(worker_cmd, env)
+        _log(f"executions worker: {worker_cmd}")
+        with stack.shell(stack.procfile_command("web", env), env, ready_url=f"http://127.0.0.1:{port}/healthz"), \
+                stack.shell(stack.procfile_command("relay", env), env), \
+                stack.shell(worker_cmd, env) as worker:
+            tree = stack.ProcessTree(worker.pid)
+            warm = _wait_worker_ready(port, key, db, delay)
+            idle_rss, cpu0 = tree.sample()
+            peak_rss, peak_running = idle_rss, 0
+            t0_wall, t0 = time.time(), time.monotonic()
+            deadline = t0 + give_up_s
+            submitted: list[str] = []
+            submit_errors: dict[str, int] = {}
+            sub = threading.Thread(target=lambda: submitted.extend(_post_runs(port, key, runs, submit_errors)),
+                                   daemon=True)
+            sub.start()
+            counts: dict[str, int] = {}
+            cpu1 = cpu0
+            while True:
+                rss, cpu1 = tree.sample()
+                peak_rss = max(peak_rss, rss)
+                counts = {r["status"]: r["n"] for r in db.fetchall(
+                    "SELECT status, count(*) AS n FROM executions WHERE workspace_id = %s AND id <> %s GROUP BY status",
+                    (ws, warm))}
+                peak_running = max(peak_running, counts.get("running", 0))
+                done = sum(counts.get(s, 0) for s in TERMINAL)
+                if not sub.is_alive() and done >= len(submitted):
+                    break
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.25)
+            ended = time.monotonic()
+            sub.join(5)
+            row = db.fetchone(
+                "SELECT count(*) AS n, extract(epoch FROM max(finished_at)) AS last FROM executions"
+                " WHERE workspace_id = %s AND id <> %s AND status = 'succeeded' AND finished_at <= to_timestamp(%s)",
+                (ws, warm, t0_wall + give_up_s))
+            completed = int(row["n"])
+            all_done = not sub.is_alive() and sum(counts.get(s, 0) for s in TERMINAL) >= len(submitted) == runs
+            elapsed = (float(row["last"]) - t0_wall) if all_done and row["last"] else min(ended - t0, give_up_s)
+            llm_calls = db.fetchone("SELECT coalesce(sum((usage->>'llm_calls')::int), 0) AS n FROM executions"
+                                    " WHERE workspace_id = %s AND id <> %s AND status = 'succeeded'",
+                                    (ws, warm))["n"]
+        db.close()
+    effective = completed * model_s / elapsed if elapsed > 0 else 0.0
+    return {
+        "inflight_runs_submitted": len(submitted),
+        "inflight_submit_errors": submit_errors,
+        "inflight_model_delay_s": delay,
+        "inflight_completed": completed,
+        "inflight_llm_calls": int(llm_calls),
+        "inflight_other_terminal": {s: counts.get(s, 0) for s in TERMINAL[1:] if counts.get(s)},
+        "inflight_unfinished": max(0, len(submitted) - sum(counts.get(s, 0) for s in TERMINAL)),
+        "inflight_gave_up": not all_done,
+        "inflight_elapsed_s": round(elapsed, 2),
+        "inflight_effective": round(effective, 2),
+        "inflight_ratio": round(effective / runs, 4),
+        "inflight_peak_running": peak_running,
+        "inflight_worker_idle_rss_mib": round(idle_rss, 1),
+        "inflight_worker_peak_rss_mib": round(peak_rss, 1),
+        "inflight_rss_mib_per_run": round(peak_rss / peak_running, 2) if peak_running else None,
+        "inflight_cpu_ms_per_run": round((cpu1 - cpu0) * 1000 / completed, 1) if completed else None,
+        "inflight_worker": worker_cmd,
+    }
+
+
+BODY = {"task": "List my documents", "provider": "openai", "model": "bench-slow", "compliance_policy": "default",
+        "budget_cents": 1000}
+
+
+def _post_runs(port: int, key: str, n: int, errors: dict[str, int]) -> list[str]:
+    body = json.dumps(BODY).encode()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    local = threading.local()
+    lock = threading.Lock()
+
+    def one(_: int) -> str | None:
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            local.conn.request("POST", "/api/v1/tasks", body=body, headers=headers)
+            resp = local.conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            local.conn.close()
+            del local.conn
+            kind = type(exc).__name__
+        else:
+            if resp.status == 201:
+                return str(json.loads(data)["execution_id"])
+            kind = str(resp.status)
+        with lock:
+            errors[kind] = errors.get(kind, 0) + 1
+        return None
+
+    with ThreadPoolExecutor(SUBMITTERS) as pool:
+        return [i for i in pool.map(one, range(n)) if i]
+
+
+def _wait_worker_ready(port: int, key: str, db: Any, delay: float) -> str:
+    """One run end to end before measuring (the worker is up, its imports and connections warm);
+    its id, left out of the figures."""
+    errors: dict[str, int] = {}
+    ids = _post_runs(port, key, 1, errors)
+    if not ids:
+        raise RuntimeError(f"could not submit a run: {errors}")
+    deadline = time.monotonic() + 60 + 2 * delay
+    while time.monotonic() < deadline:
+        row = db.fetchone("SELECT status, error FROM executions WHERE id = %s", (ids[0],))
+        if row and row["status"] == "succeeded":
+            return ids[0]
+        if row and row["status"] in TERMINAL:
+            raise RuntimeError(f"the warm-up run ended {row['status']}: {row['error']}")
+        time.sleep(0.1)
+    raise RuntimeError("the warm-up run did not finish")
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
