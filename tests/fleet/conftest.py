@@ -21,12 +21,15 @@ _state: dict[str, object] = {}
 # limit (load_settings insists), as production's 3600 s is above its 900 s.
 VISIBILITY_S = 20
 TIME_LIMIT_S = 15
-EXEC_CONCURRENCY = 4
+# A dead host's runs are taken over once their lease expires (beat looks every half lease).
+LEASE_S = 10
+EXEC_CONCURRENCY = 8
 
 FLEET_ENV = {
     "WARDEN_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
     "WARDEN_EXECUTIONS_TIME_LIMIT_S": str(TIME_LIMIT_S),
     "WARDEN_EXECUTIONS_CONCURRENCY": str(EXEC_CONCURRENCY),
+    "WARDEN_LEASE_S": str(LEASE_S),
     "WARDEN_DEFAULT_PROVIDER": "local",
 }
 

@@ -210,7 +210,11 @@ def kill_and_recover(fleet: Fleet, victim: str, model: str, n: int, *, min_held:
     deadline = time.monotonic() + 60
     while len(held := held_by(fleet, victim, ids)) < min_held:
         if time.monotonic() > deadline:
-            raise AssertionError(f"{victim} never held {min_held} runs (holds {len(held)})")
+            rows = fleet.db.fetchall("SELECT e.status, ev.data -> 'worker' ->> 'host' AS host, count(*) AS n"
+                                     " FROM executions e JOIN execution_events ev ON ev.execution_id = e.id"
+                                     " AND ev.seq = e.event_count WHERE e.id = ANY(%s) GROUP BY 1, 2", (ids,))
+            raise AssertionError(f"{victim} never held {min_held} runs (holds {len(held)}); runs by status and "
+                                 f"last host: {[(r['status'], r['host'], r['n']) for r in rows]}")
         time.sleep(0.1)
     killed_at = db_now(fleet)
     if cut_link:

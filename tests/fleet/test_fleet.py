@@ -110,7 +110,8 @@ def test_websocket_on_one_api_host_streams_a_run_from_another_as_it_moves_worker
     # exec3's worker processes die mid-call (SIGKILL, link up): the run must come back elsewhere.
     seen = list(stream.events)
     assert seen and all((e["data"].get("worker") or {}).get("host") == "exec3"
-                        for e in seen if e["type"] != "execution.queued"), seen
+                        for e in seen if e["type"] != "execution.queued"), [
+        (e["type"], e["data"].get("worker")) for e in seen]
     fleet.hosts["exec3"].kill()
     killed_at = time.monotonic()
     assert stream.closed.wait(VISIBILITY_S + 120), f"stream still open; got {[e['type'] for e in stream.events]}"
