@@ -8,7 +8,7 @@ cleanly), 12 runs per host each time, from the first submission to the last term
 - ``fleet_scale_3`` = thr(3) / (3 × thr(1)); target ≥ 0.9.
 - ``fleet_recovery_s``: an executions host holding runs dies (link down, every process
   SIGKILLed); seconds from its death to the last of its runs ending on another host. Bounded by
-  the visibility timeout (20 s here) plus the run's ownership expiring.
+  about one and a half leases (WARDEN_LEASE_S, 10 s here) plus what is left of the runs.
 
 Run alone: ``python -m bench.bench_fleet``.
 """
@@ -58,6 +58,7 @@ def run() -> dict[str, Any]:
         out["fleet_scale_3"] = round(thr[3] / (3 * thr[1]), 3)
         fleet.ensure_healthy()  # all three back (and warm)
         out["fleet_visibility_timeout_s"] = VISIBILITY_S
+        out["fleet_lease_s"] = float(ENV["WARDEN_LEASE_S"])
         try:
             ids, held, recovery = sc.kill_and_recover(fleet, "exec2", model, 10 * CAP, min_held=CAP,
                                                       timeout=VISIBILITY_S + 120)
