@@ -8,6 +8,9 @@ the request (so a retried or resumed request gets the same answer). A turn is a 
 ``retry-after`` header of ``retry_after`` seconds when the turn has one), ``delay_first``
 seconds to stall only the first request of that turn (a worker killed mid-call).
 ``answered[model]`` counts the answers sent, late ones included.
+
+It listens on loopback unless given another ``host`` (the fleet tests serve it on a namespace
+host's own address, for worker hosts to reach over their network).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 
 class FakeLLM:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.scripts: dict[str, list[dict[str, Any]]] = {}
         self.requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._failures: dict[tuple[str, int], int] = defaultdict(int)
@@ -43,23 +46,23 @@ class FakeLLM:
                 status, payload = fake.answer(wire, body, {k.lower(): v for k, v in self.headers.items()})
                 extra = payload.pop("_headers", {})
                 data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                for name, value in extra.items():
-                    self.send_header(name, value)
-                self.end_headers()
                 try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    for name, value in extra.items():
+                        self.send_header(name, value)
+                    self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up on the call (a cancelled run, a stopped worker)
+                    pass  # the client gave up on the call (a cancelled run, a stopped or killed worker)
                 finally:
                     with fake._lock:
                         fake.answered[body.get("model", "")] += 1
 
-        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.server = _Server((host, port), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.url = f"http://{host}:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True, name="fake-llm").start()
 
     def script(self, model: str, turns: list[dict[str, Any]]) -> str:
