@@ -142,7 +142,10 @@ class Stack:
             self.redis.stop()
         with contextlib.suppress(Exception):
             self.pg.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if os.environ.get("WARDEN_CHAOS_KEEP"):
+            self.log(f"chaos: logs kept in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def spawn(self, name: str, cmd: list[str], **env: str) -> Proc:
         p = Proc(name, cmd, {**self.env, **env}, self.tmp)
@@ -179,7 +182,27 @@ class Stack:
     def redis_restart(self) -> None:
         """Stop Redis (SIGTERM: it writes its append-only file) and start it again on its port."""
         self.redis.stop()
-        self.redis.start()
+        self._redis_again()
+
+    def _redis_again(self) -> None:
+        """redis-server on the same port as before (EmbeddedRedis.start would pick another one while
+        the old port's connections linger in TIME_WAIT; Redis itself binds with SO_REUSEADDR)."""
+        from warden.services import redis_server_binary
+
+        d = self.redis.data_dir
+        self.redis.proc = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.redis.port), "--bind", "127.0.0.1", "--dir", str(d),
+             "--save", "", "--appendonly", "yes", "--protected-mode", "no", "--logfile", str(d / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.redis_client().ping()
+                return
+            except Exception:
+                if self.redis.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start again") from None
+                time.sleep(0.05)
 
     def redis_pause(self) -> None:
         assert self.redis.proc is not None

@@ -67,8 +67,9 @@ class LeanRedis:
     connection, so each is delivered at least once (event subscribers drop repeated ``seq``).
     """
 
-    def __init__(self, url: str, *, max_idle: int = 64) -> None:
-        self._pool = redis.ConnectionPool.from_url(url, protocol=2, socket_connect_timeout=3, socket_timeout=10)
+    def __init__(self, url: str, *, max_idle: int = 64, timeout_s: float = 10.0) -> None:
+        self._pool = redis.ConnectionPool.from_url(url, protocol=2, socket_connect_timeout=min(3.0, timeout_s),
+                                                   socket_timeout=timeout_s)
         self._max_idle = max_idle
         self._idle: list[redis.connection.AbstractConnection] = []
         self._pid = os.getpid()
