@@ -90,6 +90,10 @@ class Result:
         twice = stack.twice(ids, emails=emails, certificates=certificates)
         self.twice = sum(twice.values())
         self.figures["twice_by_kind"] = twice
+        other = stack.db.fetchall("SELECT status, error->>'code' AS code, count(*) AS n FROM executions"
+                                  " WHERE id = ANY(%s) AND status <> 'succeeded' GROUP BY 1, 2", (ids,))
+        if other:
+            self.figures["not_succeeded"] = {f"{r['status']}/{r['code']}": int(r["n"]) for r in other}
         self.check(self.lost == 0, f"{self.lost} run(s) never reached a terminal state")
         self.check(self.twice == 0, f"done twice or gaps: {twice}")
 
@@ -124,7 +128,8 @@ def case_worker_kill(stack: Stack, sc: Scale) -> Result:
     res = Result("worker_kill")
     half = sc.kill_runs // 2
     key = stack.workspace("kill")
-    model = _email_model(stack, delay=3 * sc.lease_s)
+    # Waiting on the model longer than a lease (so a takeover is needed), well within the time limit.
+    model = _email_model(stack, delay=min(2 * sc.lease_s, stack.time_limit_s / 2))
     # As the Procfile runs it (prefetch 1): under gevent the consumer holds one message beyond its
     # concurrency, so the other half wait in the broker, queued.
     victim = stack.worker(concurrency=half)
@@ -366,25 +371,35 @@ def case_redis_hung(stack: Stack, sc: Scale) -> Result:
 
 # -- 5 (worker side) ------------------------------------------------------------------------------
 def case_postgres_down(stack: Stack, sc: Scale) -> Result:
-    """PostgreSQL down (SIGSTOP of the postmaster and its backends is not a clean outage; this stops
-    the server) while runs are in flight: every run submitted before the outage reaches a terminal
-    state within 60 s of recovery, with gapless events."""
+    """PostgreSQL stopped (a fast shutdown: every connection dropped) while runs wait on their
+    model and more are queued, started again after the outage: every run submitted before it
+    reaches a terminal state within 60 s of recovery, with gapless events, none twice."""
     res = Result("postgres_down")
     key = stack.workspace("pg")
-    model = _email_model(stack, delay=1.0)
+    model = _email_model(stack, delay=sc.model_delay_s)
     w = stack.worker(concurrency=max(10, sc.pg_runs // 2))
     try:
         ids = stack.submit_many(key, sc.pg_runs, model=model)
-        _wait(lambda: stack.count(ids, "running") >= 3, 60, "runs running")
-        server = stack.pg._server
-        server.stop() if hasattr(server, "stop") else None
+        _wait(lambda: stack.count(ids, "running") >= sc.pg_runs // 4, 60, "runs running")
+        res.figures.update(running_at_outage=stack.count(ids, "running"), queued_at_outage=stack.count(ids, "queued"))
+        stack.pg.stop()
         time.sleep(sc.pg_down_s)
-        stack.pg.start("warden_chaos")
+        url = stack.pg.start("warden_chaos")
         back = time.monotonic()
+        from shared.db import Database
+
+        stack.db.close()  # this runner's own pooled connections died with the server
+        stack.db = Database(stack.database_url, maxconn=8)
+        res.check(url == stack.database_url, f"PostgreSQL came back at another address: {url}")
         done = stack.wait_terminal(ids, 60)
         res.recovery_s = time.monotonic() - back if done else None
+        res.check(done, "not every run was terminal within 60 s of recovery")
+        if not done:
+            stack.wait_terminal(ids, 2 * stack.time_limit_s + 10 * sc.lease_s)
         res.tally(stack, ids)
-        res.check(done, "not every run terminal within 60 s of recovery")
+        res.figures["statuses"] = {st: stack.count(ids, st) for st in TERMINAL if stack.count(ids, st)}
+        res.check(stack.count(ids, "succeeded") == len(ids), "not every run succeeded")
+        res.check(w.alive(), f"the worker died: {w.tail(600)}")
     finally:
         w.stop(20)
     return res
@@ -569,6 +584,7 @@ CASES: dict[str, Callable[[Stack, Scale], Result]] = {
     "rolling_deploy": case_rolling_deploy,
     "cancel": case_cancel,
     "api_kill": case_api_kill,
+    "postgres_down": case_postgres_down,
     "soak": case_soak,
     "redis_hung": case_redis_hung,
     "redis_restarts": case_redis_restarts,

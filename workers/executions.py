@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg2
+
+from shared.errors import ServiceUnavailable
 from shared.logs import execution_id_var
 from workers import runtime
 from workers.base import task
@@ -25,7 +28,16 @@ def run(self: Any, execution_id: str) -> str:
     workspace's cap, comes back later (holding no slot meanwhile). Time limits come from
     WARDEN_EXECUTIONS_TIME_LIMIT_S, enforced by the executor per run, with Celery's as backstop."""
     execution_id_var.set(execution_id)
-    outcome = execute(execution_id, runtime.db(), runtime.settings())
+    try:
+        outcome = execute(execution_id, runtime.db(), runtime.settings())
+    except (psycopg2.OperationalError, psycopg2.InterfaceError, ServiceUnavailable) as exc:
+        # The database is unreachable: nothing was recorded, and acknowledging the message would
+        # leave its run to the stale-run sweep (minutes). The message comes back instead, sooner
+        # at first (0.5 s doubling to 10 s); a run it was driving is taken over once its lease expired.
+        delay = min(10.0, 0.5 * 2 ** min(self.request.retries, 5))
+        log.warning("run message %s: database unavailable (%s); again in %.1f s", execution_id,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__, delay)
+        raise self.retry(countdown=delay) from exc
     log.info("run message %s: %s", execution_id, outcome.status)
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in)
