@@ -620,9 +620,16 @@ def run(scale: Scale, only: list[str] | None = None, out: Path | None = None) ->
     finally:
         stack.stop()
     if out is not None:
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        cases = [{**asdict(r), "at": at} for r in results]
+        if only and out.exists():  # a partial run replaces its cases' entries of the same scale
+            previous = json.loads(out.read_text())
+            if previous.get("scale", {}).get("name") == scale.name:
+                mine = {c["case"] for c in cases}
+                kept = [c for c in previous.get("cases", []) if c["case"] not in mine]
+                cases = sorted(kept + cases, key=lambda c: list(CASES).index(c["case"]) if c["case"] in CASES else 99)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"scale": asdict(scale), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                   "cases": [asdict(r) for r in results]}, indent=2) + "\n")
+        out.write_text(json.dumps({"scale": asdict(scale), "at": at, "cases": cases}, indent=2) + "\n")
     return results
 
 
@@ -637,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if r.figures:
             print(f"  {r.case}: {json.dumps(r.figures)}")
+    if a.only:
+        print(f"(these cases replaced theirs in {a.out})")
     return 0 if all(r.ok for r in results) else 1
 
 
