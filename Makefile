@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 T ?= tests
 
-.PHONY: help install run test lint fmt migrate bench compose-check clean
+.PHONY: help install run test lint fmt migrate bench chaos compose-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ migrate: $(STAMP) ## apply database migrations (DATABASE_URL, else the running m
 
 bench: $(STAMP) ## run the benchmarks (prints JSON, writes bench/results/latest.json)
 	$(BIN)/warden bench
+
+chaos: $(STAMP) ## break a real stack at scale (kills, Redis restarts, ...); prints the table, writes bench/results/chaos.json
+	$(BIN)/python -m bench.chaos
 
 clean: ## remove .venv and .warden (all local data)
 	rm -rf $(VENV) .warden

@@ -7,6 +7,11 @@ It is the one Redis round trip on every authenticated request, so it is sent lea
 :class:`shared.redis_client.LeanRedis`): a pre-packed ``EVALSHA`` on a connection of its own,
 RESP2, without redis-py's generic per-command machinery. The script is loaded on a
 NOSCRIPT answer (a restarted or flushed Redis).
+
+A request never waits on an unresponsive Redis for long: the check has a short timeout
+(``TIMEOUT_S``), and after a failure the next ``OPEN_S`` of checks fail at once without touching
+Redis (the caller fails open), so a hung Redis costs one request in a while ``TIMEOUT_S``, not
+every request its socket timeout.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ _SCRIPT_B = _SCRIPT.encode()
 _SHA_B = hashlib.sha1(_SCRIPT_B).hexdigest().encode()  # noqa: S324 - Redis names scripts by SHA-1
 _EPOCH_KEY_B = EPOCH_KEY.encode()
 
+TIMEOUT_S = 0.2  # an EVALSHA takes well under a millisecond; this is a hung or lost Redis
+OPEN_S = 1.0  # after a failure, checks fail at once this long; then one group tries Redis again
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -67,16 +75,29 @@ class TokenBucket:
         self._rate_arg = repr(float(rate_per_s)).encode()
         self._burst_arg = str(int(burst)).encode()
         self._group: GroupWriter[str, Verdict] = GroupWriter(self._hit_many)
+        self._open_until = 0.0  # monotonic time until which checks fail without trying Redis
 
     def hit(self, bucket: str) -> Verdict:
+        """The verdict; raises redis.RedisError when Redis failed or has failed within OPEN_S."""
+        if time.monotonic() < self._open_until:
+            raise redis.ConnectionError("Redis failed within the last second; not tried")
         return self._group.submit(bucket)
 
     def _hit_many(self, buckets: list[str]) -> list[Verdict]:
+        if time.monotonic() < self._open_until:  # requests queued behind a group that just failed
+            raise redis.ConnectionError("Redis failed within the last second; not tried")
         now = repr(time.time()).encode()
         packed = [pack(b"EVALSHA", _SHA_B, b"2", f"ratelimit:{b}".encode(), _EPOCH_KEY_B, self._rate_arg,
                        self._burst_arg, now)
                   for b in buckets]
-        replies = self.client.call_many(packed)
+        try:
+            replies = self.client.call_many(packed)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._open_until = time.monotonic() + OPEN_S
+            raise
+        except OSError as exc:
+            self._open_until = time.monotonic() + OPEN_S
+            raise redis.ConnectionError(str(exc)) from exc
         if any(isinstance(r, NoScriptError) for r in replies):  # a restarted or flushed Redis
             self.client.call(pack(b"SCRIPT", b"LOAD", _SCRIPT_B))
             redo = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import current_app
 
+from api import ratelimit
 from api.dispatch import GRACE_S, Dispatcher
 from api.ratelimit import TokenBucket
 from api.tokens import StreamTokens
@@ -14,7 +15,7 @@ from api.wakeup import OutboxWaker
 from shared.config import Settings
 from shared.db import Database
 from shared.groupcommit import GroupWriter
-from shared.redis_client import RedisHandle
+from shared.redis_client import LeanRedis, RedisHandle
 from shared.store import executions
 
 
@@ -35,7 +36,9 @@ class Services:
     def bucket(self) -> TokenBucket:
         """The rate limiter (its Redis path and its grouping are fork-safe on their own)."""
         if self._bucket is None:
-            self._bucket = TokenBucket(self.redis.lean, self.settings.rate_limit_per_s, self.settings.rate_limit_burst)
+            # A connection set of its own, with a short timeout: a hung Redis must not hold requests.
+            self._bucket = TokenBucket(LeanRedis(self.redis.url, timeout_s=ratelimit.TIMEOUT_S),
+                                       self.settings.rate_limit_per_s, self.settings.rate_limit_burst)
         return self._bucket
 
     @property

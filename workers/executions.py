@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg2
+
+from shared.errors import ServiceUnavailable
 from shared.logs import execution_id_var
 from workers import runtime
 from workers.base import task
@@ -13,10 +16,7 @@ from workers.executor import execute
 log = logging.getLogger(__name__)
 
 
-# retry_on_db_outage: a message consumed while PostgreSQL is down comes back with backoff (for as
-# long as it takes: max_retries None) instead of being dropped; its run is resumed under its lease.
-@task("workers.executions.run", soft_time_limit=600, time_limit=660, idempotent=True, bind=True, max_retries=None,
-      retry_on_db_outage=True)
+@task("workers.executions.run", soft_time_limit=600, time_limit=660, idempotent=True, bind=True, max_retries=None)
 def run(self: Any, execution_id: str) -> str:
     """A run message: each queued execution has one, and each message drives one run to a
     terminal state, the one the fair-share scheduler gives it (normally its own, see
@@ -28,7 +28,16 @@ def run(self: Any, execution_id: str) -> str:
     workspace's cap, comes back later (holding no slot meanwhile). Time limits come from
     WARDEN_EXECUTIONS_TIME_LIMIT_S, enforced by the executor per run, with Celery's as backstop."""
     execution_id_var.set(execution_id)
-    outcome = execute(execution_id, runtime.db(), runtime.settings())
+    try:
+        outcome = execute(execution_id, runtime.db(), runtime.settings())
+    except (psycopg2.OperationalError, psycopg2.InterfaceError, ServiceUnavailable) as exc:
+        # The database is unreachable: nothing was recorded, and acknowledging the message would
+        # leave its run to the stale-run sweep (minutes). The message comes back instead, sooner
+        # at first (0.5 s doubling to 10 s); a run it was driving is taken over once its lease expired.
+        delay = min(10.0, 0.5 * 2 ** min(self.request.retries, 5))
+        log.warning("run message %s: database unavailable (%s); again in %.1f s", execution_id,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__, delay)
+        raise self.retry(countdown=delay) from exc
     log.info("run message %s: %s", execution_id, outcome.status)
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in)

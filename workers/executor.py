@@ -359,7 +359,7 @@ def _execute_owned(begun: runs.Begun, handle: ownership.Handle, worker: dict[str
     except SoftTimeLimitExceeded:
         return _finish(run, Stop("error", error=TIME_LIMIT_ERROR))
     except (psycopg2.OperationalError, psycopg2.InterfaceError, ServiceUnavailable):
-        raise  # the database is gone: nothing can be recorded; the message is redelivered or retried
+        raise  # the database is gone: nothing can be recorded; the task sends its message again
     except Exception as exc:
         log.exception("execution %s failed", execution_id)
         return _finish(run, Stop("error", error={"code": "internal_error",

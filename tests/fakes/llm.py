@@ -6,8 +6,10 @@ the request (so a retried or resumed request gets the same answer). A turn is a 
 ``calls`` [(tool, arguments)], ``text``, ``usage`` (input, output), ``delay`` seconds, and
 ``fail`` [(status, times)] to fail that many requests first with that status (with a
 ``retry-after`` header of ``retry_after`` seconds when the turn has one), ``delay_first``
-seconds to stall only the first request of that turn (a worker killed mid-call).
-``answered[model]`` counts the answers sent, late ones included.
+seconds to stall only the first request of that turn (a worker killed mid-call), and ``kill``
+``"peer"`` to SIGKILL the process that sent the request (found by the connection's local port)
+instead of answering: a model answer that makes the process die at the same step every time.
+``answered[model]`` counts the answers sent, late ones included; ``killed[model]`` the pids killed.
 
 It listens on loopback unless given another ``host`` (the fleet tests serve it on a namespace
 host's own address, for worker hosts to reach over their network).
@@ -16,6 +18,8 @@ host's own address, for worker hosts to reach over their network).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -29,6 +33,7 @@ class FakeLLM:
         self.requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._failures: dict[tuple[str, int], int] = defaultdict(int)
         self.answered: dict[str, int] = defaultdict(int)
+        self.killed: dict[str, list[int]] = defaultdict(list)
         self._lock = threading.Lock()
         fake = self
 
@@ -43,7 +48,11 @@ class FakeLLM:
             def do_POST(self) -> None:  # noqa: N802 (http.server API)
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
                 wire = "anthropic" if self.path.endswith("/messages") else "openai"
-                status, payload = fake.answer(wire, body, {k.lower(): v for k, v in self.headers.items()})
+                status, payload = fake.answer(wire, body, {k.lower(): v for k, v in self.headers.items()},
+                                              peer=self.client_address)
+                if status == 0:  # the caller was killed: nothing to answer
+                    self.close_connection = True
+                    return
                 extra = payload.pop("_headers", {})
                 data = json.dumps(payload).encode()
                 try:
@@ -72,7 +81,8 @@ class FakeLLM:
     def stop(self) -> None:
         self.server.shutdown()
 
-    def answer(self, wire: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def answer(self, wire: str, body: dict[str, Any], headers: dict[str, str],
+               peer: tuple[str, int] | None = None) -> tuple[int, dict[str, Any]]:
         model = body.get("model", "")
         with self._lock:
             self.requests[model].append({"wire": wire, "body": body, "headers": headers})
@@ -90,6 +100,13 @@ class FakeLLM:
                     if turn.get("retry_after") is not None:
                         error["_headers"] = {"retry-after": str(turn["retry_after"])}
                     return status, error
+        if turn.get("kill") == "peer" and peer is not None:
+            pid = _pid_of_peer(peer[1])
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                with self._lock:
+                    self.killed[model].append(pid)
+                return 0, {}
         if turn.get("delay"):
             time.sleep(turn["delay"])
         if turn.get("delay_first"):
@@ -124,6 +141,16 @@ class _Server(ThreadingHTTPServer):
     # Hundreds of calls arrive at once when many runs are in flight; the standard library's listen
     # backlog of 5 would leave the rest to SYN retries (a second or more each).
     request_queue_size = 1024
+
+
+def _pid_of_peer(port: int) -> int | None:
+    """The local process whose TCP connection to us has local port ``port`` (not this process)."""
+    import psutil
+
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.pid and conn.pid != os.getpid():
+            return int(conn.pid)
+    return None
 
 
 def _error(wire: str, message: str) -> dict[str, Any]:
