@@ -123,9 +123,9 @@ class Stack:
         self.relay = self.spawn("relay", [str(BIN / "warden"), "relay"])
         self.beat = self.spawn("beat", [sys.executable, "-m", "celery", "-A", "workers.main", "beat", "-l", "WARNING",
                                         "--schedule", str(self.tmp / "beat-schedule")])
-        # Maintenance (outbox sweep, requeue of runs under an expired lease) runs on the delivery queue.
+        # Deliveries, and maintenance (outbox sweep, requeue of runs under an expired lease) on its own queue.
         self.delivery = self.spawn("delivery", [sys.executable, "-m", "celery", "-A", "workers.main", "worker",
-                                                "-Q", "delivery", "-n", "delivery@%h", "--concurrency", "1",
+                                                "-Q", "delivery,maintenance", "-n", "delivery@%h", "--concurrency", "1",
                                                 "--without-mingle", "--without-gossip", "-l", "WARNING"])
         return self
 

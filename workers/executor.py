@@ -268,9 +268,33 @@ def execute(ticket: str, db: Any, settings: Settings) -> Outcome:
     terminal state, or leave it to the worker whose lease is live."""
     worker = worker_identity(settings)
     with db.autocommit() as cur:
-        begun = runs.begin(cur, ticket, worker=worker, lease_s=settings.lease_s)
+        begun = runs.begin(cur, ticket, worker=worker, lease_s=settings.lease_s, gate=_SUSPECTS)
     if begun.row is None:
         return Outcome("retry" if begun.retry_in is not None else "nothing_to_run", begun.retry_in)
+    try:
+        return _drive(begun, worker, db, settings)
+    finally:
+        if begun.isolated:
+            _SUSPECTS.release()
+
+
+class _Gate:
+    """At most one suspect run (its workers died twice: see runs.SUSPECT_AFTER) in this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        return self._lock.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+_SUSPECTS = _Gate()
+
+
+def _drive(begun: runs.Begun, worker: dict[str, Any], db: Any, settings: Settings) -> Outcome:
     row = begun.row
     execution_id_var.set(row["id"])
     mon = ownership.monitor(lambda: db, settings.lease_s)

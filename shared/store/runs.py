@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from shared.db import Json, Prepared
 from shared.events import event_dict
@@ -42,12 +42,13 @@ _SIGNING_KEY = """LEFT JOIN LATERAL (SELECT key_id, encrypted_seed FROM signing_
 # What a run message (a "ticket") finds when it arrives: a run it was driving before (a
 # redelivery: its worker died), and the state of the run it names.
 _LOOK = Prepared("""
-SELECT o.id AS own_id, o.live AS own_live, o.left_s AS own_left_s, n.status AS named_status, n.live AS named_live
+SELECT o.id AS own_id, o.live AS own_live, o.left_s AS own_left_s, o.deliveries AS own_deliveries,
+       n.status AS named_status, n.live AS named_live, n.deliveries AS named_deliveries
   FROM (SELECT 1) one
-  LEFT JOIN LATERAL (SELECT id, COALESCE(lease_expires_at > now(), false) AS live,
+  LEFT JOIN LATERAL (SELECT id, COALESCE(lease_expires_at > now(), false) AS live, deliveries,
                             EXTRACT(EPOCH FROM lease_expires_at - now())::float8 AS left_s
                        FROM executions WHERE ticket = %(ticket)s AND status = 'running' LIMIT 1) o ON true
-  LEFT JOIN LATERAL (SELECT status, COALESCE(lease_expires_at > now(), false) AS live
+  LEFT JOIN LATERAL (SELECT status, COALESCE(lease_expires_at > now(), false) AS live, deliveries
                        FROM executions WHERE id = %(ticket)s) n ON true
 """)
 
@@ -140,6 +141,7 @@ class Begun:
     signing_key: tuple[str, str] | None = None  # (key_id, encrypted seed) of the active generated key
     documents: list[documents.Document] | None = None  # the workspace's, read by a start (not a takeover)
     retry_in: float | None = None  # nothing owned: come back after this long (a lease still live, or a cap)
+    isolated: bool = False  # taken as a suspect: the caller's isolation gate is held until the run ends
 
 
 def _owned(row: dict[str, Any], type_: str) -> Begun:
@@ -163,12 +165,47 @@ def takeover(cur: Any, execution_id: str, *, ticket: str, worker: Any, lease_s: 
 
 CAPPED_RETRY_S = 2.0  # how soon a message that found only capped workspaces waiting looks again
 
+# A run whose worker died twice is a suspect: it may be what kills its workers (a poison run), and
+# every run that shared a process with it died with it. A suspect is taken over only by a process
+# running no other suspect (the caller's isolation gate), so a poison run's deaths stop taking
+# the same innocent runs along: those it killed twice run their third delivery away from it and
+# finish, while it alone reaches max_deliveries and ends worker_lost.
+SUSPECT_AFTER = 2
+SUSPECT_RETRY_S = 1.0
 
-def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float) -> Begun:
+
+class Gate(Protocol):
+    def try_acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+def _take_over(cur: Any, execution_id: str, deliveries: int, gate: Gate | None, *, ticket: str, worker: Any,
+               lease_s: float) -> Begun | None:
+    """takeover(), a suspect only through ``gate``; a Begun with retry_in when the gate is busy."""
+    held = gate if gate is not None and deliveries >= SUSPECT_AFTER else None
+    if held is not None and not held.try_acquire():
+        return Begun(None, retry_in=SUSPECT_RETRY_S)
+    try:
+        taken = takeover(cur, execution_id, ticket=ticket, worker=worker, lease_s=lease_s)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+    if taken is None:
+        if held is not None:
+            held.release()
+        return None
+    taken.isolated = held is not None
+    return taken
+
+
+def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | None = None) -> Begun:
     """What a run message (named ``ticket``, its execution's id) owns now. In order:
 
     1. the run it was driving before, when its worker died (a redelivery): taken over once its
-       lease has expired, otherwise come back when it will have;
+       lease has expired, otherwise come back when it will have (a suspect, one whose workers
+       died twice, only through ``gate``: see SUSPECT_AFTER);
     2. the run it names, when that run is running with an expired lease (its worker is gone and
        the sweep re-sent its message);
     3. the next queued run by fair share (not necessarily the one it names: every message is a
@@ -181,11 +218,13 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float) -> Begun:
     if look["own_id"] is not None:
         if look["own_live"]:
             return Begun(None, retry_in=max(0.5, float(look["own_left_s"] or 0.0) + 0.5))
-        taken = takeover(cur, look["own_id"], ticket=ticket, worker=worker, lease_s=lease_s)
+        taken = _take_over(cur, look["own_id"], look["own_deliveries"], gate, ticket=ticket, worker=worker,
+                           lease_s=lease_s)
         if taken is not None:
             return taken
     if look["named_status"] == "running" and not look["named_live"]:
-        taken = takeover(cur, ticket, ticket=ticket, worker=worker, lease_s=lease_s)
+        taken = _take_over(cur, ticket, look["named_deliveries"], gate, ticket=ticket, worker=worker,
+                           lease_s=lease_s)
         if taken is not None:
             return taken
     for _ in range(8):  # SKIP LOCKED: a concurrent claim may have taken the row we aimed at
