@@ -12,7 +12,7 @@ from pathlib import Path
 
 # Module name → what it measures. A module that is missing is skipped and said so.
 BENCHMARKS = ("bench_intake", "bench_guard", "bench_compiler", "bench_e2e", "bench_ws", "bench_dryrun",
-              "bench_signals", "bench_audit", "bench_workflows", "bench_inflight")
+              "bench_signals", "bench_audit", "bench_workflows", "bench_inflight", "bench_fleet")
 
 
 def main(only: list[str] | None = None) -> int:

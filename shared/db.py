@@ -78,6 +78,14 @@ class Json(psycopg2.extras.Json):  # type: ignore[misc]
 RETRY_AFTER_S = 2
 
 
+# A process that dies (a host lost, SIGKILL) mid-transaction leaves its session "idle in
+# transaction" holding its row locks until TCP keepalive gives up, hours later: a retry of the
+# same Idempotency-Key on another API host would wait on that row all that time. Our transactions
+# never sit idle for more than a statement's round trip, so PostgreSQL ends such a session after a
+# minute.
+IDLE_IN_TRANSACTION = "-c idle_in_transaction_session_timeout=60000"
+
+
 class DatabaseUnavailable(ServiceUnavailable):
     """PostgreSQL cannot serve now (down, restarting, pool exhausted): worth retrying shortly."""
 
@@ -175,7 +183,7 @@ class Database:
                     try:
                         self._pool = psycopg2.pool.ThreadedConnectionPool(
                             self.minconn, self.maxconn, self.url, connect_timeout=5,
-                            application_name=self.application_name)
+                            application_name=self.application_name, options=IDLE_IN_TRANSACTION)
                     except psycopg2.OperationalError as exc:
                         raise unavailable(exc) from None
                     # psycopg2's pool closes every returned connection beyond `minconn`, so under
