@@ -408,7 +408,7 @@ def case_postgres_down(stack: Stack, sc: Scale) -> Result:
 # -- 6 ------------------------------------------------------------------------------------------
 def case_cancel(stack: Stack, sc: Scale) -> Result:
     """Cancel runs that are queued and runs that wait on their model, then restart every worker:
-    0 cancelled runs start or call a tool afterwards."""
+    0 cancelled runs start or call a tool after their cancel was acknowledged."""
     res = Result("cancel")
     half = sc.cancel_runs // 2
     key = stack.workspace("cancel")
@@ -450,9 +450,17 @@ def case_cancel(stack: Stack, sc: Scale) -> Result:
             """SELECT count(DISTINCT ev.execution_id) AS n FROM execution_events ev
                  JOIN execution_events c ON c.execution_id = ev.execution_id AND c.type = 'execution.cancelled'
                 WHERE ev.execution_id = ANY(%s) AND ev.seq > c.seq""", (ids,))["n"]
-        tools = stack.db.fetchone("SELECT count(*) AS n FROM execution_events WHERE execution_id = ANY(%s)"
-                                  " AND type LIKE 'tool.%%'", (ids,))["n"]
-        emails = stack.emails_sent(ids)
+        # Tool calls and emails after each run's cancel was acknowledged. (A run whose model answered
+        # before its cancel reached the server called its tool legitimately: on a loaded machine the
+        # first runs' answers can come while later runs are still being cancelled.)
+        tool_rows = stack.db.fetchall("SELECT execution_id, EXTRACT(EPOCH FROM at)::float8 AS t FROM execution_events"
+                                      " WHERE execution_id = ANY(%s) AND type LIKE 'tool.%%'", (ids,))
+        tools = sum(1 for r in tool_rows if r["t"] > cancelled_at[r["execution_id"]])
+        email_rows = stack.db.fetchall("SELECT execution_id, EXTRACT(EPOCH FROM created_at)::float8 AS t"
+                                       " FROM email_outbox WHERE execution_id = ANY(%s)", (ids,))
+        emails = sum(1 for r in email_rows if r["t"] > cancelled_at[r["execution_id"]])
+        res.figures.update(tool_events_before_cancel=len(tool_rows) - tools,
+                           emails_before_cancel=len(email_rows) - emails)
         started_queued = stack.db.fetchone(
             "SELECT count(*) AS n FROM executions WHERE id = ANY(%s) AND started_at IS NOT NULL"
             " AND error->>'message' = 'Cancelled before it started'", (ids,))["n"]
