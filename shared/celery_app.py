@@ -35,6 +35,9 @@ def queue_for(task_name: str) -> str:
     raise ValueError(f"no route for task {task_name!r}")
 
 
+PUBLIC_MAX_CONNECTIONS = 2048
+
+
 def backstop_s(limit: int) -> int:
     """How long after a run's own time limit Celery's hard limit strikes."""
     return max(1, min(30, limit // 10))
@@ -73,8 +76,12 @@ def make_celery(settings: Settings, *, main: str = "warden") -> Celery:
             },
         },
     )
-    if urlsplit(settings.broker_url).scheme == "redis":  # (rediss and sentinel keep kombu's own)
-        app.conf.broker_transport = REDIS_TRANSPORT  # kombu's, one client per channel (shared/kombu_redis.py)
+    if urlsplit(settings.broker_url).scheme == "redis" and settings.kombu_patch:  # (rediss, sentinel: kombu's)
+        app.conf.broker_transport = REDIS_TRANSPORT  # kombu's, fixed at two seams (shared/kombu_redis.py)
+    else:
+        # kombu's own pool raises when all its connections are busy: allow as many as a gevent
+        # worker's runs may use at once (they open lazily, while in use).
+        app.conf.broker_transport_options["max_connections"] = PUBLIC_MAX_CONNECTIONS
     # Agent runs are bounded by configuration. The executor ends a run at its limit itself (error
     # with code time_limit, nothing else in the process disturbed); Celery's limits are a backstop a
     # little later (the gevent pool enforces only the hard one, by killing the greenlet). The Redis

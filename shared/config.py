@@ -89,6 +89,9 @@ class Settings:
     # Celery's own task events (for Flower / `celery events`): off by default, since each task then
     # costs extra Redis PUBLISHes on the hot path; the project's events and /metrics cover the rest.
     celery_events: bool = False
+    # A redis:// broker through shared/kombu_redis.py (kombu's transport, fixed to reconnect after a
+    # Redis restart: a kombu internal); 0 = kombu's own transport, public API only.
+    kombu_patch: bool = True
 
     @property
     def broker_url(self) -> str:
@@ -112,6 +115,7 @@ _ENV: tuple[tuple[str, str, type | object], ...] = (
     ("WARDEN_RATE_LIMIT_PER_S", "rate_limit_per_s", float),
     ("WARDEN_RATE_LIMIT_BURST", "rate_limit_burst", int),
     ("WARDEN_LEASE_S", "lease_s", float),
+    ("WARDEN_KOMBU_PATCH", "kombu_patch", _bool),
     ("WARDEN_MAX_DELIVERIES", "max_deliveries", int),
     ("WARDEN_HOSTNAME", "hostname", str),
     ("WARDEN_WS_TOKEN_TTL_S", "ws_token_ttl_s", int),

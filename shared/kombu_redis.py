@@ -1,30 +1,32 @@
-"""kombu's Redis transport, with one client object per channel instead of one per command, and
-a channel that can still reach Redis while its connection is being torn down.
+"""kombu's Redis transport with two changes, the project's only use of kombu internals;
+``WARDEN_KOMBU_PATCH=0`` runs kombu's own transport instead (public API only, without them):
+a channel can still reach Redis while its connection is being torn down, and its connection pool
+waits for a free connection instead of failing.
 
-kombu's Redis ``Channel`` builds a new ``redis.Redis`` object for every publish and for each
-acknowledgement's bookkeeping (``conn_or_acquire`` → ``_create_client``), and under redis-py 8
-building one costs ~140 µs of CPU (its response-callback table is rebuilt each time): more than
-the LPUSH it is built for. A ``redis.Redis`` is safe to share (it draws connections from the
-channel's pool per command), so this channel keeps one per pool.
-
-Its pool waits for a free connection instead of failing: kombu builds a ``redis.ConnectionPool``,
-which raises ``MaxConnectionsError`` when all ``max_connections`` (10) are busy. Under the gevent
-pool hundreds of runs may finish, and acknowledge their messages, at once; a blocking pool keeps
-the connections bounded and queues the rest. Everything else is kombu's.
-
-Reconnection. When the broker connection drops, Celery's consumer closes the old kombu
-connection; closing a channel first drops its connection pools, then restores the messages it
-delivered but nobody acknowledged, which needs a client again, so a new pool, built from
+When the broker connection drops, Celery's consumer closes the old kombu connection; closing a
+channel first drops its connection pools, then restores the messages it delivered but nobody
+acknowledged, which needs a client again, so a new pool, built from
 ``channel.connection.client``: the ``kombu.Connection``, which by then may already have let go of
-its transport (``Transport.client = None``). kombu then raised
+its transport (``Transport.client = None``). kombu then raises
 ``AttributeError("'NoneType' object has no attribute 'hostname'")``, which Celery does not treat
 as a connection error: the worker stopped with "Unrecoverable error" instead of reconnecting.
 Here the channel remembers the connection parameters it was built with and uses them once the
 connection is gone; with neither, it raises redis-py's ``ConnectionError`` (one of the
 transport's connection errors, which Celery handles by reconnecting).
 
-Used through Celery's ``broker_transport`` setting when the broker is a ``redis://`` URL
-(``shared/celery_app.py``); an ``amqp://`` broker is untouched.
+Bounded connections. kombu builds a ``redis.ConnectionPool``, which raises ``MaxConnectionsError``
+when all ``max_connections`` are busy (Celery then logs "Couldn't ack" and the message is left
+unacknowledged); under the gevent pool hundreds of runs may acknowledge at once. kombu's public
+``max_connections`` option could only trade that for a pool as large as the worker's
+concurrency; a ``redis.BlockingConnectionPool`` keeps it at ``max_connections`` (10, kombu's
+default) and queues the rest, so an executions process holds at most 10 broker connections
+however many runs are in flight (tests/workers/test_inflight.py counts them).
+
+Private API relied on: ``kombu.transport.redis.Channel._connparams(asynchronous)`` and
+``Channel._get_pool(asynchronous)`` (kombu 5.7; pinned in pyproject.toml).
+``tests/shared/test_kombu_redis.py`` fails if their signatures change, and
+``tests/workers/test_redis_restart.py`` reproduces the crash without the fix. (Round 1 also kept
+one client object per channel here; it did not move ``bench_inflight``, so it went.)
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ POOL_WAIT_S = 30  # how long a command waits for one of the pool's connections b
 
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
-    _shared_client: Any = None
     _saved_connparams: dict[bool, dict[str, Any]] | None = None
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
@@ -60,14 +61,6 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         params = self._connparams(asynchronous=False)
         self.keyprefix_fanout = self.keyprefix_fanout.format(db=params["db"])
         return redis.BlockingConnectionPool(timeout=POOL_WAIT_S, **params)
-
-    def _create_client(self, asynchronous: bool = False) -> Any:
-        if asynchronous:  # the consumer's BRPOP client: kombu keeps that one itself
-            return super()._create_client(asynchronous=True)
-        client = self._shared_client
-        if client is None or client.connection_pool is not self.pool:  # (a new pool after a reconnect)
-            client = self._shared_client = super()._create_client()
-        return client
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]

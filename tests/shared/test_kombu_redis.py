@@ -1,5 +1,5 @@
-"""The Redis broker transport: one client object per channel (not one per command), a fresh one
-after the channel's pool is replaced, and kombu's own transport for any other broker."""
+"""The Redis broker transport: kombu's, with the reconnect fix (shared/kombu_redis.py) unless
+WARDEN_KOMBU_PATCH=0, and kombu's own transport for any other broker."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ from shared.celery_app import make_celery
 from shared.kombu_redis import Channel
 
 
-def test_one_client_per_channel_and_messages_still_flow(settings: Any) -> None:
+def test_the_patched_channel_carries_messages_and_its_private_hooks_are_as_relied_on(settings: Any) -> None:
+    import inspect
+
+    from kombu.transport import redis as kombu_redis
+
+    # The private methods shared/kombu_redis.py overrides: fails when kombu changes them.
+    for method in (kombu_redis.Channel._connparams, kombu_redis.Channel._get_pool):
+        assert list(inspect.signature(method).parameters) == ["self", "asynchronous"]
     app = make_celery(settings, main="transport-test")
     with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        assert isinstance(channel, Channel)
-        first = channel._create_client()
-        assert channel._create_client() is first  # shared, not rebuilt per command
-        channel._pool = None  # what kombu does after a connection error: a new pool…
-        assert channel._create_client() is not first  # …gets a new client
+        assert isinstance(conn.default_channel, Channel)
         queue = conn.SimpleQueue("transport-test")
         try:
             queue.put({"n": 1})
@@ -25,6 +27,12 @@ def test_one_client_per_channel_and_messages_still_flow(settings: Any) -> None:
         finally:
             queue.clear()
             queue.close()
+
+
+def test_without_the_patch_kombus_own_transport_is_used(settings: Any) -> None:
+    app = make_celery(settings.with_overrides(kombu_patch=False), main="unpatched-test")
+    assert app.conf.broker_transport is None
+    assert app.conf.broker_transport_options["max_connections"] >= 1000
 
 
 def test_other_brokers_keep_kombus_transport(settings: Any) -> None:
