@@ -67,14 +67,17 @@ class ApiClient:
         return self.request("DELETE", path, **kw)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, *,
+             what: str = "condition", on_fail: Callable[[], Any] | None = None) -> Any:
+    """Poll ``predicate`` until it returns something true (returned) or ``timeout`` passes (an
+    AssertionError naming ``what``, with ``on_fail()`` appended when given)."""
+    deadline = time.monotonic() + max(timeout, 0.0)
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"{what} not met within {timeout:.0f}s" + (f"; {on_fail()}" if on_fail else ""))
         time.sleep(interval)
 
 

@@ -42,7 +42,7 @@ import redis as redis_lib
 import requests
 
 from tests.fleet import netns
-from tests.support import ApiClient
+from tests.support import ApiClient, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBNET = "10.217.0"
@@ -443,12 +443,5 @@ def _pg_ready(url: str) -> bool:
 
 
 def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + max(timeout, 0.0)
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, interval, what=what)
 

@@ -25,6 +25,7 @@ from guard import verify_chain
 from tests.fleet import scenarios as sc
 from tests.fleet.conftest import EXEC_CONCURRENCY, LEASE_S, VISIBILITY_S
 from tests.fleet.harness import ADDRESSES, API_HOSTS, EXEC_HOSTS, Fleet
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -270,11 +271,4 @@ def test_redis_restart_every_host_reconnects_and_work_resumes(healthy: Fleet) ->
 
 
 def _wait(predicate: Any, timeout: float, what: str, on_fail: Any = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s" + (f"; {on_fail()}" if on_fail else ""))
-        time.sleep(0.2)
+    return wait_for(predicate, timeout, 0.2, what=what, on_fail=on_fail)

@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis as redis_lib
@@ -64,7 +65,7 @@ def _redis_clients(settings: Any, pid: int | None = None) -> int:
     the Redis port, read from /proc)."""
     if pid is None:
         return len(redis_lib.Redis.from_url(settings.redis_url).client_list())
-    port = redis_lib.Redis.from_url(settings.redis_url).connection_pool.connection_kwargs.get("port", 6379)
+    port = urlsplit(settings.redis_url).port or 6379
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
