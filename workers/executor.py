@@ -35,6 +35,7 @@ backoff otherwise), each wait shown as an ``llm.retrying`` event.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -224,13 +225,22 @@ class Run:
 
     def _cancel_now(self) -> None:
         """End the run cancelled if it is still ours and running; Stop either way."""
-        with self.db.transaction() as cur:
-            row = runs.lock(cur, self.id)
-            if row is None or row["status"] != "running" or row["lease_token"] != self.token:
-                raise Stop("gone")
-            ev = runs.finish(cur, row, "cancelled", error={"code": "cancelled", "message": "Cancelled while running"})
-        events.publish(_redis(), [ev])
+        if not _end_if_owned(self.db, self.id, self.token, "cancelled",
+                             {"code": "cancelled", "message": "Cancelled while running"}):
+            raise Stop("gone")
         raise Stop("cancelled_done")
+
+
+def _end_if_owned(db: Any, execution_id: str, token: int, status: str, error: dict[str, Any]) -> bool:
+    """End the run ``status`` (its terminal event published) if it is still running under the
+    lease ``token``; False when it is not (ended elsewhere, or taken over)."""
+    with db.transaction() as cur:
+        row = runs.lock(cur, execution_id)
+        if row is None or row["status"] != "running" or row["lease_token"] != token:
+            return False
+        ev = runs.finish(cur, row, status, error=error)
+    events.publish(_redis(), [ev])
+    return True
 
 
 TIME_LIMIT_ERROR = {"code": "time_limit", "message": "The execution ran past its time limit"}
@@ -243,7 +253,12 @@ def _redis() -> Any:
 
 def worker_identity(settings: Settings) -> dict[str, Any]:
     """This process as events and the execution record name it."""
-    return {"host": settings.hostname or socket.gethostname(), "pid": os.getpid()}
+    return {"host": settings.hostname or _hostname(), "pid": os.getpid()}
+
+
+@functools.lru_cache(maxsize=1)
+def _hostname() -> str:
+    return socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -330,15 +345,10 @@ def _begin(begun: runs.Begun, db: Any, settings: Settings) -> tuple[dict[str, An
         row["state"] = _initial_state(row["task"], row["state"])
     elif begun.deliveries > settings.max_deliveries:
         # Its worker died every time it was taken (the same step kills the process): stop here.
-        with db.transaction() as cur:
-            locked = runs.lock(cur, row["id"])
-            ev = (runs.finish(cur, locked, "error", error={
-                "code": "worker_lost", "message": f"The worker running this execution was lost "
-                                                  f"{begun.deliveries - 1} times; it was not started again"})
-                  if locked is not None and locked["status"] == "running" and locked["lease_token"] == begun.token
-                  else None)
-        if ev is not None:
-            events.publish(_redis(), [ev])
+        _end_if_owned(db, row["id"], begun.token, "error", {
+            "code": "worker_lost",
+            "message": f"The worker running this execution was lost {begun.deliveries - 1} times; it was not "
+                       "started again"})
         return None
     elif not (row["state"] or {}).get("messages"):
         row["state"] = _initial_state(row["task"], row["state"])  # started, but no step was saved: begin afresh
