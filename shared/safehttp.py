@@ -131,3 +131,21 @@ def request(method: str, url: str, *, body: bytes | None = None, headers: dict[s
 
 
 __all__ = ["HttpError", "HttpResponse", "UnsafeTarget", "request"]
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """A ``Retry-After`` header as seconds: a number of seconds or an HTTP date (RFC 9110), None
+    when absent or unreadable. Used for webhook receivers and model vendors alike."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None

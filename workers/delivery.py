@@ -35,7 +35,6 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import redis
@@ -90,18 +89,6 @@ def shown_execution(e: executions.Execution) -> dict[str, Any]:
     return body
 
 
-def retry_after_s(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    return None
-
-
 def post(url: str, body: bytes, secret: str, webhook_id: str, *, allow_private: bool,
          deadline_s: float) -> Outcome:
     """One signed POST, over by ``deadline_s`` whatever the receiver does."""
@@ -118,7 +105,7 @@ def post(url: str, body: bytes, secret: str, webhook_id: str, *, allow_private: 
     if resp.status == 410:
         return Outcome("gone", resp.status, "HTTP 410 Gone")
     error = f"HTTP {resp.status}" + (" (redirect not followed)" if 300 <= resp.status < 400 else "")
-    return Outcome("retry", resp.status, error, retry_after_s(resp.headers.get("retry-after")))
+    return Outcome("retry", resp.status, error, safehttp.retry_after_s(resp.headers.get("retry-after")))
 
 
 @dataclass

@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from shared.safehttp import retry_after_s
+
 MAX_OUTPUT_TOKENS = 1024
 
 
@@ -84,19 +86,4 @@ def retry_after(headers: Any) -> float | None:
             return max(0.0, float(raw_ms) / 1000.0)
         except ValueError:
             pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    from email.utils import parsedate_to_datetime
-
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    import time
-
-    return max(0.0, when.timestamp() - time.time())
+    return retry_after_s(headers.get("retry-after"))
