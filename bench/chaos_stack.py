@@ -286,6 +286,25 @@ class Stack:
         return int(self.db.fetchone("SELECT count(DISTINCT execution_id) AS n FROM email_outbox"
                                     " WHERE execution_id = ANY(%s)", (ids,))["n"])
 
+    def diagnose(self, tail: int = 1500) -> str:
+        """For a failed case: which of the stack's processes are alive, where the runs stand, and
+        the end of each log of a process still in the stack or that died."""
+        lines = ["processes: " + ", ".join(f"{p.name}={'up' if p.alive() else 'exited'}" for p in self.procs)]
+        with contextlib.suppress(Exception):
+            rows = self.db.fetchall("SELECT status, count(*) AS n, count(*) FILTER (WHERE status = 'running'"
+                                    " AND lease_expires_at < now()) AS expired FROM executions GROUP BY status")
+            lines.append("runs: " + ", ".join(f"{r['status']} {r['n']}" + (f" ({r['expired']} lease expired)"
+                                                                           if r["expired"] else "") for r in rows))
+        with contextlib.suppress(Exception):
+            r = self.redis_client()
+            lines.append(f"broker: executions {r.llen('executions')}, maintenance {r.llen('maintenance')},"
+                         f" unacked {r.hlen('unacked')}")
+        shown = {p.name: p for p in self.procs if p.name in ("beat", "delivery", "relay") or not p.alive()}
+        for p in list(shown.values())[-8:]:
+            with contextlib.suppress(Exception):
+                lines.append(f"--- {p.name}.log (end) ---\n{p.tail(tail)}")
+        return "\n".join(lines)
+
     def resumed(self, ids: list[str]) -> int:
         return int(self.db.fetchone("SELECT count(DISTINCT execution_id) AS n FROM execution_events WHERE"
                                     " execution_id = ANY(%s) AND type = 'execution.resumed'", (ids,))["n"])

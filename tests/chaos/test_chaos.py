@@ -23,8 +23,12 @@ def chaos_stack() -> Iterator[Stack]:
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("case", list(chaos.CASES))
 def test_case(chaos_stack: Stack, case: str) -> None:
-    result = chaos.CASES[case](chaos_stack, chaos.SMALL)
+    try:
+        result = chaos.CASES[case](chaos_stack, chaos.SMALL)
+    except BaseException:  # a timeout included: say what the stack looked like
+        print(chaos_stack.diagnose())
+        raise
     print(result.line())
     print(result.figures)
-    assert result.ok, result.line()
+    assert result.ok, result.line() + "\n" + chaos_stack.diagnose()
     assert result.submitted > 0 and result.terminal == result.submitted
