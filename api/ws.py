@@ -265,6 +265,73 @@ def _plain_frames(ws: Any) -> bool:
             and isinstance(inner, socket.socket) and not hasattr(inner, "cipher"))
 
 
+def write_whole(ws: Any, out: SerializedSocket, view: memoryview, what: str) -> bool:
+    """Write all of ``view`` to the connection (its write lock held by the caller); False when
+    the client is gone. The kernel is offered the bytes without blocking and the wait for room is
+    a poll, so a client that takes nothing for ``STALL_S`` is dropped rather than held forever."""
+    raw = out.raw
+    progress = time.monotonic()
+    while view:
+        if not ws.connected:
+            return False
+        try:
+            n = raw.send(view, _DONTWAIT)
+        except BlockingIOError:
+            n = 0
+        except OSError:  # reset or broken pipe: the client is gone
+            return False
+        if n:
+            view, progress = view[n:], time.monotonic()
+            continue
+        if time.monotonic() - progress > STALL_S:
+            log.info("dropping a stream of %s: its client took nothing for %ss", what, STALL_S)
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_RDWR)
+            return False
+        select.select([], [raw], [], 1.0)  # cooperative under gevent (select is patched)
+    return True
+
+
+class BoundedSender:
+    """How a stream that writes only from its handler (``/ws/notifications``, ``/ws/workflows``)
+    sends: a client more than ``MAX_BEHIND`` behind (what its socket holds unread, plus what waits
+    for it in ``sub``) is not written to (:meth:`send` answers "behind" and the stream closes
+    1013 with where to resume), and on a plain connection a frame goes out whole without the
+    handler blocking on a client that reads nothing (dropped after ``STALL_S``). Installs the
+    serialized socket and the fixed send buffer; call it before the first write."""
+
+    def __init__(self, ws: Any, what: str) -> None:
+        self.plain = _plain_frames(ws)  # before the socket is wrapped
+        self.ws, self.what = ws, what
+        self.out = serialize_writes(ws)  # pongs never land inside a frame
+        with contextlib.suppress(OSError, AttributeError):
+            self.out.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+
+    def send(self, text: str, queued: int = 0) -> str:
+        """Answers "sent", "behind" (nothing written: close 1013) or "gone" (the client is). ``queued``:
+        the bytes waiting for this client in its subscriptions."""
+        if _unsent(self.out.raw) + queued + len(text) > MAX_BEHIND:
+            log.info("closing a stream of %s that fell %d bytes behind", self.what, MAX_BEHIND)
+            return "behind"
+        if not self.plain:
+            try:
+                self.ws.send(text)
+            except (OSError, ConnectionError):
+                return "gone"
+            return "sent"
+        with self.out.lock:
+            ok = write_whole(self.ws, self.out, memoryview(text_frame(text)), self.what)
+        return "sent" if ok else "gone"
+
+    def close(self, code: int, reason: str) -> None:
+        if self.ws.connected:
+            # A client that reads nothing must not hold the handler on its close frame forever.
+            with contextlib.suppress(AttributeError, OSError):
+                self.out.inner.settimeout(CLOSE_TIMEOUT_S)
+            with contextlib.suppress(OSError, ConnectionError):
+                self.ws.close(code, reason)
+
+
 class _Direct:
     """Delivers live events on the hub's listener while the handler is parked (see
     :class:`api.fanout.Subscription`): the next event in sequence is written straight to the
@@ -476,27 +543,7 @@ class ExecutionStream:
         return ok
 
     def _write_locked(self, view: memoryview) -> bool:
-        raw = self.out.raw
-        progress = time.monotonic()
-        while view:
-            if not self.ws.connected:
-                return False
-            try:
-                n = raw.send(view, _DONTWAIT)
-            except BlockingIOError:
-                n = 0
-            except OSError:  # reset or broken pipe: the client is gone
-                return False
-            if n:
-                view, progress = view[n:], time.monotonic()
-                continue
-            if time.monotonic() - progress > STALL_S:
-                log.info("dropping a stream of %s: its client took nothing for %ss", self.execution_id, STALL_S)
-                with contextlib.suppress(OSError):
-                    raw.shutdown(socket.SHUT_RDWR)
-                return False
-            select.select([], [raw], [], 1.0)  # cooperative under gevent (select is patched)
-        return True
+        return write_whole(self.ws, self.out, view, self.execution_id)
 
     def _close(self, code: int, reason: str) -> None:
         self.done = True

@@ -9,6 +9,8 @@ client closes it.
 No duplicate: ids already sent are remembered (notification ids are time-ordered but created by
 several workers, so a later publish may carry a smaller id; a set, not a high-water mark). No
 gap: after the hub reconnects (RESYNC) the store is read again from the connect-time ``after``.
+A client more than 1 MiB behind is closed with 1013, its reason naming the ``after`` to reconnect
+with (the highest id it was sent).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from flask import Blueprint, Flask, g, request
 
 from api.fanout import KEYCHECK, RESYNC, Message
 from api.services import Services, services
-from api.ws import _workspace_for, key_revoked, serialize_writes, sock, stream_state
+from api.ws import BoundedSender, _workspace_for, key_revoked, sock, stream_state
 from shared.errors import BadRequest, ServiceUnavailable
 from shared.store import notifications
 
@@ -48,27 +50,36 @@ def _authorize() -> None:
 
 @sock.route("/ws/notifications", bp=bp)
 def notification_stream(ws: Any) -> None:
-    serialize_writes(ws)  # pongs never land inside a frame
-    NotificationStream(ws, services(), g.ws_workspace_id, g.ws_after, key_id=g.ws_key_id).run()
+    sender = BoundedSender(ws, f"notifications of {g.ws_workspace_id}")
+    NotificationStream(ws, services(), g.ws_workspace_id, g.ws_after, key_id=g.ws_key_id, sender=sender).run()
 
 
 class NotificationStream:
-    def __init__(self, ws: Any, svc: Services, workspace_id: str, after: str, *, key_id: str | None = None) -> None:
+    def __init__(self, ws: Any, svc: Services, workspace_id: str, after: str, *, key_id: str | None = None,
+                 sender: BoundedSender | None = None) -> None:
         self.ws, self.db, self.workspace_id, self.after = ws, svc.db, workspace_id, after
         self.svc, self.key_id = svc, key_id
+        self.sender = sender or BoundedSender(ws, f"notifications of {workspace_id}")
         self.sent: set[str] = set()
+        self.newest = after  # the highest id sent: where a client closed for falling behind resumes
+        self.done = False
+        self.sub: Any = None
+        self.owed = 0  # bytes taken from the subscription and not yet sent
         self.state = stream_state()
 
     def run(self) -> None:
-        sub = self.state.hub.subscribe(notifications.channel_for(self.workspace_id))  # before the replay
+        sub = self.sub = self.state.hub.subscribe(notifications.channel_for(self.workspace_id))  # before the replay
         try:
             if not self._catch_up():
                 return
-            while self.ws.connected:
+            while self.ws.connected and not self.done:
                 items = sub.get()  # [] at least every hub tick: lets us notice a closed client
                 if self.ws.input_buffer:
                     self.ws.input_buffer.clear()
+                self.owed = sum(len(i.text) for i in items if isinstance(i, Message))
                 for item in items:
+                    if isinstance(item, Message):
+                        self.owed -= len(item.text)
                     if item is RESYNC:
                         if not self._catch_up():
                             return
@@ -80,6 +91,8 @@ class NotificationStream:
                         nid = item.payload.get("notification_id")
                         if isinstance(nid, str) and nid > self.after:
                             self._send(nid, item.text)
+                    if self.done:
+                        return
         finally:
             self.state.hub.unsubscribe(sub)
 
@@ -97,6 +110,8 @@ class NotificationStream:
                 return False
             for n in page:
                 self._send(n["notification_id"], json.dumps(n, separators=(",", ":")))
+                if self.done:
+                    return False
             if len(page) < PAGE:
                 return True
             cursor = page[-1]["notification_id"]
@@ -106,5 +121,12 @@ class NotificationStream:
             return
         if len(self.sent) >= MAX_REMEMBERED:
             self.sent.clear()
-        self.sent.add(nid)
-        self.ws.send(text)
+        sent = self.sender.send(text, self.owed + (self.sub.pending_bytes if self.sub is not None else 0))
+        if sent == "behind":
+            self.done = True
+            self.sender.close(1013, f"client too far behind; reconnect with after={self.newest}")
+        elif sent == "gone":
+            self.done = True
+        else:
+            self.sent.add(nid)
+            self.newest = max(self.newest, nid)

@@ -29,7 +29,7 @@ from flask import Blueprint, Flask, g, request
 
 from api.fanout import KEYCHECK, RESYNC, Hub, Message, Subscription
 from api.services import Services, services
-from api.ws import _workspace_for, key_revoked, serialize_writes, sock, stream_state
+from api.ws import BoundedSender, _workspace_for, key_revoked, sock, stream_state
 from shared.errors import BadRequest, NotFound
 from shared.events import channel_for as execution_channel
 from shared.events import list_events
@@ -64,8 +64,9 @@ def _authorize() -> None:
 @sock.route("/ws/workflows/<workflow_id>", bp=bp)
 def workflow_stream(ws: Any, workflow_id: str) -> None:
     hub = stream_state().hub
-    serialize_writes(ws)  # pongs never land inside a frame
-    WorkflowStream(ws, services(), hub, workflow_id, g.ws_workspace_id, g.ws_after, key_id=g.ws_key_id).run()
+    sender = BoundedSender(ws, f"workflow {workflow_id}")
+    WorkflowStream(ws, services(), hub, workflow_id, g.ws_workspace_id, g.ws_after, key_id=g.ws_key_id,
+                   sender=sender).run()
 
 
 class _Stage:
@@ -77,15 +78,18 @@ class _Stage:
 
 class WorkflowStream:
     def __init__(self, ws: Any, svc: Services, hub: Hub, workflow_id: str, workspace_id: str, after: int, *,
-                 key_id: str | None = None) -> None:
+                 key_id: str | None = None, sender: BoundedSender | None = None) -> None:
         self.ws, self.db, self.hub, self.workflow_id, self.last = ws, svc.db, hub, workflow_id, after
+        self.sender = sender or BoundedSender(ws, f"workflow {workflow_id}")
+        self.sub: Subscription | None = None
+        self.owed = 0  # bytes taken from the subscriptions and not yet sent
         self.svc, self.key_id = svc, key_id
         self.workspace_id = workspace_id
         self.stages: dict[str, _Stage] = {}  # execution id → its stage
         self.done = False
 
     def run(self) -> None:
-        sub = self.hub.subscribe(channel_for(self.workflow_id))  # before the replay read: no gap
+        sub = self.sub = self.hub.subscribe(channel_for(self.workflow_id))  # before the replay read: no gap
         try:
             found = workflows.get(self.db, self.workspace_id, self.workflow_id)
             if found is not None:
@@ -96,7 +100,10 @@ class WorkflowStream:
             quiet = time.monotonic()
             while not self.done and self.ws.connected:
                 items = sub.get(timeout=POLL_S)
+                self.owed = sum(len(i.text) for i in items if isinstance(i, Message))
                 for item in items:
+                    if isinstance(item, Message):
+                        self.owed -= len(item.text)
                     if item is RESYNC:
                         self._catch_up()
                     elif item is KEYCHECK:
@@ -138,13 +145,19 @@ class WorkflowStream:
                 return
 
     def _send_stage(self, st: _Stage, ev: dict[str, Any]) -> None:
-        if ev["seq"] > st.last and not self.done:
-            self.ws.send(json.dumps({**ev, "stage": st.name}, separators=(",", ":"), default=str))
+        if ev["seq"] > st.last and not self.done and self._write(json.dumps({**ev, "stage": st.name},
+                                                                            separators=(",", ":"), default=str)):
             st.last = ev["seq"]
 
     def _drain_stages(self) -> None:
         for execution_id, st in list(self.stages.items()):
-            for item in st.sub.get(timeout=0):
+            items = st.sub.get(timeout=0)
+            self.owed += sum(len(i.text) for i in items if isinstance(i, Message))  # in hand: still behind
+            for item in items:
+                if isinstance(item, Message):
+                    self.owed -= len(item.text)
+                if self.done:
+                    return
                 if item is RESYNC:
                     self._fill(execution_id, st)
                 elif isinstance(item, Message):
@@ -173,11 +186,24 @@ class WorkflowStream:
                 # The run ended before its stage did: all its events are stored; they go out first.
                 self._drain_stages()
                 self._fill(data["execution_id"], st)
-        self.ws.send(json.dumps(ev, separators=(",", ":"), default=str))
+        if self.done or not self._write(json.dumps(ev, separators=(",", ":"), default=str)):
+            return
         self.last = ev["seq"]
         if ev["type"] in TERMINAL:
             self.done = True
             self.ws.close(1000, "workflow finished")
+
+    def _write(self, text: str) -> bool:
+        """Send one frame; False (and the stream done) when the client is gone or was closed 1013
+        for falling more than 1 MiB behind (resume with ``after`` = the last workflow seq sent)."""
+        queued = self.owed + sum(st.sub.pending_bytes for st in self.stages.values())
+        sent = self.sender.send(text, queued + (self.sub.pending_bytes if self.sub is not None else 0))
+        if sent == "sent":
+            return True
+        self.done = True
+        if sent == "behind":
+            self.sender.close(1013, f"client too far behind; reconnect with after={self.last}")
+        return False
 
     def _catch_up(self) -> None:
         while not self.done:

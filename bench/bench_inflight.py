@@ -91,8 +91,13 @@ def run(runs: int | None = None, delay: float | None = None, give_up_s: float | 
             deadline = t0 + give_up_s
             submitted: list[str] = []
             submit_errors: dict[str, int] = {}
-            sub = threading.Thread(target=lambda: submitted.extend(_post_runs(port, key, runs, submit_errors)),
-                                   daemon=True)
+            submit_s: list[float] = []
+
+            def submit() -> None:
+                submitted.extend(_post_runs(port, key, runs, submit_errors))
+                submit_s.append(time.monotonic() - t0)
+
+            sub = threading.Thread(target=submit, daemon=True)
             sub.start()
             counts: dict[str, int] = {}
             cpu1 = cpu0
@@ -116,6 +121,14 @@ def run(runs: int | None = None, delay: float | None = None, give_up_s: float | 
                 " WHERE workspace_id = %s AND id <> %s AND status = 'succeeded' AND finished_at <= to_timestamp(%s)",
                 (ws, warm, t0_wall + give_up_s))
             completed = int(row["n"])
+            # Where the time went: the first and last start after the first submission, and the
+            # slowest start-to-finish (a run alone takes 2 x delay plus our own steps).
+            timeline = db.fetchone(
+                "SELECT extract(epoch FROM min(started_at)) - %s AS first_start,"
+                " extract(epoch FROM max(started_at)) - %s AS last_start,"
+                " extract(epoch FROM max(finished_at - started_at)) AS longest_run,"
+                " extract(epoch FROM avg(finished_at - started_at)) AS mean_run FROM executions"
+                " WHERE workspace_id = %s AND id <> %s AND status = 'succeeded'", (t0_wall, t0_wall, ws, warm))
             all_done = not sub.is_alive() and sum(counts.get(s, 0) for s in TERMINAL) >= len(submitted) == runs
             elapsed = (float(row["last"]) - t0_wall) if all_done and row["last"] else min(ended - t0, give_up_s)
             llm_calls = db.fetchone("SELECT coalesce(sum((usage->>'llm_calls')::int), 0) AS n FROM executions"
@@ -133,6 +146,8 @@ def run(runs: int | None = None, delay: float | None = None, give_up_s: float | 
         "inflight_unfinished": max(0, len(submitted) - sum(counts.get(s, 0) for s in TERMINAL)),
         "inflight_gave_up": not all_done,
         "inflight_elapsed_s": round(elapsed, 2),
+        "inflight_submit_s": round(submit_s[0], 2) if submit_s else None,
+        **{f"inflight_{k}_s": round(float(v), 2) for k, v in timeline.items() if v is not None},
         "inflight_effective": round(effective, 2),
         "inflight_ratio": round(effective / runs, 4),
         "inflight_peak_running": peak_running,

@@ -415,3 +415,72 @@ def test_a_pong_waits_for_the_tail_of_a_torn_frame() -> None:
     assert texts == list(range(2, rest_seq + 1)) and frames[-1] == (0xA, b"p1")
     server.close()
     client.close()
+
+
+def _not_reading(server: LiveServer, path: str, key: str) -> websocket.WebSocket:
+    """A client that reads nothing yet: a small receive buffer, so the server's writes back up."""
+    return websocket.create_connection(_ws_url(server, path), timeout=10, header=[f"Authorization: Bearer {key}"],
+                                       sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
+
+
+def test_a_notifications_reader_over_1_mib_behind_is_closed_1013_and_resumes(server, db, settings, workspace):
+    import redis
+
+    from shared.ids import new_id
+    from shared.store import notifications
+
+    slow = _not_reading(server, "/ws/notifications", workspace[1])
+    time.sleep(0.5)  # subscribed
+    pub = redis.Redis.from_url(settings.redis_url)
+    ids = []
+    for i in range(30):  # 3 MB, live, while the client reads nothing
+        nid = new_id("ntf")
+        with db.transaction() as cur:
+            cur.execute("INSERT INTO notifications (id, workspace_id, title, body) VALUES (%s, %s, %s, %s)"
+                        " RETURNING *", (nid, workspace[0], f"n{i}", json.dumps({"i": i, "pad": "y" * 100_000})))
+            row = cur.fetchone()
+        pub.publish(notifications.channel_for(workspace[0]), json.dumps(notifications.to_json(row)))
+        ids.append(nid)
+    got, code, reason = read_until_close_reason(slow, timeout=20)
+    sent = [n["notification_id"] for n in got]
+    assert code == 1013, (code, len(sent))
+    assert sent == ids[:len(sent)] and len(sent) < 30  # whole frames, in order, then the close
+    resume = reason.rsplit("after=", 1)[1]
+    assert sent and resume == sent[-1], reason
+    rest = websocket.create_connection(_ws_url(server, f"/ws/notifications?after={resume}"), timeout=10,
+                                       header=[f"Authorization: Bearer {workspace[1]}"])
+    try:
+        more = [json.loads(rest.recv())["notification_id"] for _ in range(30 - len(sent))]
+    finally:
+        rest.close()
+    assert sent + more == ids
+
+
+def test_a_workflow_reader_over_1_mib_behind_is_closed_1013_and_resumes(server, db, settings, workspace):
+    import redis
+
+    from shared import workflow_events
+    from shared.ids import new_id
+    from shared.store import workflows
+
+    wf = new_id("wf")
+    with db.transaction() as cur:
+        cur.execute("INSERT INTO workflows (id, workspace_id, name, status) VALUES (%s, %s, 'big', 'running')",
+                    (wf, workspace[0]))
+        workflows.append_event(cur, wf, "workflow.created", {"stages": []})
+    slow = _not_reading(server, f"/ws/workflows/{wf}", workspace[1])
+    time.sleep(0.5)  # subscribed
+    pub = redis.Redis.from_url(settings.redis_url)
+    for i in range(31):  # 3 MB, live, while the client reads nothing; then the end
+        with db.transaction() as cur:
+            ev = (workflows.append_event(cur, wf, "stage.skipped", {"stage": f"s{i}", "pad": "y" * 100_000})
+                  if i < 30 else workflows.append_event(cur, wf, "workflow.succeeded", {}))
+        workflow_events.publish(pub, [ev])
+    got, code, reason = read_until_close_reason(slow, timeout=20)
+    assert code == 1013, (code, seqs(got))
+    assert seqs(got) == list(range(1, 1 + len(got))) and len(got) < 31
+    last = got[-1]["seq"] if got else 0
+    assert reason.endswith(f"after={last}"), reason
+    rest, code, _ = read_until_close_reason(_not_reading(server, f"/ws/workflows/{wf}?after={last}", workspace[1]),
+                                            timeout=20)
+    assert code == 1000 and seqs(got + rest) == list(range(1, 33))
