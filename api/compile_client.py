@@ -59,6 +59,8 @@ def compile_many(svc: Services, items: list[tuple[dict[str, Any], float]]) -> li
     deadline = min(d for _, d in items)
     if deadline - time.monotonic() <= 0:
         raise _no_answer(timeout)
+    if not svc.redis.answering:  # hung or gone: answer now rather than wait on a dead socket
+        raise _unavailable("Redis does not answer (the compiler is reached through it); retry shortly")
     requests = [r for r, _ in items]
     revisions = guardrails_store.current_revisions(svc.db, {r["workspace_id"] for r in requests})
     batch = [{**r, "guardrails_revision": revisions.get(r["workspace_id"], 0)} for r in requests]

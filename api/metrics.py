@@ -53,7 +53,8 @@ class StateCollector:
         except Exception:  # noqa: S110 - a scrape must not fail because one source is down
             pass
         try:
-            if svc.settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            # Not while Redis does not answer: a scrape must not wait on a dead socket.
+            if svc.settings.broker_url.startswith(("redis://", "rediss://", "unix://")) and svc.redis.answering:
                 client = svc.redis.client
                 for q in QUEUES:
                     depth.add_metric([q], client.llen(q))

@@ -25,6 +25,64 @@ log = logging.getLogger(__name__)
 LEAN_TIMEOUT_S = 0.5
 
 
+class _Watch:
+    """Whether one Redis (a URL) answers, as this process last saw it: tripped by any lean call
+    that failed on the network, cleared by a background probe once a PING is answered. Shared by
+    every LeanRedis of the URL in the process (the rate limit's, the event publishes'), so that
+    the request paths that wait on Redis longer (a compile's reply, a replay's, a workflow's
+    publish, a /metrics scrape) can answer at once instead of waiting on a dead socket."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.down = False
+        self._lock = threading.Lock()
+
+    def trip(self) -> None:
+        with self._lock:
+            if self.down:
+                return
+            self.down = True
+        threading.Thread(target=self._probe, daemon=True, name="redis-probe").start()
+
+    def _probe(self) -> None:
+        pool = redis.ConnectionPool.from_url(self.url, protocol=2, socket_connect_timeout=LEAN_TIMEOUT_S,
+                                             socket_timeout=LEAN_TIMEOUT_S)
+        pause = 0.05
+        while True:
+            conn = pool.connection_class(**pool.connection_kwargs)
+            try:
+                conn.connect()
+                conn.send_command("PING")
+                conn.read_response()
+                self.down = False
+                log.info("Redis answers again")
+                return
+            except (redis.RedisError, OSError):
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+            finally:
+                conn.disconnect()
+
+
+_WATCHES: dict[tuple[int, str], _Watch] = {}
+_WATCHES_LOCK = threading.Lock()
+
+
+def _watch(url: str) -> _Watch:
+    key = (os.getpid(), url)  # a forked child probes for itself
+    w = _WATCHES.get(key)
+    if w is None:
+        with _WATCHES_LOCK:
+            w = _WATCHES.setdefault(key, _Watch(url))
+    return w
+
+
+def answering(url: str) -> bool:
+    """False while this process's last lean round trip to ``url`` failed on the network and no
+    PING has been answered since (see :class:`_Watch`)."""
+    return not _watch(url).down
+
+
 class RedisHandle:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -49,6 +107,11 @@ class RedisHandle:
             return bool(self.client.ping())
         except redis.RedisError:
             return False
+
+    @property
+    def answering(self) -> bool:
+        """See :func:`answering`: False means a wait on this Redis would be on a dead socket."""
+        return answering(self.url)
 
     @property
     def lean(self) -> LeanRedis:
@@ -94,33 +157,12 @@ class LeanRedis:
         # made only when none is idle, i.e. while fewer than max_idle are in use.
         self._slots = threading.BoundedSemaphore(max(1, max_idle))
         self._fail_fast = fail_fast
-        self._down = False  # fail fast until the probe gets an answer
-        self._down_lock = threading.Lock()
+        self._url = url
 
-    def _trip(self) -> None:
-        """A call failed on the network: fail fast from now on, until a PING is answered."""
-        with self._down_lock:
-            if self._down:
-                return
-            self._down = True
-        threading.Thread(target=self._probe, daemon=True, name="lean-redis-probe").start()
-
-    def _probe(self) -> None:
-        pause = 0.05
-        while True:
-            conn = self._pool.connection_class(**self._pool.connection_kwargs)
-            try:
-                conn.connect()
-                conn.send_command("PING")
-                conn.read_response()
-                self._down = False
-                log.info("Redis answers again: lean path back")
-                return
-            except (redis.RedisError, OSError):
-                time.sleep(pause)
-                pause = min(pause * 2, 1.0)
-            finally:
-                conn.disconnect()
+    @property
+    def down(self) -> bool:
+        """Redis did not answer lately (see :func:`answering`)."""
+        return _watch(self._url).down
 
     def call(self, packed: bytes):  # type: ignore[no-untyped-def]
         reply = self.call_many([packed])[0]
@@ -133,9 +175,9 @@ class LeanRedis:
         is returned in its place (as the ResponseError), not raised. ``wait=False``: see the
         class docstring (returns [])."""
         if self._pid != os.getpid():  # forked: the parent's sockets (and probe thread) are not ours
-            self._idle, self._pid, self._down = [], os.getpid(), False
+            self._idle, self._pid = [], os.getpid()
             self._slots = threading.BoundedSemaphore(max(1, self._max_idle))
-        if self._fail_fast and self._down:
+        if self._fail_fast and _watch(self._url).down:
             raise redis.ConnectionError("Redis did not answer lately; failing fast until it does")
         slots = self._slots
         if not slots.acquire(timeout=10):
@@ -143,8 +185,7 @@ class LeanRedis:
         try:
             return self._call_many(packed, wait)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
-            if self._fail_fast:
-                self._trip()
+            _watch(self._url).trip()
             raise
         finally:
             slots.release()

@@ -111,6 +111,9 @@ def _wait_replay(req: dict[str, Any]) -> dict[str, Any]:
     timeout = max(svc.settings.compile_timeout_s, 20.0)
     reply_to = f"warden:replay:reply:{uuid.uuid4().hex}"
     deadline = time.monotonic() + timeout
+    if not svc.redis.answering:  # hung or gone: answer now rather than wait on a dead socket
+        raise ServiceUnavailable("Redis does not answer (the compiler is reached through it); retry shortly",
+                                 code="compiler_unavailable", retry_after=1)
     try:
         svc.celery.send_task(REPLAY_TASK, kwargs={"request": req, "reply_to": reply_to}, expires=timeout,
                              retry=True, retry_policy=_RETRY_POLICY)

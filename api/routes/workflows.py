@@ -66,6 +66,13 @@ def workflow_json(wf: dict[str, Any], stages: list[dict[str, Any]]) -> dict[str,
     }
 
 
+def _publish(svc: Any, events: list[dict[str, Any]]) -> None:
+    """Live copies of stored workflow events. Skipped while Redis does not answer: the request
+    must not wait on a dead socket, and streams read what they missed from PostgreSQL."""
+    if svc.redis.answering:
+        workflow_events.publish(svc.redis.client, events)
+
+
 def _resolve_stages(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Validate the plan and each stage's policy and permissions; return the stage specs to store."""
     stages = data["stages"]
@@ -134,7 +141,7 @@ def create_workflow() -> Response:
         (status, payload, headers), created = create_once(svc, ws_id, idem_key, "/api/v1/workflows", body, create)
     if created:
         svc.waker.wake()
-        workflow_events.publish(svc.redis.client, published)
+        _publish(svc, published)
     resp = jsonify(payload)
     resp.status_code = status
     resp.headers.update(headers)
@@ -213,7 +220,7 @@ def cancel_workflow(workflow_id: str) -> Response:
         raise NotFound(f"Workflow {workflow_id} not found", code="workflow_not_found")
     what, result, exec_events = outcome
     execution_events.publish(svc.redis.lean, exec_events)
-    workflow_events.publish(svc.redis.client, result.events)
+    _publish(svc, result.events)
     svc.waker.wake()
     body = _get(workflow_id)
     if what == "terminal":

@@ -63,3 +63,38 @@ def test_intake_answers_fast_while_redis_is_hung(api_on_own_redis):
     assert pending["n"] == len(ids)
     os.kill(r.proc.pid, signal.SIGCONT)
     wait_for(lambda: client.post("/api/v1/tasks", json={"task": "Say hello"}).status_code == 201, timeout=10)
+
+
+def test_what_waits_on_redis_answers_at_once_while_it_is_hung(api_on_own_redis):
+    """A compile (its reply comes through Redis), a /metrics scrape (it reads queue depths) and a
+    workflow's creation (it publishes its events live) answer within a second once the process
+    has seen Redis not answer: a 503 saying why for the compile, the rest without what Redis gives."""
+    client, r, db = api_on_own_redis
+    assert client.post("/api/v1/tasks", json={"task": "Say hello"}).status_code == 201
+    assert client.get("/metrics").status_code == 200
+    os.kill(r.proc.pid, signal.SIGSTOP)
+    assert client.post("/api/v1/tasks", json={"task": "Say hello"}).status_code == 201  # the rate limit sees it
+    calls = {
+        "explain": lambda: client.post("/api/v1/conditions/explain",
+                                       json={"intent": "Alert me when AAPL price rises significantly",
+                                             "entity_scope": "AAPL"}),
+        "metrics": lambda: client.get("/metrics"),
+        "workflow": lambda: client.post("/api/v1/workflows",
+                                        json={"stages": [{"name": "a", "task": "Say hello", "provider": "local"}]}),
+    }
+    for name, call in calls.items():
+        t = time.monotonic()
+        resp = call()
+        took = time.monotonic() - t
+        assert took < 1.0, (name, took)
+        if name == "explain":
+            assert resp.status_code == 503 and resp.json()["detail"]["code"] == "compiler_unavailable", resp.text
+            assert "Redis" in resp.json()["detail"]["message"] and resp.headers["Retry-After"]
+        else:
+            assert resp.status_code in (200, 201), (name, resp.text)
+    os.kill(r.proc.pid, signal.SIGCONT)
+    # Answering again: the compile path waits on Redis once more (no worker here, so past its
+    # deadline it says no worker answered, not that Redis is down).
+    wait_for(lambda: "Redis does not answer" not in client.post(
+        "/api/v1/conditions/explain", json={"intent": "Alert me when AAPL price rises significantly",
+                                            "entity_scope": "AAPL"}).text, timeout=30)
