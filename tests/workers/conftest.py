@@ -47,7 +47,13 @@ def wait_terminal(client: ApiClient, execution_id: str, timeout: float = 20.0) -
         e = client.get(f"/api/v1/executions/{execution_id}").json()
         return e if e["status"] in TERMINAL else None
 
-    return wait_for(done, timeout=timeout)
+    def where() -> str:  # on a timeout: where the run stands, and its last events
+        e = client.get(f"/api/v1/executions/{execution_id}").json()
+        evs = client.get(f"/api/v1/executions/{execution_id}/events?limit=200").json().get("items", [])
+        return (f"status {e.get('status')}, worker {e.get('worker')}; last events "
+                f"{[(x['seq'], x['type'], (x.get('data') or {}).get('worker')) for x in evs[-6:]]}")
+
+    return wait_for(done, timeout=timeout, what=f"{execution_id} terminal", on_fail=where)
 
 
 def events(client: ApiClient, execution_id: str) -> list[dict[str, Any]]:
