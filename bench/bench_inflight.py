@@ -6,14 +6,14 @@ answers every call after 5 s, two model calls per run (a tool call, then the ans
   flight, from the first submission to the last run's end (or to the give-up bound, default
   180 s, counting what completed by then).
 * ``inflight_ratio`` = that ÷ runs submitted (target ≥ 0.8).
-* ``inflight_rss_mib_per_run``: the executions worker's resident memory at its peak (the whole
-  process tree: a prefork pool's children summed), over the most runs seen ``running`` at once
-  (target ≤ 2).
-* ``inflight_cpu_ms_per_run``: the worker tree's CPU time from the first submission to the end,
-  over completed runs.
+* ``inflight_rss_mib_per_run``: the executions workers' resident memory at its peak (every
+  worker process summed), over the most runs seen ``running`` at once (target ≤ 2).
+* ``inflight_cpu_ms_per_run``: the workers' CPU time from the first submission to the end, over
+  completed runs.
 
-The executions worker is whatever the Procfile says (``WARDEN_EXECUTIONS_CONCURRENCY`` applies
-as it does to ``make run``); ``BENCH_EXECUTIONS_WORKER`` replaces its whole command line.
+The executions workers are what ``make run`` starts: the Procfile's line once per CPU core
+(``WARDEN_EXECUTIONS_PROCESSES`` and ``WARDEN_EXECUTIONS_CONCURRENCY`` apply as they do to
+``make run``); ``BENCH_EXECUTIONS_WORKER`` replaces that with one command line of its own.
 ``BENCH_INFLIGHT_RUNS``, ``BENCH_INFLIGHT_DELAY_S`` and ``BENCH_INFLIGHT_GIVE_UP_S`` change the
 scale. The model is the test suite's fake (``bench/fake_llm.py``) through the official OpenAI SDK.
 """
@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench import stack
+from warden.devstack import executions_processes
 
 SUBMITTERS = 50
 TERMINAL = ("succeeded", "blocked", "error", "cancelled")
@@ -77,9 +78,12 @@ def run(runs: int | None = None, delay: float | None = None, give_up_s: float | 
         key = workspaces.create_key(db, ws)
         port = free_port()
         env = dict(env, PORT=str(port), OPENAI_BASE_URL=model_url + "/v1", OPENAI_API_KEY="sk-bench-not-real")
-        worker_cmd = stack.procfile_command("executions", env)
-        worker_cmd = stack.expand(worker_cmd, env)
-        _log(f"executions worker: {worker_cmd}")
+        # As `make run` starts it: the executions line once per core (WARDEN_EXECUTIONS_PROCESSES).
+        line = stack.procfile_command("executions", env)
+        copies = 1 if env.get("BENCH_EXECUTIONS_WORKER") else executions_processes(env)
+        worker_cmd = line if copies == 1 else " & ".join(
+            f"WARDEN_EXECUTIONS_NODE=executions{i} {line}" for i in range(1, copies + 1)) + " & wait"
+        _log(f"executions workers: {copies} x {stack.expand(line, env)}")
         with stack.shell(stack.procfile_command("web", env), env, ready_url=f"http://127.0.0.1:{port}/healthz"), \
                 stack.shell(stack.procfile_command("relay", env), env), \
                 stack.shell(worker_cmd, env) as worker:
@@ -155,7 +159,8 @@ def run(runs: int | None = None, delay: float | None = None, give_up_s: float | 
         "inflight_worker_peak_rss_mib": round(peak_rss, 1),
         "inflight_rss_mib_per_run": round(peak_rss / peak_running, 2) if peak_running else None,
         "inflight_cpu_ms_per_run": round((cpu1 - cpu0) * 1000 / completed, 1) if completed else None,
-        "inflight_worker": worker_cmd,
+        "inflight_worker": stack.expand(line, env),
+        "inflight_executions_processes": copies,
     }
 
 

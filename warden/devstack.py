@@ -36,6 +36,34 @@ _QUIET = ("ignore:XDG_RUNTIME_DIR is not set", "ignore:You're running the worker
 _MAX_SOCKET_PATH = 100
 
 
+def executions_processes(env: dict[str, str] | os._Environ[str]) -> int:
+    """How many ``executions`` workers ``make run`` starts: ``WARDEN_EXECUTIONS_PROCESSES``, by
+    default one per CPU core. A gevent worker is one process on one core; a run costs it some
+    milliseconds of CPU (its SDK calls, guard checks, writes), so a thousand runs starting at
+    once keep one core busy, and one worker per core uses the host."""
+    raw = env.get("WARDEN_EXECUTIONS_PROCESSES", "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"WARDEN_EXECUTIONS_PROCESSES must be a whole number of at least 1, not {raw!r}")
+        return int(raw)
+    return max(1, os.cpu_count() or 1)
+
+
+def procfile_processes(root: Path, env: dict[str, str] | os._Environ[str]) -> list[tuple[str, str, dict[str, str]]]:
+    """The Procfile's processes as ``make run`` starts them: (name, command, extra environment).
+    The ``executions`` line runs :func:`executions_processes` times, each copy with its own node
+    name (``WARDEN_EXECUTIONS_NODE``: executions1, executions2, …) so that ``celery inspect`` and
+    the fleet tell them apart."""
+    out: list[tuple[str, str, dict[str, str]]] = []
+    for name, cmd in read_procfile(root / "Procfile"):
+        copies = executions_processes(env) if name == "executions" else 1
+        if copies == 1:
+            out.append((name, cmd, {}))
+        else:
+            out += [(f"{name}{i}", cmd, {"WARDEN_EXECUTIONS_NODE": f"{name}{i}"}) for i in range(1, copies + 1)]
+    return out
+
+
 def read_procfile(path: Path) -> list[tuple[str, str]]:
     from honcho.environ import parse_procfile
 
@@ -133,6 +161,11 @@ def _run_dev(root: Path, port: int) -> int:
     if given_key and (problem := workspaces.plain_key_problem(given_key)):
         print(f"warden dev: WARDEN_DEV_API_KEY: {problem}", file=sys.stderr, flush=True)
         return 2
+    try:
+        executions_processes(os.environ)
+    except ValueError as exc:
+        print(f"warden dev: {exc}", file=sys.stderr, flush=True)
+        return 2
     base = root / ".warden"
     base.mkdir(exist_ok=True)
     lock = hold_checkout(base)
@@ -177,11 +210,14 @@ def _run_dev(root: Path, port: int) -> int:
         print(f"  dev API key {key}   (saved in .warden/dev-api-key)")
         for line in services.described:
             print(f"  {line}")
+        n = executions_processes(env)
+        print(f"  {n} executions worker{'s' * (n != 1)} (one per core; WARDEN_EXECUTIONS_PROCESSES), each holding"
+              f" up to {env.get('WARDEN_EXECUTIONS_CONCURRENCY', '1000')} runs")
         print("  Ctrl-C stops everything; data stays in .warden/ for the next `make run`\n", flush=True)
 
         manager = Manager(Printer(sys.stdout))
-        for name, cmd in read_procfile(root / "Procfile"):
-            manager.add_process(name, cmd, env=env, cwd=str(root))
+        for name, cmd, extra in procfile_processes(root, env):
+            manager.add_process(name, cmd, env={**env, **extra}, cwd=str(root))
         manager.loop()
         stopped = {info["rc"] for info in SIGNALS.values()}
         return 0 if manager.returncode in stopped else int(manager.returncode or 0)

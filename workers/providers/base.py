@@ -11,6 +11,7 @@ Each provider translates these to its wire format and its reply back to a :class
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -87,3 +88,15 @@ def retry_after(headers: Any) -> float | None:
         except ValueError:
             pass
     return retry_after_s(headers.get("retry-after"))
+
+
+@functools.cache
+def shared_tls_context() -> Any:
+    """The process's one TLS context for the vendors' SDK clients: building one (loading the CA
+    bundle) costs tens of milliseconds, paid once rather than per client. A client-side context
+    is safe to share between connections and threads. Built by the SDKs' HTTP library itself
+    (``httpx2.create_ssl_context``, what each client would otherwise build), so the trust store
+    and the ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` overrides are exactly what the SDK would use."""
+    import httpx2
+
+    return httpx2.create_ssl_context()
