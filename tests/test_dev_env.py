@@ -97,3 +97,30 @@ def test_one_dev_stack_per_checkout(tmp_path: Path) -> None:
     again = hold_checkout(tmp_path)
     assert again is not None
     again.close()
+
+
+def test_make_run_starts_one_executions_worker_per_core_each_named() -> None:
+    import os
+    import subprocess
+
+    from tests.support import ROOT
+    from warden.devstack import procfile_processes
+
+    procs = procfile_processes(ROOT, {"WARDEN_EXECUTIONS_PROCESSES": "3"})
+    workers = [(name, cmd, extra) for name, cmd, extra in procs if name.startswith("executions")]
+    assert [name for name, _, _ in workers] == ["executions1", "executions2", "executions3"]
+    # The node name each one gets, as honcho's shell expands the line: all different.
+    nodes = {subprocess.run(["/bin/sh", "-c", f"echo {cmd}"], env={**os.environ, **extra}, capture_output=True,
+                            text=True, check=True).stdout.split(" -n ")[1].split()[0] for _, cmd, extra in workers}
+    assert nodes == {"executions1@%h", "executions2@%h", "executions3@%h"}
+    # Without the setting: one per core; the other lines once each, as written.
+    default = procfile_processes(ROOT, {})
+    assert sum(n.startswith("executions") for n, _, _ in default) == max(1, os.cpu_count() or 1)
+    assert sum(n == "web" for n, _, _ in default) == 1
+
+
+def test_a_bad_executions_processes_value_stops_make_run_in_one_line(tmp_path: Path) -> None:
+    done = run_warden("dev", cwd=tmp_path, WARDEN_EXECUTIONS_PROCESSES="two")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "WARDEN_EXECUTIONS_PROCESSES" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -159,6 +159,10 @@ def test_the_readme_runs_as_written(make_run: tuple[Path, str, subprocess.Popen[
     banner = out[: out.index("system     |")] if "system     |" in out else out
     assert "Redis" in banner and "PostgreSQL" in banner and "Warning" not in banner, banner
     assert '"GET /readyz HTTP/1.1" 200' in out  # one access-log line per request
+    from warden.devstack import executions_processes
+
+    n = executions_processes(os.environ)  # one executions worker per core, each under its own name
+    assert n == 1 or all(f"executions{i}@" in out for i in range(1, n + 1)), out[-3000:]
     assert (root / ".warden" / "gunicorn.ctl").exists() or "Control socket listening at " + str(root) in out
 
 
