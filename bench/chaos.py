@@ -551,11 +551,18 @@ def case_api_kill(stack: Stack, sc: Scale) -> Result:
             for i, mark in enumerate(marks):
                 pool.submit(one, mark)
                 if i == len(marks) // 2:
+                    # The relay is killed between publishing a batch and recording it: a SHARE lock
+                    # on the outbox lets its claim (FOR UPDATE) and its publish through and holds
+                    # its UPDATE; once it waits there (seen in pg_stat_activity), the kill.
+                    blocker, caught = _hold_outbox_records(stack, timeout=10)
                     api = psutil.Process(stack.api.pid)
                     for p in [*api.children(recursive=True), api]:
                         p.send_signal(signal.SIGKILL)
                     stack.relay.signal(signal.SIGKILL)
                     killed = time.monotonic()
+                    blocker.rollback()
+                    blocker.close()
+                    res.figures["relay_killed_after_publish_before_record"] = caught
                 time.sleep(0.005)
         stack.api.wait(5)
         stack.relay.wait(5)
@@ -584,12 +591,38 @@ def case_api_kill(stack: Stack, sc: Scale) -> Result:
                            error_status={str(v): sum(1 for x in outcome.values() if x == v)
                                          for v in set(outcome.values()) if v != 201},
                            executions=len(ids))
+        res.check(bool(res.figures["relay_killed_after_publish_before_record"]),
+                  "the relay was not caught between a publish and its record")
         res.check(not not_once, f"{len(not_once)} submission(s) answered 201 did not run exactly once")
         res.check(not ran_on_error, f"{len(ran_on_error)} submission(s) answered with an error ran")
         res.check(stack.count(ids, "succeeded") == len(ids), "not every run succeeded")
     finally:
         w.stop(20)
     return res
+
+
+def _hold_outbox_records(stack: Stack, timeout: float) -> tuple[Any, int]:
+    """Take a SHARE lock on the outbox (in a transaction the caller rolls back) and wait until a
+    relay has published a batch and waits to record it: (the connection, whether it does; the
+    relay's connections are named ``warden-relay``). A SHARE lock lets SELECT ... FOR UPDATE
+    through and holds UPDATE (and the API's INSERTs, which then wait too: requests in flight at
+    the kill die uncommitted)."""
+    import psycopg2
+
+    conn = psycopg2.connect(stack.database_url)
+    with conn.cursor() as cur:
+        cur.execute("LOCK TABLE outbox IN SHARE MODE")
+    deadline = time.monotonic() + timeout
+    waiting = 0
+    while time.monotonic() < deadline:
+        row = stack.db.fetchone("SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                " AND application_name = 'warden-relay'"
+                                " AND query LIKE 'UPDATE outbox SET dispatched_at%%'")
+        waiting = int(row["n"])
+        if waiting:
+            break
+        time.sleep(0.05)
+    return conn, waiting
 
 
 CASES: dict[str, Callable[[Stack, Scale], Result]] = {

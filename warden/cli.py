@@ -94,7 +94,8 @@ def cmd_relay(_: argparse.Namespace) -> int:
 
     settings = _settings(redis=True)
     logs.configure(settings.log_level, settings.log_json)
-    outbox.run_relay(Database(settings.database_url, maxconn=2), make_celery(settings, main="warden-relay"),
+    db = Database(settings.database_url, maxconn=2, application_name="warden-relay")  # named in pg_stat_activity
+    outbox.run_relay(db, make_celery(settings, main="warden-relay"),
                      settings.redis_url, sweep_s=min(settings.outbox_sweep_s, 1.0))
     return 0
 
