@@ -29,10 +29,47 @@ def requeue_stale() -> int:
     s = runtime.settings()
     ids = executions.requeue_stale(runtime.db(), queued_s=s.requeue_queued_s,
                                    running_s=s.executions_time_limit_s + 60, lease_s=s.lease_s)
+    held = _broker_run_messages(s.broker_url)
+    if held is not None:
+        lost = executions.requeue_unmessaged(runtime.db(), held, min_age_s=UNMESSAGED_AFTER_S)
+        if lost:
+            log.warning("%d queued execution(s) had no message (lost by the broker); re-enqueued: %s",
+                        len(lost), ", ".join(lost[:20]))
+            ids += lost
     if ids:
         log.warning("re-enqueued %d stale execution(s): %s", len(ids), ", ".join(ids[:20]))
         outbox.wake(runtime.redis().client)
     return len(ids)
+
+
+# A queued run is given a new message when the counts say its own is gone (see
+# shared.store.executions.requeue_unmessaged) and it has been queued at least this long.
+UNMESSAGED_AFTER_S = 30.0
+# kombu's Redis transport: a queue's messages are in lists named after it (one per priority step
+# other than 0, as "<queue>\x06\x16<step>"), delivered ones in the hash "unacked" until acknowledged.
+_QUEUE_KEYS = ("executions", *(f"executions\x06\x16{p}" for p in (3, 6, 9)))
+
+
+def _broker_run_messages(broker_url: str) -> int | None:
+    """Run messages the broker holds: queued, or delivered and not acknowledged (every queue's
+    unacknowledged messages count: a few deliveries in flight only make the estimate safe).
+    None when the broker is not Redis or does not answer."""
+    if not broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    import redis
+
+    try:
+        client = redis.Redis.from_url(broker_url, socket_connect_timeout=3, socket_timeout=5)
+        try:
+            pipe = client.pipeline(transaction=False)
+            for key in _QUEUE_KEYS:
+                pipe.llen(key)
+            pipe.hlen("unacked")
+            return int(sum(pipe.execute()))
+        finally:
+            client.close()
+    except redis.RedisError:
+        return None
 
 
 @task("workers.maintenance.purge", soft_time_limit=50, time_limit=60, idempotent=True)

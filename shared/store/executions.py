@@ -163,6 +163,50 @@ def requeue_stale(db: Database, *, queued_s: float, running_s: float, lease_s: f
         return [r["id"] for r in cur.fetchall()]
 
 
+# Queued runs without a message. A run message can be lost outright: kombu's Redis transport
+# pops a message (BRPOP) and records it as unacknowledged in a second command, so a Redis that
+# stops between the two, or a connection that breaks while the worker holds it only in memory,
+# leaves neither a queued nor an unacknowledged copy. Every queued run has one message somewhere:
+# in the outbox (not yet published), in the broker's queue, or delivered and unacknowledged (a
+# worker holds it, or drives a running run with it until the run ends). So when the queued runs
+# outnumber those messages less the running runs', the difference lost theirs: that many of the
+# oldest queued runs (queued for at least `min_age_s`, touched so the next pass waits as long)
+# get a new message. A miscount errs safe: a message too many starts the next queued run or
+# finds nothing to do; one too few leaves the run to the `queued_s` sweep.
+_MESSAGE_COUNTS = """
+SELECT (SELECT count(*) FROM executions WHERE status = 'queued') AS queued,
+       (SELECT count(*) FROM executions WHERE status = 'running') AS running,
+       (SELECT count(*) FROM outbox WHERE dispatched_at IS NULL AND queue = 'executions') AS unpublished
+"""
+
+_REQUEUE_UNMESSAGED = f"""
+WITH lost AS (
+  UPDATE executions SET updated_at = now()
+   WHERE id IN (SELECT id FROM executions
+                 WHERE status = 'queued' AND NOT cancel_requested
+                   AND updated_at < now() - make_interval(secs => %(min_age_s)s)
+                 ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+  RETURNING id
+), o AS (
+  INSERT INTO outbox (task_name, args, queue) SELECT '{RUN_TASK}', jsonb_build_array(id), 'executions' FROM lost
+)
+SELECT id FROM lost
+"""
+
+
+def requeue_unmessaged(db: Database, broker_messages: int, *, min_age_s: float) -> list[str]:
+    """Give a new message to queued runs that lost theirs; ``broker_messages`` is how many run
+    messages the broker holds, queued or delivered and not yet acknowledged. Returns their ids."""
+    with db.autocommit() as cur:
+        cur.execute(_MESSAGE_COUNTS)
+        c = cur.fetchone()
+        missing = int(c["queued"]) - (broker_messages + int(c["unpublished"]) - int(c["running"]))
+        if missing <= 0:
+            return []
+        cur.execute(_REQUEUE_UNMESSAGED, {"n": missing, "min_age_s": min_age_s})
+        return [r["id"] for r in cur.fetchall()]
+
+
 def get(db: Database, workspace_id: str, execution_id: str) -> Execution | None:
     row = db.fetchone(f"SELECT {_COLUMNS} FROM executions WHERE id = %s AND workspace_id = %s",
                       (execution_id, workspace_id))
