@@ -111,11 +111,22 @@ def worker_log(proc: Any) -> str:
         return f.read()[-4000:]
 
 
+def stop_consuming_executions(celery_app: Any, worker: Any) -> None:
+    """The session's in-process worker stops consuming ``executions``, confirmed by asking it (a
+    cancel whose reply was lost under load left it taking the test's runs)."""
+    def stopped() -> bool:
+        celery_app.control.cancel_consumer("executions", destination=[worker.hostname], reply=True, timeout=5)
+        queues = celery_app.control.inspect(destination=[worker.hostname], timeout=5).active_queues() or {}
+        return worker.hostname in queues and all(q["name"] != "executions" for q in queues[worker.hostname])
+
+    wait_for(stopped, timeout=30, interval=0.5, what="the in-process worker no longer consuming executions")
+
+
 @pytest.fixture()
 def own_executions_queue(celery_app: Any, worker: Any) -> Iterator[None]:
     """The session's in-process worker stops consuming ``executions`` for the test (which starts
     its own worker processes), and resumes after."""
-    celery_app.control.cancel_consumer("executions", destination=[worker.hostname], reply=True, timeout=5)
+    stop_consuming_executions(celery_app, worker)
     try:
         yield
     finally:

@@ -9,7 +9,14 @@ import pytest
 
 from tests.fakes.receiver import Receiver
 from tests.support import TaskRuns, wait_for
-from tests.workers.conftest import assert_gapless, events, model_name, submit, wait_terminal
+from tests.workers.conftest import (
+    assert_gapless,
+    events,
+    model_name,
+    stop_consuming_executions,
+    submit,
+    wait_terminal,
+)
 
 
 def test_budget_exceeded_refuses_the_next_call(stack, client, fake_llm):
@@ -38,7 +45,7 @@ def test_budget_within_limit(stack, client, fake_llm):
 
 def test_cancel_queued(stack, client, celery_app, worker):
     # Pause the executions pool (as an operator would) so the run stays queued.
-    celery_app.control.cancel_consumer("executions", destination=[worker.hostname], reply=True, timeout=5)
+    stop_consuming_executions(celery_app, worker)
     try:
         eid = submit(client, task="Summarize everything")
         with TaskRuns("workers.executions.run", eid) as runs:

@@ -12,7 +12,15 @@ import threading
 from guard import verify_chain
 from shared.store import executions as executions_store
 from tests.support import TaskRuns, wait_for
-from tests.workers.conftest import assert_gapless, events, model_name, submit, wait_terminal, worker_process
+from tests.workers.conftest import (
+    assert_gapless,
+    events,
+    model_name,
+    stop_consuming_executions,
+    submit,
+    wait_terminal,
+    worker_process,
+)
 
 LEASE_S = 2
 
@@ -29,7 +37,7 @@ def test_sigkill_mid_run_resumes_exactly_once(stack, client, fake_llm, db, setti
         {"calls": [("write_document", {"name": "report", "content": "All good."})], "delay_first": 60},
         {"text": "Emailed and saved."},
     ])
-    celery_app.control.cancel_consumer("executions", destination=[worker.hostname], reply=True, timeout=5)
+    stop_consuming_executions(celery_app, worker)
     procs: list[subprocess.Popen] = []
     try:
         procs.append(_worker(settings, "victim"))
@@ -37,6 +45,8 @@ def test_sigkill_mid_run_resumes_exactly_once(stack, client, fake_llm, db, setti
                      permissions=["fs:read", "fs:write", "email:send"])
         # The second model call is in flight: the email step has committed.
         wait_for(lambda: len(fake_llm.requests[model]) >= 2, timeout=30)
+        row = db.fetchone("SELECT status, worker FROM executions WHERE id = %s", (eid,))
+        assert (row["worker"] or {}).get("pid") == procs[0].pid, f"the run is not on the victim: {row}"
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(10)
         row = db.fetchone("SELECT status FROM executions WHERE id = %s", (eid,))
