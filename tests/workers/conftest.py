@@ -112,12 +112,20 @@ def worker_log(proc: Any) -> str:
 
 
 def stop_consuming_executions(celery_app: Any, worker: Any) -> None:
-    """The session's in-process worker stops consuming ``executions``, confirmed by asking it (a
-    cancel whose reply was lost under load left it taking the test's runs)."""
+    """The session's in-process worker stops consuming ``executions`` and holds no run message
+    any more (none running, reserved or scheduled to retry), confirmed by asking it: a run
+    message starts whichever run is oldest in the queue (fair share), so a message it still held
+    from an earlier test would start this test's run in the pytest process."""
     def stopped() -> bool:
         celery_app.control.cancel_consumer("executions", destination=[worker.hostname], reply=True, timeout=5)
-        queues = celery_app.control.inspect(destination=[worker.hostname], timeout=5).active_queues() or {}
-        return worker.hostname in queues and all(q["name"] != "executions" for q in queues[worker.hostname])
+        inspect = celery_app.control.inspect(destination=[worker.hostname], timeout=5)
+        queues = inspect.active_queues() or {}
+        if worker.hostname not in queues or any(q["name"] == "executions" for q in queues[worker.hostname]):
+            return False
+        held = [*((inspect.active() or {}).get(worker.hostname, [])),
+                *((inspect.reserved() or {}).get(worker.hostname, [])),
+                *(s.get("request", {}) for s in (inspect.scheduled() or {}).get(worker.hostname, []))]
+        return not [t for t in held if str(t.get("name", "")).startswith("workers.executions.")]
 
     wait_for(stopped, timeout=30, interval=0.5, what="the in-process worker no longer consuming executions")
 
