@@ -547,23 +547,35 @@ def case_api_kill(stack: Stack, sc: Scale) -> Result:
     try:
         import psutil
 
-        with ThreadPoolExecutor(32) as pool:
+        half, held = threading.Event(), threading.Event()
+
+        def submit_all(pool: ThreadPoolExecutor) -> None:
+            # The second half is sent once the outbox is held: those requests wait on their
+            # INSERTs, so the hold has rows to catch the relay with when it lets them through.
             for i, mark in enumerate(marks):
-                pool.submit(one, mark)
                 if i == len(marks) // 2:
-                    # The relay is killed between publishing a batch and recording it: a SHARE lock
-                    # on the outbox lets its claim (FOR UPDATE) and its publish through and holds
-                    # its UPDATE; once it waits there (seen in pg_stat_activity), the kill.
-                    blocker, caught = _hold_outbox_records(stack, timeout=10)
-                    api = psutil.Process(stack.api.pid)
-                    for p in [*api.children(recursive=True), api]:
-                        p.send_signal(signal.SIGKILL)
-                    stack.relay.signal(signal.SIGKILL)
-                    killed = time.monotonic()
-                    blocker.rollback()
-                    blocker.close()
-                    res.figures["relay_killed_after_publish_before_record"] = caught
+                    half.set()
+                    held.wait(60)
+                pool.submit(one, mark)
                 time.sleep(0.005)
+
+        with ThreadPoolExecutor(32) as pool:
+            submitter = threading.Thread(target=submit_all, args=(pool,), daemon=True)
+            submitter.start()
+            half.wait(60)
+            # The relay is killed between publishing a batch and recording it: a SHARE lock on
+            # the outbox lets its claim (FOR UPDATE) and its publish through and holds its
+            # UPDATE; once it waits there (seen in pg_stat_activity), the kill.
+            blocker, caught = _hold_outbox_records(stack, timeout=GRACE_WAIT_S, held=held)
+            api = psutil.Process(stack.api.pid)
+            for p in [*api.children(recursive=True), api]:
+                p.send_signal(signal.SIGKILL)
+            stack.relay.signal(signal.SIGKILL)
+            killed = time.monotonic()
+            blocker.rollback()
+            blocker.close()
+            res.figures["relay_killed_after_publish_before_record"] = caught
+            submitter.join(60)
         stack.api.wait(5)
         stack.relay.wait(5)
         from bench.chaos_stack import BIN
@@ -601,28 +613,45 @@ def case_api_kill(stack: Stack, sc: Scale) -> Result:
     return res
 
 
-def _hold_outbox_records(stack: Stack, timeout: float) -> tuple[Any, int]:
+#: How long a hold waits for the relay: rows the API process published itself (``publish_after``,
+#: api/dispatch.GRACE_S = 5 s ahead) go to the relay when that passes.
+GRACE_WAIT_S = 8.0
+
+
+def _hold_outbox_records(stack: Stack, timeout: float, held: threading.Event | None = None,
+                         attempts: int = 4) -> tuple[Any, int]:
     """Take a SHARE lock on the outbox (in a transaction the caller rolls back) and wait until a
-    relay has published a batch and waits to record it: (the connection, whether it does; the
-    relay's connections are named ``warden-relay``). A SHARE lock lets SELECT ... FOR UPDATE
+    relay has published a batch and waits to record it: (the connection, how many relay
+    connections wait so; they are named ``warden-relay``). A SHARE lock lets SELECT ... FOR UPDATE
     through and holds UPDATE (and the API's INSERTs, which then wait too: requests in flight at
-    the kill die uncommitted)."""
+    the kill die uncommitted). ``held`` is set once the first lock is held.
+
+    The relay can only be caught if a row is pending while the lock is held (nothing can add one
+    then): with none, or none claimed within ``timeout``, the lock is let go and taken again at
+    once. The INSERTs it held commit in between, the new lock request waits for them, and the
+    relay's UPDATE for their rows queues behind it (PostgreSQL grants locks in queue order). Rows
+    the API process publishes itself are left to it for api/dispatch.GRACE_S, then the relay takes
+    them: ``timeout`` covers that."""
     import psycopg2
 
     conn = psycopg2.connect(stack.database_url)
-    with conn.cursor() as cur:
-        cur.execute("LOCK TABLE outbox IN SHARE MODE")
-    deadline = time.monotonic() + timeout
-    waiting = 0
-    while time.monotonic() < deadline:
-        row = stack.db.fetchone("SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                                " AND application_name = 'warden-relay'"
-                                " AND query LIKE 'UPDATE outbox SET dispatched_at%%'")
-        waiting = int(row["n"])
-        if waiting:
-            break
-        time.sleep(0.05)
-    return conn, waiting
+    for attempt in range(attempts):
+        with conn.cursor() as cur:
+            cur.execute("LOCK TABLE outbox IN SHARE MODE")
+            cur.execute("SELECT count(*) FROM outbox WHERE dispatched_at IS NULL")
+            pending = int(cur.fetchone()[0])
+        if attempt == 0 and held is not None:
+            held.set()
+        deadline = time.monotonic() + (timeout if pending else 0.5)
+        while time.monotonic() < deadline:
+            row = stack.db.fetchone("SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                    " AND application_name = 'warden-relay'"
+                                    " AND query LIKE 'UPDATE outbox SET dispatched_at%%'")
+            if int(row["n"]):
+                return conn, int(row["n"])
+            time.sleep(0.05)
+        conn.rollback()
+    return conn, 0
 
 
 CASES: dict[str, Callable[[Stack, Scale], Result]] = {
