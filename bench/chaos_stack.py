@@ -126,7 +126,7 @@ class Stack:
         # Deliveries, and maintenance (outbox sweep, requeue of runs under an expired lease) on its own queue.
         self.delivery = self.spawn("delivery", [sys.executable, "-m", "celery", "-A", "workers.main", "worker",
                                                 "-Q", "delivery,maintenance", "-n", "delivery@%h", "--concurrency", "1",
-                                                "--without-mingle", "--without-gossip", "-l", "WARNING"])
+                                                "--without-mingle", "--without-gossip", "-l", "INFO"])
         return self
 
     def stop(self) -> None:
@@ -299,8 +299,12 @@ class Stack:
             r = self.redis_client()
             lines.append(f"broker: executions {r.llen('executions')}, maintenance {r.llen('maintenance')},"
                          f" unacked {r.hlen('unacked')}")
-        shown = {p.name: p for p in self.procs if p.name in ("beat", "delivery", "relay") or not p.alive()}
-        for p in list(shown.values())[-8:]:
+        lines += stuck_runs_report(self.db)
+        # The stack's own processes first (the maintenance sweep logs in delivery.log), then the
+        # end of the logs of a few workers that died.
+        own = [p for p in self.procs if p.name in ("beat", "delivery", "relay")]
+        dead = [p for p in self.procs if p.name not in ("beat", "delivery", "relay") and not p.alive()]
+        for p in [*own, *dead[-4:]]:
             with contextlib.suppress(Exception):
                 lines.append(f"--- {p.name}.log (end) ---\n{p.tail(tail)}")
         return "\n".join(lines)
@@ -308,3 +312,31 @@ class Stack:
     def resumed(self, ids: list[str]) -> int:
         return int(self.db.fetchone("SELECT count(DISTINCT execution_id) AS n FROM execution_events WHERE"
                                     " execution_id = ANY(%s) AND type = 'execution.resumed'", (ids,))["n"])
+
+
+def stuck_runs_report(db: Any) -> list[str]:
+    """Where queued runs stand, for a failure that left some queued: each one's age and last
+    touch, the pending outbox rows, and the sessions holding a lock on an execution row or
+    sitting in an open transaction (a run no message can claim is skipped by FOR UPDATE SKIP
+    LOCKED)."""
+    lines: list[str] = []
+    with contextlib.suppress(Exception):
+        for r in db.fetchall("SELECT id, workspace_id, cancel_requested, deliveries, lease_token,"
+                             " round(extract(epoch FROM now() - created_at)) AS age_s,"
+                             " round(extract(epoch FROM now() - updated_at)) AS touched_s_ago"
+                             " FROM executions WHERE status = 'queued' ORDER BY id LIMIT 10"):
+            lines.append("queued run: " + ", ".join(f"{k}={v}" for k, v in r.items()))
+    with contextlib.suppress(Exception):
+        for r in db.fetchall("SELECT id, task_name, args, queue, attempts, last_error,"
+                             " round(extract(epoch FROM now() - created_at)) AS age_s,"
+                             " round(extract(epoch FROM publish_after - now())) AS publish_after_in_s"
+                             " FROM outbox WHERE dispatched_at IS NULL ORDER BY id LIMIT 10"):
+            lines.append("outbox pending: " + ", ".join(f"{k}={v}" for k, v in r.items()))
+    with contextlib.suppress(Exception):
+        for r in db.fetchall("SELECT a.pid, a.application_name, a.state, a.wait_event_type,"
+                             " round(extract(epoch FROM now() - a.xact_start)) AS xact_s, left(a.query, 120) AS query"
+                             " FROM pg_stat_activity a WHERE a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL"
+                             " AND (a.state LIKE 'idle in transaction%%' OR a.xact_start < now() - interval '5 seconds')"
+                             " LIMIT 10"):
+            lines.append("open transaction: " + ", ".join(f"{k}={v}" for k, v in r.items()))
+    return lines

@@ -64,8 +64,11 @@ def wait_terminal(fleet: Fleet, ids: list[str], timeout: float) -> float:
         if not left and len(st) == len(ids):
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
+            from bench.chaos_stack import stuck_runs_report
+
             raise AssertionError(f"{len(left)} of {len(ids)} runs not terminal after {timeout:.0f}s: "
-                                 f"{dict(Counter(left.values()))}; e.g. {list(left)[:3]}")
+                                 f"{dict(Counter(left.values()))}; e.g. {list(left)[:3]}\n"
+                                 + "\n".join(stuck_runs_report(fleet.db)))
         time.sleep(0.25)
 
 
