@@ -32,7 +32,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO", json_format: bool = True) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    # The process's real stderr: in a Celery prefork child ``sys.stderr`` is Celery's proxy, which
+    # turns writes into log records of its own; a handler writing to it is dropped by the proxy's
+    # recursion guard, and every log line of a child (a task's error included) was lost.
+    handler = logging.StreamHandler(sys.__stderr__ if sys.__stderr__ is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if json_format else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
