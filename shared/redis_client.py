@@ -192,17 +192,19 @@ class LeanRedis:
 
     def _call_many(self, packed: list[bytes], wait: bool) -> list:  # type: ignore[type-arg]
         idle = self._idle
+        resent: list[bytes] = []
         if idle:
             conn = idle.pop()
             try:
                 return self._roundtrip(conn, packed, wait)
             except redis.ConnectionError:
                 # Stale (Redis restarted, idle timeout): once more on a fresh connection, with
-                # whatever was sent on the stale one unconfirmed.
-                packed = [*self._unconfirmed(conn), *packed]
+                # whatever was sent on the stale one unconfirmed first; their replies are not
+                # this caller's.
+                resent = self._unconfirmed(conn)
         conn = self._pool.connection_class(**self._pool.connection_kwargs)
         conn.connect()
-        return self._roundtrip(conn, packed, wait)
+        return self._roundtrip(conn, [*resent, *packed], wait)[len(resent):]
 
     def flush(self) -> None:
         """Reads the replies of every earlier ``wait=False`` call, sending again what a broken

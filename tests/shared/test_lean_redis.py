@@ -129,3 +129,22 @@ def test_a_connection_with_no_room_to_stay_confirms_at_once_and_resends_if_it_di
     server.join(5)
     listener.close()
     assert published == [[b"PUBLISH", b"ch", b"a"]] * 2
+
+
+def test_a_call_resending_what_a_dead_connection_left_unconfirmed_gets_its_own_replies(settings: Any) -> None:
+    """The resent commands' replies are not the caller's: a call made after a connection died
+    with unconfirmed publishes on it gets exactly the replies to its own commands."""
+    key = f"lean-own-{time.monotonic_ns()}".encode()
+    channel = f"lean-{time.monotonic_ns()}".encode()
+    admin = redis_lib.Redis.from_url(settings.redis_url)
+    admin.set(key, b"v")
+    lean = LeanRedis(settings.redis_url)
+    own_id = lean.call(pack(b"CLIENT", b"ID"))
+    admin.client_kill_filter(_id=str(own_id))
+    sub = _listen(settings, channel.decode())
+    lean.call_many([pack(b"PUBLISH", channel, b"a")], wait=False)  # on the dead connection
+    assert lean.call(pack(b"GET", key)) == b"v"
+    assert lean.call_many([pack(b"GET", key), pack(b"EXISTS", key)]) == [b"v", 1]
+    assert set(_received(sub, 1)) == {b"a"}  # and the unconfirmed publish went out again
+    lean.close()
+    admin.delete(key)
