@@ -319,24 +319,23 @@ def stuck_runs_report(db: Any) -> list[str]:
     touch, the pending outbox rows, and the sessions holding a lock on an execution row or
     sitting in an open transaction (a run no message can claim is skipped by FOR UPDATE SKIP
     LOCKED)."""
-    lines: list[str] = []
-    with contextlib.suppress(Exception):
-        for r in db.fetchall("SELECT id, workspace_id, cancel_requested, deliveries, lease_token,"
-                             " round(extract(epoch FROM now() - created_at)) AS age_s,"
-                             " round(extract(epoch FROM now() - updated_at)) AS touched_s_ago"
-                             " FROM executions WHERE status = 'queued' ORDER BY id LIMIT 10"):
-            lines.append("queued run: " + ", ".join(f"{k}={v}" for k, v in r.items()))
-    with contextlib.suppress(Exception):
-        for r in db.fetchall("SELECT id, task_name, args, queue, attempts, last_error,"
-                             " round(extract(epoch FROM now() - created_at)) AS age_s,"
-                             " round(extract(epoch FROM publish_after - now())) AS publish_after_in_s"
-                             " FROM outbox WHERE dispatched_at IS NULL ORDER BY id LIMIT 10"):
-            lines.append("outbox pending: " + ", ".join(f"{k}={v}" for k, v in r.items()))
-    with contextlib.suppress(Exception):
-        for r in db.fetchall("SELECT a.pid, a.application_name, a.state, a.wait_event_type,"
+    queries = (
+        ("queued run", "SELECT id, workspace_id, cancel_requested, deliveries, lease_token,"
+                       " round(extract(epoch FROM now() - created_at)) AS age_s,"
+                       " round(extract(epoch FROM now() - updated_at)) AS touched_s_ago"
+                       " FROM executions WHERE status = 'queued' ORDER BY id LIMIT 10"),
+        ("outbox pending", "SELECT id, task_name, args, queue, attempts, last_error,"
+                           " round(extract(epoch FROM now() - created_at)) AS age_s,"
+                           " round(extract(epoch FROM publish_after - now())) AS publish_after_in_s"
+                           " FROM outbox WHERE dispatched_at IS NULL ORDER BY id LIMIT 10"),
+        ("open transaction", "SELECT a.pid, a.application_name, a.state, a.wait_event_type,"
                              " round(extract(epoch FROM now() - a.xact_start)) AS xact_s, left(a.query, 120) AS query"
                              " FROM pg_stat_activity a WHERE a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL"
                              " AND (a.state LIKE 'idle in transaction%%' OR a.xact_start < now() - interval '5 seconds')"
-                             " LIMIT 10"):
-            lines.append("open transaction: " + ", ".join(f"{k}={v}" for k, v in r.items()))
+                             " LIMIT 10"),
+    )
+    lines: list[str] = []
+    for label, sql in queries:
+        with contextlib.suppress(Exception):
+            lines += [f"{label}: " + ", ".join(f"{k}={v}" for k, v in r.items()) for r in db.fetchall(sql)]
     return lines
