@@ -331,8 +331,8 @@ def stuck_runs_report(db: Any) -> list[str]:
         ("open transaction", "SELECT a.pid, a.application_name, a.state, a.wait_event_type,"
                              " round(extract(epoch FROM now() - a.xact_start)) AS xact_s, left(a.query, 120) AS query"
                              " FROM pg_stat_activity a WHERE a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL"
-                             " AND (a.state LIKE 'idle in transaction%%' OR a.xact_start < now() - interval '5 seconds')"
-                             " LIMIT 10"),
+                             " AND (a.state LIKE 'idle in transaction%%'"
+                             " OR a.xact_start < now() - interval '5 seconds') LIMIT 10"),
     )
     lines: list[str] = []
     for label, sql in queries:
