@@ -66,6 +66,7 @@ class Proc:
                 self.wait(10)
         else:
             self._log.close()
+        self.kill_group()  # whatever the process left behind in its group (a pool child) goes too
 
     def tail(self, n: int = 3000) -> str:
         with open(self.log_path, errors="replace") as f:

@@ -66,14 +66,30 @@ def process(cmd: list[str], env: dict[str, str], *, ready_url: str | None = None
                 time.sleep(0.1)
         yield proc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGTERM the process group ``proc`` leads, then SIGKILL what is left of it after ``grace_s``.
+    The whole group, not the leader alone: for a line like ``a & b & wait`` the shell exits at
+    once and its background workers (Celery's warm shutdown) may not, and a worker left behind
+    keeps retrying its broker's port, which a later stack may reuse."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, 15)
+    deadline = time.monotonic() + grace_s
+    while True:
+        proc.poll()  # reap the leader, so that it does not keep the group alive as a zombie
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 9)
-            proc.wait(5)
+            break
+        time.sleep(0.1)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
 
 
 def gunicorn(app: str, port: int, env: dict[str, str]) -> contextlib.AbstractContextManager[subprocess.Popen]:
