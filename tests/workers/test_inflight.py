@@ -288,3 +288,54 @@ def test_a_quiet_workspace_starts_within_two_seconds_behind_a_burst(stack, clien
           f"({queued_a} of the burst still queued)")
     assert took < 2.0, took
     assert queued_a > 1000
+
+
+def test_a_capped_workspace_runs_at_most_its_cap_while_others_use_free_slots(stack, client, fake_llm, db, settings,
+                                                                            server):
+    """``warden set-limit`` caps a workspace's running executions: with free slots, the capped
+    workspace never runs more than its cap (the rest wait queued and start in submission order),
+    another workspace's runs start at once, and /metrics shows both workspaces' counts."""
+    import subprocess
+    import sys
+
+    from shared.store import workspaces
+
+    slow = fake_llm.script(model_name(), [{"text": "done", "delay": 0.5}])
+    names = [f"capped-{time.monotonic_ns()}", f"free-{time.monotonic_ns()}"]
+    ws_a, ws_b = (workspaces.get_or_create_workspace(db, n) for n in names)
+    capped, free = (ApiClient(server.url, workspaces.create_key(db, ws.id)) for ws in (ws_a, ws_b))
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+           "WARDEN_SECRET_KEY": settings.secret_key}
+    cli = subprocess.run([sys.executable, "-m", "warden.cli", "set-limit", "--workspace", names[0],
+                          "--max-running-executions", "2"], env=env, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    proc = worker_process(settings, "capped", concurrency=20)
+    try:
+        mine = [submit(capped, task="Capped work", provider="openai", model=slow) for _ in range(6)]
+        theirs = [submit(free, task="Free work", provider="openai", model=slow) for _ in range(3)]
+        most, seen_metrics = 0, False
+        deadline = time.monotonic() + 60
+        while not _all_terminal(db, mine + theirs) and time.monotonic() < deadline:
+            row = db.fetchone("SELECT count(*) AS n FROM executions WHERE id = ANY(%s) AND status = 'running'", (mine,))
+            most = max(most, int(row["n"]))
+            if not seen_metrics and any(s == "queued" for s in _statuses(db, mine).values()):
+                text = capped.get("/metrics").text
+                seen_metrics = (f'warden_workspace_queued_executions{{workspace="{names[0]}"}}' in text
+                                and "warden_workspace_running_executions" in text)
+            time.sleep(0.02)
+        assert _all_terminal(db, mine + theirs), _statuses(db, mine + theirs)
+        assert 1 <= most <= 2, most
+        starts = db.fetchall("SELECT id, started_at, EXTRACT(EPOCH FROM started_at - created_at) AS waited"
+                             " FROM executions WHERE id = ANY(%s) ORDER BY started_at", (mine + theirs,))
+        order = [r["id"] for r in starts if r["id"] in mine]
+        assert order == sorted(mine)  # submission order within the capped workspace
+        assert max(float(r["waited"]) for r in starts if r["id"] in theirs) < 2.0
+        assert seen_metrics
+        assert set(_statuses(db, mine + theirs).values()) == {"succeeded"}
+    finally:
+        workspaces.set_max_running(db, names[0], None)
+        stop_process(proc)
+    # The cap removed: "none" is accepted and clears it.
+    cli = subprocess.run([sys.executable, "-m", "warden.cli", "set-limit", "--workspace", names[0],
+                          "--max-running-executions", "none"], env=env, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0 and "none" in cli.stdout, cli.stderr
