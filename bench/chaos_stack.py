@@ -301,6 +301,8 @@ class Stack:
             lines.append(f"broker: executions {r.llen('executions')}, maintenance {r.llen('maintenance')},"
                          f" unacked {r.hlen('unacked')}")
         lines += stuck_runs_report(self.db)
+        with contextlib.suppress(Exception):
+            lines += broker_report(self.redis_client())
         # The stack's own processes first (the maintenance sweep logs in delivery.log), then the
         # end of the logs of a few workers that died.
         own = [p for p in self.procs if p.name in ("beat", "delivery", "relay")]
@@ -339,4 +341,27 @@ def stuck_runs_report(db: Any) -> list[str]:
     for label, sql in queries:
         with contextlib.suppress(Exception):
             lines += [f"{label}: " + ", ".join(f"{k}={v}" for k, v in r.items()) for r in db.fetchall(sql)]
+    return lines
+
+
+def broker_report(client: Any) -> list[str]:
+    """The Redis broker's side, for the same failure: run-queue lengths, and each message
+    delivered and not acknowledged (kombu's ``unacked`` hash): its queue, task, arguments and age;
+    and kombu's restore mutex, which holds back the return of unacknowledged messages while set."""
+    import base64
+    import json
+
+    lines: list[str] = []
+    with contextlib.suppress(Exception):
+        lens = {k.decode(errors="replace"): client.llen(k) for k in client.keys("executions*")}
+        lines.append(f"broker lists: {lens}; unacked {client.hlen('unacked')};"
+                     f" unacked_mutex ttl {client.ttl('unacked_mutex')}")
+        ages = dict(client.zrange("unacked_index", 0, -1, withscores=True))
+        now = time.time()
+        for tag, raw in list(client.hgetall("unacked").items())[:20]:
+            message, _exchange, routing_key = json.loads(raw)
+            body = json.loads(base64.b64decode(message["body"])) if message.get("body") else None
+            lines.append(f"unacked: queue={routing_key} task={message['headers'].get('task')}"
+                         f" args={body[0] if body else None}"
+                         f" age_s={round(now - ages.get(tag, now))}")
     return lines

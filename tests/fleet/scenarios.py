@@ -64,11 +64,14 @@ def wait_terminal(fleet: Fleet, ids: list[str], timeout: float) -> float:
         if not left and len(st) == len(ids):
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
-            from bench.chaos_stack import stuck_runs_report
+            import redis as redis_lib
 
+            from bench.chaos_stack import broker_report, stuck_runs_report
+
+            broker = broker_report(redis_lib.Redis.from_url(fleet.redis_url, socket_timeout=5))
             raise AssertionError(f"{len(left)} of {len(ids)} runs not terminal after {timeout:.0f}s: "
                                  f"{dict(Counter(left.values()))}; e.g. {list(left)[:3]}\n"
-                                 + "\n".join(stuck_runs_report(fleet.db)))
+                                 + "\n".join(stuck_runs_report(fleet.db) + broker))
         time.sleep(0.25)
 
 
