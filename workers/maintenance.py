@@ -3,6 +3,7 @@ backlog of runs or deliveries never delays the outbox sweep or the requeue of st
 
 from __future__ import annotations
 
+import json
 import logging
 
 from celery import current_app
@@ -31,7 +32,9 @@ def requeue_stale() -> int:
                                    running_s=s.executions_time_limit_s + 60, lease_s=s.lease_s)
     held = _broker_run_messages(s.broker_url)
     if held is not None:
-        lost = executions.requeue_unmessaged(runtime.db(), held, min_age_s=UNMESSAGED_AFTER_S)
+        queued, delivered = held
+        young = [name for name, age in delivered if age < max(UNMESSAGED_AFTER_S, s.lease_s + 5)]
+        lost = executions.requeue_unmessaged(runtime.db(), queued, young, min_age_s=UNMESSAGED_AFTER_S)
         if lost:
             log.warning("%d queued execution(s) had no message (lost by the broker); re-enqueued: %s",
                         len(lost), ", ".join(lost[:20]))
@@ -46,14 +49,17 @@ def requeue_stale() -> int:
 # shared.store.executions.requeue_unmessaged) and it has been queued at least this long.
 UNMESSAGED_AFTER_S = 30.0
 # kombu's Redis transport: a queue's messages are in lists named after it (one per priority step
-# other than 0, as "<queue>\x06\x16<step>"), delivered ones in the hash "unacked" until acknowledged.
+# other than 0, as "<queue>\x06\x16<step>"), delivered ones in the hash "unacked" (tag → [message,
+# exchange, routing key]) until acknowledged, with their delivery times in the sorted set
+# "unacked_index".
 _QUEUE_KEYS = ("executions", *(f"executions\x06\x16{p}" for p in (3, 6, 9)))
 
 
-def _broker_run_messages(broker_url: str) -> int | None:
-    """Run messages the broker holds: queued, or delivered and not acknowledged (every queue's
-    unacknowledged messages count: a few deliveries in flight only make the estimate safe).
-    None when the broker is not Redis or does not answer."""
+
+def _broker_run_messages(broker_url: str) -> tuple[int, list[tuple[str, float]]] | None:
+    """Run messages the broker holds: (how many are queued, and for each one delivered and not
+    acknowledged the run it names and its age in seconds). None when the broker is not Redis or
+    does not answer."""
     if not broker_url.startswith(("redis://", "rediss://", "unix://")):
         return None
     import redis
@@ -64,11 +70,39 @@ def _broker_run_messages(broker_url: str) -> int | None:
             pipe = client.pipeline(transaction=False)
             for key in _QUEUE_KEYS:
                 pipe.llen(key)
-            pipe.hlen("unacked")
-            return int(sum(pipe.execute()))
+            pipe.hgetall("unacked")
+            pipe.zrange("unacked_index", 0, -1, withscores=True)
+            pipe.time()
+            *lengths, unacked, index, now = pipe.execute()
         finally:
             client.close()
     except redis.RedisError:
+        return None
+    delivered_at = dict(index)
+    clock = now[0] + now[1] / 1e6
+    delivered: list[tuple[str, float]] = []
+    for tag, raw in unacked.items():
+        name = _run_named(raw)
+        if name is not None:
+            delivered.append((name, clock - delivered_at.get(tag, clock)))
+    return int(sum(lengths)), delivered
+
+
+def _run_named(raw: bytes) -> str | None:
+    """The run a delivered message names, when it is a run message (kombu's envelope, its body
+    Celery's protocol 2: [args, kwargs, embed])."""
+    import base64
+
+    try:
+        message = json.loads(raw)[0]
+        if message.get("headers", {}).get("task") != executions.RUN_TASK:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0]) if args else None
+    except (ValueError, KeyError, IndexError, TypeError):
         return None
 
 

@@ -167,16 +167,20 @@ def requeue_stale(db: Database, *, queued_s: float, running_s: float, lease_s: f
 # pops a message (BRPOP) and records it as unacknowledged in a second command, so a Redis that
 # stops between the two, or a connection that breaks while the worker holds it only in memory,
 # leaves neither a queued nor an unacknowledged copy. Every queued run has one message somewhere:
-# in the outbox (not yet published), in the broker's queue, or delivered and unacknowledged (a
-# worker holds it, or drives a running run with it until the run ends). So when the queued runs
-# outnumber those messages less the running runs', the difference lost theirs: that many of the
-# oldest queued runs (queued for at least `min_age_s`, touched so the next pass waits as long)
-# get a new message. A miscount errs safe: a message too many starts the next queued run or
-# finds nothing to do; one too few leaves the run to the `queued_s` sweep.
+# in the outbox (not yet published), in the broker's queue, or delivered and on its way to a run
+# (unacknowledged, young, and not the message of a running run, i.e. no running run has its name
+# as ticket). A delivered message that is old and drives no running run is not counted: its
+# worker died or lost its connection, and it comes back only after the broker's visibility
+# timeout (an hour by default). So when the queued runs outnumber those messages, the difference
+# lost theirs: that many of the oldest queued runs (queued for at least `min_age_s`, touched so
+# the next pass waits as long) get a new message. A miscount errs safe: a message too many starts
+# the next queued run or finds nothing to do; one too few leaves the run to the `queued_s` sweep.
 _MESSAGE_COUNTS = """
 SELECT (SELECT count(*) FROM executions WHERE status = 'queued') AS queued,
-       (SELECT count(*) FROM executions WHERE status = 'running') AS running,
-       (SELECT count(*) FROM outbox WHERE dispatched_at IS NULL AND queue = 'executions') AS unpublished
+       (SELECT count(*) FROM outbox WHERE dispatched_at IS NULL AND queue = 'executions') AS unpublished,
+       (SELECT count(*) FROM unnest(%(delivered)s::text[]) AS m(ticket)
+         WHERE NOT EXISTS (SELECT 1 FROM executions e WHERE e.ticket = m.ticket AND e.status = 'running'))
+         AS in_transit
 """
 
 _REQUEUE_UNMESSAGED = f"""
@@ -194,13 +198,14 @@ SELECT id FROM lost
 """
 
 
-def requeue_unmessaged(db: Database, broker_messages: int, *, min_age_s: float) -> list[str]:
-    """Give a new message to queued runs that lost theirs; ``broker_messages`` is how many run
-    messages the broker holds, queued or delivered and not yet acknowledged. Returns their ids."""
+def requeue_unmessaged(db: Database, queued_messages: int, delivered: list[str], *, min_age_s: float) -> list[str]:
+    """Give a new message to queued runs that lost theirs. ``queued_messages``: run messages in
+    the broker's queue; ``delivered``: the runs named by the run messages delivered lately and
+    not yet acknowledged (the caller leaves out old ones). Returns the runs given a message."""
     with db.autocommit() as cur:
-        cur.execute(_MESSAGE_COUNTS)
+        cur.execute(_MESSAGE_COUNTS, {"delivered": delivered})
         c = cur.fetchone()
-        missing = int(c["queued"]) - (broker_messages + int(c["unpublished"]) - int(c["running"]))
+        missing = int(c["queued"]) - (queued_messages + int(c["unpublished"]) + int(c["in_transit"]))
         if missing <= 0:
             return []
         cur.execute(_REQUEUE_UNMESSAGED, {"n": missing, "min_age_s": min_age_s})
