@@ -127,8 +127,9 @@ def test_300_slow_runs_wait_together_and_hold_no_connection_while_waiting(stack,
     print(f"connections after each batch (worker's database, worker's redis, database total, redis total): {counts}")
     assert counts[1][0] == counts[0][0] <= 8, counts
     # Redis: its pools (broker 10 + consumer, event publishing up to 64) open lazily towards their
-    # bounds, so a second batch may add one or two; a leak would add one per run.
-    assert counts[1][1] - counts[0][1] <= 5 and counts[1][1] <= 64 + 10 + 4, counts
+    # bounds, so a second batch may add a few (7 seen once on a loaded machine); a leak would add
+    # one per run, 300, and one per ten runs 30.
+    assert counts[1][1] - counts[0][1] <= 20 and counts[1][1] <= 64 + 10 + 4, counts
     assert counts[1][2] - counts[0][2] <= 5 and counts[1][3] - counts[0][3] <= 10, counts
     keys = client.get("/api/v1/compliance/keys").json()
     for eid in ids[::30]:
