@@ -32,6 +32,7 @@ from typing import Any
 
 import requests
 
+from api.dispatch import GRACE_S
 from bench.chaos_stack import ROOT, TERMINAL, Stack
 
 EMAIL = ("send_email", {"to": "ops@example.com", "subject": "Report", "body": "All good."})
@@ -614,8 +615,8 @@ def case_api_kill(stack: Stack, sc: Scale) -> Result:
 
 
 #: How long a hold waits for the relay: rows the API process published itself (``publish_after``,
-#: api/dispatch.GRACE_S = 5 s ahead) go to the relay when that passes.
-GRACE_WAIT_S = 8.0
+#: api/dispatch.GRACE_S ahead) go to the relay when that passes.
+GRACE_WAIT_S = GRACE_S + 3.0
 
 
 def _hold_outbox_records(stack: Stack, timeout: float, held: threading.Event | None = None,

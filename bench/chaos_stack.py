@@ -348,20 +348,13 @@ def broker_report(client: Any) -> list[str]:
     """The Redis broker's side, for the same failure: run-queue lengths, and each message
     delivered and not acknowledged (kombu's ``unacked`` hash): its queue, task, arguments and age;
     and kombu's restore mutex, which holds back the return of unacknowledged messages while set."""
-    import base64
-    import json
+    from shared.kombu_redis import held_messages
 
     lines: list[str] = []
     with contextlib.suppress(Exception):
-        lens = {k.decode(errors="replace"): client.llen(k) for k in client.keys("executions*")}
-        lines.append(f"broker lists: {lens}; unacked {client.hlen('unacked')};"
+        queued, delivered = held_messages(client, "executions")
+        lines.append(f"broker: executions queued {queued}; unacked {client.hlen('unacked')};"
                      f" unacked_mutex ttl {client.ttl('unacked_mutex')}")
-        ages = dict(client.zrange("unacked_index", 0, -1, withscores=True))
-        now = time.time()
-        for tag, raw in list(client.hgetall("unacked").items())[:20]:
-            message, _exchange, routing_key = json.loads(raw)
-            body = json.loads(base64.b64decode(message["body"])) if message.get("body") else None
-            lines.append(f"unacked: queue={routing_key} task={message['headers'].get('task')}"
-                         f" args={body[0] if body else None}"
-                         f" age_s={round(now - ages.get(tag, now))}")
+        lines += [f"unacked: queue={d.queue} task={d.task} args={d.args} age_s={round(d.age_s)}"
+                  for d in delivered[:20]]
     return lines

@@ -23,7 +23,14 @@ default) and queues the rest, so an executions process holds at most 10 broker c
 however many runs are in flight (tests/workers/test_inflight.py counts them).
 
 Private API relied on: ``kombu.transport.redis.Channel._connparams(asynchronous)`` and
-``Channel._get_pool(asynchronous)`` (kombu 5.7; pinned in pyproject.toml).
+``Channel._get_pool(asynchronous)`` (kombu 5.7; pinned in pyproject.toml); and, read only, the
+transport's storage in Redis (:func:`held_messages`: the lost-message sweep and the chaos report),
+for which kombu has no public API: a queue's messages in lists named after it (one per priority
+step other than 0, "<queue>\x06\x16<step>"), delivered ones in the hash ``unacked`` (tag →
+[message, exchange, routing key]) until acknowledged, their delivery times in the sorted set
+``unacked_index``. ``tests/workers/test_lost_message.py`` reads it behind a real kombu consumer,
+so a kombu that stores them otherwise fails it; without it the sweep has nothing to count and the
+``WARDEN_REQUEUE_QUEUED_S`` sweep (public API only) remains the backstop.
 ``tests/shared/test_kombu_redis.py`` fails if their signatures change, and
 ``tests/workers/test_redis_restart.py`` reproduces the crash without the fix. (Round 1 also kept
 one client object per channel here; it did not move ``bench_inflight``, so it went.)
@@ -31,6 +38,9 @@ one client object per channel here; it did not move ``bench_inflight``, so it we
 
 from __future__ import annotations
 
+import base64
+import json
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -68,3 +78,53 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
 
 
 TRANSPORT = f"{__name__}:Transport"
+
+
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)  # kombu's default steps other than 0
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A message delivered and not yet acknowledged: its queue, task, positional arguments and
+    seconds since its delivery."""
+
+    queue: str
+    task: str | None
+    args: list[Any]
+    age_s: float
+
+
+def held_messages(client: redis.Redis, queue: str) -> tuple[int, list[Delivered]]:
+    """(messages waiting in ``queue``, every message delivered and not acknowledged, of any queue),
+    read in one round trip from kombu's storage (see the module docstring)."""
+    pipe = client.pipeline(transaction=False)
+    for key in (queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)):
+        pipe.llen(key)
+    pipe.hgetall("unacked")
+    pipe.zrange("unacked_index", 0, -1, withscores=True)
+    pipe.time()
+    *lengths, unacked, index, now = pipe.execute()
+    delivered_at = dict(index)
+    clock = now[0] + now[1] / 1e6
+    out = []
+    for tag, raw in unacked.items():
+        parsed = _parse_delivered(raw)
+        if parsed is not None:
+            routing_key, task, args = parsed
+            out.append(Delivered(routing_key, task, args, clock - delivered_at.get(tag, clock)))
+    return int(sum(lengths)), out
+
+
+def _parse_delivered(raw: bytes) -> tuple[str, str | None, list[Any]] | None:
+    """(routing key, task name, args) of an ``unacked`` entry: kombu's envelope around Celery's
+    protocol 2 body ([args, kwargs, embed])."""
+    try:
+        message, _exchange, routing_key = json.loads(raw)
+        body = message.get("body")
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0] if body else []
+        return str(routing_key), message.get("headers", {}).get("task"), list(args)
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None

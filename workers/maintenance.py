@@ -3,7 +3,6 @@ backlog of runs or deliveries never delays the outbox sweep or the requeue of st
 
 from __future__ import annotations
 
-import json
 import logging
 
 from celery import current_app
@@ -48,62 +47,27 @@ def requeue_stale() -> int:
 # A queued run is given a new message when the counts say its own is gone (see
 # shared.store.executions.requeue_unmessaged) and it has been queued at least this long.
 UNMESSAGED_AFTER_S = 30.0
-# kombu's Redis transport: a queue's messages are in lists named after it (one per priority step
-# other than 0, as "<queue>\x06\x16<step>"), delivered ones in the hash "unacked" (tag → [message,
-# exchange, routing key]) until acknowledged, with their delivery times in the sorted set
-# "unacked_index".
-_QUEUE_KEYS = ("executions", *(f"executions\x06\x16{p}" for p in (3, 6, 9)))
-
 
 
 def _broker_run_messages(broker_url: str) -> tuple[int, list[tuple[str, float]]] | None:
     """Run messages the broker holds: (how many are queued, and for each one delivered and not
     acknowledged the run it names and its age in seconds). None when the broker is not Redis or
-    does not answer."""
+    does not answer (read from kombu's storage: shared/kombu_redis.held_messages)."""
     if not broker_url.startswith(("redis://", "rediss://", "unix://")):
         return None
     import redis
 
+    from shared.kombu_redis import held_messages
+
     try:
         client = redis.Redis.from_url(broker_url, socket_connect_timeout=3, socket_timeout=5)
         try:
-            pipe = client.pipeline(transaction=False)
-            for key in _QUEUE_KEYS:
-                pipe.llen(key)
-            pipe.hgetall("unacked")
-            pipe.zrange("unacked_index", 0, -1, withscores=True)
-            pipe.time()
-            *lengths, unacked, index, now = pipe.execute()
+            queued, delivered = held_messages(client, "executions")
         finally:
             client.close()
     except redis.RedisError:
         return None
-    delivered_at = dict(index)
-    clock = now[0] + now[1] / 1e6
-    delivered: list[tuple[str, float]] = []
-    for tag, raw in unacked.items():
-        name = _run_named(raw)
-        if name is not None:
-            delivered.append((name, clock - delivered_at.get(tag, clock)))
-    return int(sum(lengths)), delivered
-
-
-def _run_named(raw: bytes) -> str | None:
-    """The run a delivered message names, when it is a run message (kombu's envelope, its body
-    Celery's protocol 2: [args, kwargs, embed])."""
-    import base64
-
-    try:
-        message = json.loads(raw)[0]
-        if message.get("headers", {}).get("task") != executions.RUN_TASK:
-            return None
-        body = message["body"]
-        if message.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args = json.loads(body)[0]
-        return str(args[0]) if args else None
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
+    return queued, [(str(d.args[0]), d.age_s) for d in delivered if d.task == executions.RUN_TASK and d.args]
 
 
 @task("workers.maintenance.purge", soft_time_limit=50, time_limit=60, idempotent=True)
