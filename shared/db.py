@@ -127,11 +127,18 @@ class Prepared:
     transactions (PREPARE is not transactional). The result columns must be listed explicitly (no
     ``*``): a migration that adds a column would otherwise change a cached plan's result type.
     Not for transaction-mode connection poolers (PgBouncer), which do not keep sessions.
+
+    ``generic_plan=True`` runs the statement with ``plan_cache_mode = force_generic_plan`` (``SET
+    LOCAL`` in the same query string: the implicit transaction of a multi-statement query, or the
+    caller's). PostgreSQL otherwise chooses per statement between its generic plan and a custom
+    plan made for each call's values, and for the run claim (a recursive CTE over four tables) it
+    kept choosing custom ones: planning on every call, more server time than executing
+    (``bench_inflight``). For statements keyed by ids, whose best plan does not depend on the values.
     """
 
     _on: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
-    def __init__(self, sql: str) -> None:
+    def __init__(self, sql: str, *, generic_plan: bool = False) -> None:
         names: list[str] = []
         casts: dict[str, str] = {}
 
@@ -148,7 +155,8 @@ class Prepared:
         # A value cast in the statement is cast in EXECUTE too: psycopg2 sends a list as ARRAY[…],
         # typed text[], which would not be coerced to, say, a jsonb[] parameter.
         args = ", ".join(f"%({n})s{casts.get(n, '')}" for n in names)
-        self._execute = f"EXECUTE {self.name}" + (f" ({args})" if names else "")
+        self._execute = ("SET LOCAL plan_cache_mode = force_generic_plan; " if generic_plan else "") + \
+            f"EXECUTE {self.name}" + (f" ({args})" if names else "")
 
     def execute(self, cur: Any, params: dict[str, Any] | None = None) -> None:
         conn = cur.connection

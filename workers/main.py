@@ -6,7 +6,10 @@ modules only declare tasks.
 
 from __future__ import annotations
 
-from celery.signals import worker_process_init
+import gc
+import logging
+
+from celery.signals import worker_init, worker_process_init
 
 from shared import logs
 from shared.celery_app import make_celery
@@ -46,7 +49,35 @@ for _module in TASK_MODULES:
     __import__(_module)
 
 
+@worker_init.connect
+def _warm_executions(sender: object = None, **_: object) -> None:
+    """An executions worker imports the model SDKs and builds its shared clients before it
+    consumes, rather than on the first burst of runs (workers.providers.warm)."""
+    queues = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    if queues is not None and "executions" in queues.consume_from:
+        from workers.providers import warm
+
+        logging.getLogger(__name__).info("model clients ready: %s", ", ".join(warm(settings)) or "none configured")
+        _quiet_gc()
+
+
+# The executions worker's cyclic garbage collector, measured with a thousand runs in flight
+# (bench_inflight): with the defaults (700, 10, 10) it ran about 800 times during the burst and each
+# full pass walked some 450,000 objects, most of them the imports and clients that live as long as
+# the process: about a sixth of the worker's CPU. gc.freeze() moves what exists after start-up out
+# of the collector's sight, and a larger first threshold makes young collections 14 times rarer.
+# Memory held by cycles between passes stays small (runs free most of theirs by reference count).
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def _quiet_gc() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 @worker_process_init.connect
 def _after_fork(**_: object) -> None:
     # Pools are per process and created lazily in workers.runtime; nothing inherited is reused.
     logs.configure(settings.log_level, settings.log_json)
+

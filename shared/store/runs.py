@@ -56,7 +56,7 @@ SELECT o.id AS own_id, o.live AS own_live, o.left_s AS own_left_s, o.deliveries 
                        FROM executions WHERE ticket = %(ticket)s AND status = 'running' LIMIT 1) o ON true
   LEFT JOIN LATERAL (SELECT status, COALESCE(lease_expires_at > now(), false) AS live, deliveries
                        FROM executions WHERE id = %(ticket)s) n ON true
-""")
+""", generic_plan=True)
 
 # Fair share: the next run to start is the oldest queued run of the waiting workspace with the
 # fewest running (ties: the workspace waiting longest), skipping workspaces at their
@@ -116,7 +116,7 @@ SELECT (SELECT count(*) FROM w WHERE workspace_id IS NOT NULL) AS waiting, (SELE
                        FROM (SELECT {documents.COLUMNS} FROM documents
                               WHERE workspace_id = u.workspace_id
                               ORDER BY id LIMIT {documents.CONTEXT_LIMIT}) d) dd ON true
-""")
+""", generic_plan=True)
 
 # Take over a running run whose lease has expired (its worker is gone): a new token fences the old
 # owner out, and an execution.resumed event says who took it and how many times it has been taken.
@@ -139,7 +139,7 @@ SELECT u.lease_token, u.deliveries, {_RUN_COLUMNS},
   FROM u JOIN executions e ON e.id = u.id
   LEFT JOIN ev ON true
   {_SIGNING_KEY}
-""")
+""", generic_plan=True)
 
 
 @dataclass
@@ -327,7 +327,7 @@ _SAVABLE = ("state", "spent_cents", "usage", "counts")
 @functools.lru_cache(maxsize=64)
 def _step_statement(save: tuple[str, ...], certificate: bool, violation: bool, terminal: bool,
                     running_only: bool) -> Prepared:
-    return Prepared(_step_sql(save, certificate, violation, terminal, running_only))
+    return Prepared(_step_sql(save, certificate, violation, terminal, running_only), generic_plan=True)
 
 
 def _step_sql(save: tuple[str, ...], certificate: bool, violation: bool, terminal: bool, running_only: bool) -> str:

@@ -45,3 +45,32 @@ def test_prepared_once_per_connection_and_executed_with_named_parameters(setting
 def test_the_same_text_shares_a_name_and_different_texts_do_not() -> None:
     assert Prepared("SELECT %(x)s::int").name == Prepared("SELECT %(x)s::int").name
     assert Prepared("SELECT %(x)s::int").name != Prepared("SELECT %(x)s::bigint").name
+
+
+def test_a_generic_plan_statement_is_never_planned_per_call(settings: Any) -> None:
+    """``generic_plan=True``: every call runs the one generic plan (PostgreSQL would otherwise plan
+    the first five calls for their values, and may keep doing so), and the setting ends with the
+    statement: the next statement on the connection plans as before."""
+    sql = "SELECT count(*) AS n FROM generate_series(1, %(k)s::int) s WHERE s > %(k)s::int / 2"
+    generic = Prepared(sql, generic_plan=True)
+    custom = Prepared(sql + " AND true")
+    plain = Prepared("SELECT %(k)s::int AS k")
+    conn = psycopg2.connect(settings.database_url)
+    conn.autocommit = True
+    try:
+        cur = conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+        for k in range(1, 9):
+            generic.execute(cur, {"k": k * 10})
+            assert cur.fetchone()["n"] == k * 10 - k * 5
+            custom.execute(cur, {"k": k * 10})
+            assert cur.fetchone()["n"] == k * 10 - k * 5
+            plain.execute(cur, {"k": k})
+            assert cur.fetchone()["k"] == k
+        cur.execute("SHOW plan_cache_mode")
+        assert cur.fetchone()["plan_cache_mode"] == "auto"
+        cur.execute("SELECT name, generic_plans, custom_plans FROM pg_prepared_statements")
+        plans = {r["name"]: (r["generic_plans"], r["custom_plans"]) for r in cur.fetchall()}
+        assert plans[generic.name] == (8, 0)
+        assert plans[custom.name][1] >= 5  # the default: the first five calls planned for their values
+    finally:
+        conn.close()

@@ -91,6 +91,7 @@ def worker_process(settings: Any, name: str, *, pool: str = "gevent", concurrenc
          "--without-mingle", "--without-gossip", "-l", "WARNING"],
         env=full, stdout=log, stderr=subprocess.STDOUT)
     proc.log_path = log.name  # type: ignore[attr-defined]
+    proc.node_name = name  # type: ignore[attr-defined]
     return proc
 
 
@@ -109,6 +110,17 @@ def stop_process(proc: Any, timeout: float = 15.0) -> None:
 def worker_log(proc: Any) -> str:
     with open(proc.log_path, errors="replace") as f:
         return f.read()[-4000:]
+
+
+def wait_worker_ready(celery_app: Any, proc: Any, timeout: float = 60.0) -> None:
+    """The worker started by :func:`worker_process` answers a ping: set up and consuming (an
+    executions worker builds its model clients first, a second or two)."""
+    import socket
+
+    name = f"{proc.node_name}@{socket.gethostname()}"
+    wait_for(lambda: proc.poll() is None and bool(celery_app.control.ping(destination=[name], timeout=0.5)),
+             timeout=timeout, interval=0.2, what=f"{name} answering a ping", on_fail=lambda: worker_log(proc))
+    assert proc.poll() is None, worker_log(proc)
 
 
 def stop_consuming_executions(celery_app: Any, worker: Any) -> None:

@@ -31,6 +31,7 @@ from tests.workers.conftest import (
     model_name,
     stop_process,
     submit,
+    wait_worker_ready,
     worker_log,
     worker_process,
 )
@@ -292,7 +293,7 @@ def test_a_quiet_workspace_starts_within_two_seconds_behind_a_burst(stack, clien
 
 
 def test_a_capped_workspace_runs_at_most_its_cap_while_others_use_free_slots(stack, client, fake_llm, db, settings,
-                                                                            server):
+                                                                            server, celery_app):
     """``warden set-limit`` caps a workspace's running executions: with free slots, the capped
     workspace never runs more than its cap (the rest wait queued and start in submission order),
     another workspace's runs start at once, and /metrics shows both workspaces' counts."""
@@ -312,6 +313,7 @@ def test_a_capped_workspace_runs_at_most_its_cap_while_others_use_free_slots(sta
     assert cli.returncode == 0, cli.stderr
     proc = worker_process(settings, "capped", concurrency=20)
     try:
+        wait_worker_ready(celery_app, proc)  # the free workspace's wait is measured from here
         mine = [submit(capped, task="Capped work", provider="openai", model=slow) for _ in range(6)]
         theirs = [submit(free, task="Free work", provider="openai", model=slow) for _ in range(3)]
         most, seen_metrics = 0, False

@@ -40,6 +40,23 @@ _clients: dict[tuple[str, str | None, str | None, int], Provider] = {}
 _building = threading.Lock()
 
 
+def warm(settings: Settings) -> list[str]:
+    """Import the vendor SDKs and build the shared clients of every configured vendor, before the
+    process takes its first run: importing ``openai`` costs about a second of CPU (its pydantic
+    types), and done lazily it lands on the first burst of runs, every run in the process waiting
+    behind the import. Returns the vendors whose clients are ready; an unconfigured vendor (no key)
+    is left for its runs to report as they do."""
+    ready = []
+    for name in ("openai", "anthropic"):
+        try:
+            for _ in range(CLIENTS_PER_PROVIDER):
+                make_provider(name, settings)
+        except ProviderError:
+            continue
+        ready.append(name)
+    return ready
+
+
 def _shared(name: str, api_key: str | None, _base_url: str | None, _shard: int) -> Provider:
     if name == "openai":
         from workers.providers.openai_provider import OpenAIProvider
@@ -66,4 +83,4 @@ def _build(name: str, settings: Settings) -> Provider:
     raise ProviderError("unknown_provider", f"Unknown provider {name!r}", transient=False)
 
 
-__all__ = ["Provider", "ProviderError", "make_provider"]
+__all__ = ["Provider", "ProviderError", "make_provider", "warm"]
