@@ -92,6 +92,7 @@ def run(runs: int | None = None, delay: float | None = None, give_up_s: float | 
             idle_rss, cpu0 = tree.sample()
             peak_rss, peak_running = idle_rss, 0
             t0_wall, t0 = time.time(), time.monotonic()
+            _log(f"T0 {t0_wall}")
             deadline = t0 + give_up_s
             submitted: list[str] = []
             submit_errors: dict[str, int] = {}

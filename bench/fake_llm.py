@@ -1,38 +1,91 @@
-"""The test suite's model server (``tests/fakes/llm.py``: the OpenAI and Anthropic wire formats,
-reached by the official SDKs) in a process of its own, scripted for a benchmark: every run's
-model ``bench-slow`` calls one tool, then answers, each call ``--delay`` seconds.
+"""The test suite's model (``tests/fakes/llm.py``: its scripts and its OpenAI and Anthropic
+answers, reached by the official SDKs) served from a process of its own for a benchmark: every
+run's model ``bench-slow`` calls one tool, then answers, each call ``--delay`` seconds.
 
 ``python -m bench.fake_llm --delay 5`` prints its base URL on the first line of stdout and serves
-until it is terminated. Its listen backlog is raised so a thousand calls arriving at once are
-accepted rather than left to SYN retries (the standard library's default backlog is 5).
+until it is terminated.
+
+The test suite serves the fake with the standard library's threaded HTTP server, a thread per
+connection. A benchmark holds a thousand calls open at once on the same two cores as the stack it
+measures, where a real vendor's servers cost the host nothing, so here the same answers come from
+one asyncio loop (HTTP/1.1 with keep-alive, as the vendors' APIs): a call waiting on its delay
+costs a timer, not a thread, and the stand-in's CPU stays a small share of the measurement.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import signal
 import sys
-import threading
-from socketserver import TCPServer
+from typing import Any
 
 MODEL = "bench-slow"
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
+           529: "Overloaded"}
+
+
+def _respond(fake: Any, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any], float]:
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        return 400, {"error": {"message": "the body is not JSON", "type": "invalid_request_error"}}, 0.0
+    wire = "anthropic" if path.endswith("/messages") else "openai"
+    return fake.respond(wire, body, headers)
+
+
+async def _serve_connection(fake: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = {}
+            for line in lines[1:]:
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers[name.strip().lower()] = value.strip()
+            raw = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+            if method != "POST":
+                status, payload, delay = 404, {"error": {"message": f"no {method} {path}"}}, 0.0
+            else:
+                status, payload, delay = _respond(fake, path, headers, raw)
+            if delay:
+                await asyncio.sleep(delay)
+            extra = "".join(f"{k}: {v}\r\n" for k, v in payload.pop("_headers", {}).items())
+            data = json.dumps(payload).encode()
+            writer.write(f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\ncontent-type: application/json\r\n"
+                         f"content-length: {len(data)}\r\n{extra}\r\n".encode("latin-1") + data)
+            await writer.drain()
+            if headers.get("connection", "").lower() == "close":
+                break
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        pass  # the client closed the connection, or gave up on the call (a cancelled run, a stopped worker)
+    finally:
+        writer.close()
+
+
+async def _main(delay: float) -> None:
+    from tests.fakes.llm import FakeLLM
+
+    fake = FakeLLM(serve=False)
+    fake.script(MODEL, [{"calls": [("list_documents", {})], "delay": delay}, {"text": "done", "delay": delay}])
+    # A thousand calls arrive at once: a deep listen backlog, so none is left to SYN retries.
+    server = await asyncio.start_server(lambda r, w: _serve_connection(fake, r, w), "127.0.0.1", 0, backlog=4096)
+    port = server.sockets[0].getsockname()[1]
+    print(f"http://127.0.0.1:{port}", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--delay", type=float, default=5.0, help="seconds each model call takes")
     args = ap.parse_args()
-    TCPServer.request_queue_size = 4096  # this process serves nothing else
-    from tests.fakes.llm import FakeLLM
-
-    fake = FakeLLM()
-    fake.script(MODEL, [{"calls": [("list_documents", {})], "delay": args.delay},
-                        {"text": "done", "delay": args.delay}])
-    print(fake.url, flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
-    fake.stop()
+    asyncio.run(_main(args.delay))
     sys.exit(0)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 
 class FakeLLM:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, serve: bool = True) -> None:
         self.scripts: dict[str, list[dict[str, Any]]] = {}
         self.requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._failures: dict[tuple[str, int], int] = defaultdict(int)
@@ -69,6 +69,10 @@ class FakeLLM:
                     with fake._lock:
                         fake.answered[body.get("model", "")] += 1
 
+        if not serve:  # the scripts and answers only, for a server of the caller's (bench/fake_llm.py)
+            self.server = None
+            self.url = ""
+            return
         self.server = _Server((host, port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://{host}:{self.server.server_port}"
@@ -79,16 +83,25 @@ class FakeLLM:
         return model
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self.server is not None:
+            self.server.shutdown()
 
     def answer(self, wire: str, body: dict[str, Any], headers: dict[str, str],
                peer: tuple[str, int] | None = None) -> tuple[int, dict[str, Any]]:
+        status, payload, delay = self.respond(wire, body, headers, peer)
+        if delay:
+            time.sleep(delay)
+        return status, payload
+
+    def respond(self, wire: str, body: dict[str, Any], headers: dict[str, str],
+                peer: tuple[str, int] | None = None) -> tuple[int, dict[str, Any], float]:
+        """The answer to a request and how long to wait before sending it (the caller waits)."""
         model = body.get("model", "")
         with self._lock:
             self.requests[model].append({"wire": wire, "body": body, "headers": headers})
         turns = self.scripts.get(model)
         if turns is None:
-            return 404, _error(wire, f"model {model} not found")
+            return 404, _error(wire, f"model {model} not found"), 0.0
         turn_no = sum(1 for m in body.get("messages", []) if m.get("role") == "assistant")
         turn = turns[min(turn_no, len(turns) - 1)]
         for status, times in turn.get("fail", []):
@@ -99,22 +112,21 @@ class FakeLLM:
                     error = _error(wire, f"scripted failure {status}")
                     if turn.get("retry_after") is not None:
                         error["_headers"] = {"retry-after": str(turn["retry_after"])}
-                    return status, error
+                    return status, error, 0.0
         if turn.get("kill") == "peer" and peer is not None:
             pid = _pid_of_peer(peer[1])
             if pid is not None:
                 os.kill(pid, signal.SIGKILL)
                 with self._lock:
                     self.killed[model].append(pid)
-                return 0, {}
-        if turn.get("delay"):
-            time.sleep(turn["delay"])
+                return 0, {}, 0.0
+        delay = float(turn.get("delay") or 0.0)
         if turn.get("delay_first"):
             with self._lock:
                 first = (model, turn_no, "delayed") not in self._failures
                 self._failures[(model, turn_no, "delayed")] = 1  # type: ignore[index]
             if first:
-                time.sleep(turn["delay_first"])
+                delay += turn["delay_first"]
         calls = [(name, args) for name, args in turn.get("calls", [])]
         usage = turn.get("usage", (100, 20))
         text = turn.get("text")
@@ -124,17 +136,17 @@ class FakeLLM:
                 message["tool_calls"] = [{"id": f"call_{turn_no}_{i}", "type": "function",
                                           "function": {"name": n, "arguments": json.dumps(a)}}
                                          for i, (n, a) in enumerate(calls)]
-            return 200, {"id": f"chatcmpl-{turn_no}", "object": "chat.completion", "created": int(time.time()),
+            return 200, {"id": f"chatcmpl-{turn_no}", "object": "chat.completion", "created": int(time.time() + delay),
                          "model": model, "choices": [{"index": 0, "message": message,
                                                       "finish_reason": "tool_calls" if calls else "stop"}],
                          "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
-                                   "total_tokens": usage[0] + usage[1]}}
+                                   "total_tokens": usage[0] + usage[1]}}, delay
         content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
         content += [{"type": "tool_use", "id": f"toolu_{turn_no}_{i}", "name": n, "input": a}
                     for i, (n, a) in enumerate(calls)]
         return 200, {"id": f"msg_{turn_no}", "type": "message", "role": "assistant", "model": model,
                      "content": content, "stop_reason": "tool_use" if calls else "end_turn", "stop_sequence": None,
-                     "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}
+                     "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}, delay
 
 
 class _Server(ThreadingHTTPServer):
