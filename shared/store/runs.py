@@ -44,7 +44,7 @@ _SIGNING_KEY = """LEFT JOIN LATERAL (SELECT key_id, encrypted_seed FROM signing_
 
 # What a run message (a "ticket") finds when it arrives: a run it was driving before (a
 # redelivery: its worker died), and the state of the run it names.
-_LOOK = Prepared("""
+_LOOK_SQL = """
 SELECT o.id AS own_id, o.live AS own_live, o.left_s AS own_left_s, o.deliveries AS own_deliveries,
        n.status AS named_status, n.live AS named_live, n.deliveries AS named_deliveries,
        EXISTS (SELECT 1 FROM workspaces s WHERE s.max_running_executions IS NOT NULL
@@ -56,7 +56,9 @@ SELECT o.id AS own_id, o.live AS own_live, o.left_s AS own_left_s, o.deliveries 
                        FROM executions WHERE ticket = %(ticket)s AND status = 'running' LIMIT 1) o ON true
   LEFT JOIN LATERAL (SELECT status, COALESCE(lease_expires_at > now(), false) AS live, deliveries
                        FROM executions WHERE id = %(ticket)s) n ON true
-""", generic_plan=True)
+"""
+_LOOK_COLUMNS = ("own_id", "own_live", "own_left_s", "own_deliveries", "named_status", "named_live",
+                 "named_deliveries", "capped_waiting")
 
 # Fair share: the next run to start is the oldest queued run of the waiting workspace with the
 # fewest running (ties: the workspace waiting longest), skipping workspaces at their
@@ -68,8 +70,8 @@ SELECT o.id AS own_id, o.live AS own_live, o.left_s AS own_left_s, o.deliveries 
 # counting all its running runs, a fifth of the claim's time with 800 running).
 # The claim takes the run's lease and writes its execution.started event in the same statement,
 # and returns the active signing key and the workspace's documents (see Run.documents).
-_CLAIM = Prepared(f"""
-WITH RECURSIVE w(workspace_id) AS (
+_CLAIM_SQL = f"""
+WITH RECURSIVE {{look}}w(workspace_id) AS (
   (SELECT workspace_id FROM executions WHERE status = 'queued' ORDER BY workspace_id LIMIT 1)
   UNION ALL
   SELECT (SELECT q.workspace_id FROM executions q
@@ -88,7 +90,7 @@ WITH RECURSIVE w(workspace_id) AS (
 ), t AS (
   SELECT e.id FROM executions e
    WHERE e.status = 'queued' AND NOT e.cancel_requested
-     AND e.workspace_id = (SELECT workspace_id FROM c ORDER BY n, oldest LIMIT 1)
+     AND e.workspace_id = (SELECT workspace_id FROM c ORDER BY n, oldest LIMIT 1){{gate}}
    ORDER BY e.id LIMIT 1 FOR UPDATE SKIP LOCKED
 ), u AS (
   UPDATE executions SET status = 'running', started_at = now(), updated_at = now(),
@@ -103,11 +105,12 @@ WITH RECURSIVE w(workspace_id) AS (
          jsonb_build_object('provider', provider, 'model', model, 'worker', %(worker)s::jsonb) FROM u
   RETURNING execution_id, seq, type, at, data
 )
-SELECT (SELECT count(*) FROM w WHERE workspace_id IS NOT NULL) AS waiting, (SELECT count(*) FROM c) AS eligible,
+SELECT {{look_columns}}(SELECT count(*) FROM w WHERE workspace_id IS NOT NULL) AS waiting,
+       (SELECT count(*) FROM c) AS eligible,
        u.lease_token, u.deliveries, {_RUN_COLUMNS},
        ev.seq AS ev_seq, ev.at AS ev_at, ev.data AS ev_data,
        k.key_id AS key_id, k.encrypted_seed AS key_encrypted_seed, dd.docs
-  FROM (SELECT 1) one
+  FROM {{look_from}}
   LEFT JOIN u ON true
   LEFT JOIN executions e ON e.id = u.id
   LEFT JOIN ev ON true
@@ -116,7 +119,19 @@ SELECT (SELECT count(*) FROM w WHERE workspace_id IS NOT NULL) AS waiting, (SELE
                        FROM (SELECT {documents.COLUMNS} FROM documents
                               WHERE workspace_id = u.workspace_id
                               ORDER BY id LIMIT {documents.CONTEXT_LIMIT}) d) dd ON true
-""", generic_plan=True)
+"""
+_CLAIM = Prepared(_CLAIM_SQL.format(look="", gate="", look_columns="", look_from="(SELECT 1) one"),
+                  generic_plan=True)
+
+# A run message's first statement: the LOOK and, when it finds the common case (no run of this
+# ticket to take over, the named run not orphaned, no capped workspace waiting), the claim too,
+# in one round trip instead of two. Otherwise the claim part starts nothing and begin() goes on as
+# with a LOOK alone.
+_LOOK_CLAIM = Prepared(_CLAIM_SQL.format(
+    look=f"look AS ({_LOOK_SQL}), ",
+    gate="\n     AND (SELECT own_id IS NULL AND (named_status IS DISTINCT FROM 'running' OR named_live)"
+         " AND NOT capped_waiting FROM look)",
+    look_columns="look.*, ", look_from="look"), generic_plan=True)
 
 # Take over a running run whose lease has expired (its worker is gone): a new token fences the old
 # owner out, and an execution.resumed event says who took it and how many times it has been taken.
@@ -225,8 +240,13 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
 
     Nothing to own: ``row`` is None, with ``retry_in`` set when runs wait only behind their
     workspace's cap. Run in autocommit: each statement is its own transaction."""
-    _LOOK.execute(cur, {"ticket": ticket})
+    args = {"ticket": ticket, "worker": Json(worker), "lease_s": lease_s, "capped": False}
+    _LOOK_CLAIM.execute(cur, args)
     look = cur.fetchone()
+    if look["lease_token"] is not None:  # the common case, claimed by the first statement
+        for column in _LOOK_COLUMNS:
+            look.pop(column)
+        return _owned(look, "execution.started")
     if look["own_id"] is not None:
         if look["own_live"]:
             return Begun(None, retry_in=max(0.5, float(look["own_left_s"] or 0.0) + 0.5))
@@ -241,6 +261,12 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
             return taken
     capped = bool(look["capped_waiting"])
     if not capped:
+        orphan = look["named_status"] == "running" and not look["named_live"]
+        if look["own_id"] is None and not orphan:  # the first statement's claim ran and found nothing
+            if not look["waiting"]:
+                return Begun(None)
+            if not look["eligible"]:
+                return Begun(None, retry_in=CAPPED_RETRY_S)
         return _claim(cur, ticket, worker=worker, lease_s=lease_s, capped=False)
     # A capped workspace has runs waiting: claims that may start one go one at a time, each in a
     # transaction holding CAP_LOCK, so each counts the running runs after the previous one
