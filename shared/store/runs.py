@@ -42,14 +42,24 @@ _RUN_COLUMNS = """e.id, e.workspace_id, e.task, e.status, e.compliance_policy, e
 _SIGNING_KEY = """LEFT JOIN LATERAL (SELECT key_id, encrypted_seed FROM signing_keys
                       WHERE retired_at IS NULL AND source = 'generated') k ON true"""
 
+# These statements run on generic plans (Prepared(generic_plan=True)), each made once per
+# connection with the table sizes of that moment: on a fresh database a handful of rows, where
+# the indexes of `executions` all cost about the same. So the lookups are written for the right
+# plan to win at any size where the SQL allows it: the capped-workspace probe is one LATERAL ...
+# LIMIT 1 per capped workspace (not a semi-join hashing every queued run), and the claim updates
+# the row it locked by its ctid (a TID scan, not a full scan of a partial index that merely
+# contains it). The ticket lookup can still be planned on executions_running_workspace (a scan of
+# the running runs) when its plan was made with no run running; the next ANALYZE of the table
+# replans it.
 # What a run message (a "ticket") finds when it arrives: a run it was driving before (a
 # redelivery: its worker died), and the state of the run it names.
 _LOOK_SQL = """
 SELECT o.id AS own_id, o.live AS own_live, o.left_s AS own_left_s, o.deliveries AS own_deliveries,
        n.status AS named_status, n.live AS named_live, n.deliveries AS named_deliveries,
-       EXISTS (SELECT 1 FROM workspaces s WHERE s.max_running_executions IS NOT NULL
-                 AND EXISTS (SELECT 1 FROM executions q WHERE q.workspace_id = s.id AND q.status = 'queued'))
-         AS capped_waiting
+       EXISTS (SELECT 1 FROM workspaces s
+                 CROSS JOIN LATERAL (SELECT 1 FROM executions q
+                                      WHERE q.workspace_id = s.id AND q.status = 'queued' LIMIT 1) q
+                WHERE s.max_running_executions IS NOT NULL) AS capped_waiting
   FROM (SELECT 1) one
   LEFT JOIN LATERAL (SELECT id, COALESCE(lease_expires_at > now(), false) AS live, deliveries,
                             EXTRACT(EPOCH FROM lease_expires_at - now())::float8 AS left_s
@@ -88,7 +98,7 @@ WITH RECURSIVE {{look}}w(workspace_id) AS (
 ), c AS (
   SELECT workspace_id, n, oldest FROM r WHERE cap IS NULL OR (%(capped)s::boolean AND n < cap)
 ), t AS (
-  SELECT e.id FROM executions e
+  SELECT e.id, e.ctid FROM executions e
    WHERE e.status = 'queued' AND NOT e.cancel_requested
      AND e.workspace_id = (SELECT workspace_id FROM c ORDER BY n, oldest LIMIT 1){{gate}}
    ORDER BY e.id LIMIT 1 FOR UPDATE SKIP LOCKED
@@ -97,7 +107,7 @@ WITH RECURSIVE {{look}}w(workspace_id) AS (
          event_count = event_count + 1, lease_token = lease_token + 1,
          lease_expires_at = now() + make_interval(secs => %(lease_s)s), ticket = %(ticket)s,
          deliveries = deliveries + 1, worker = %(worker)s::jsonb
-   WHERE id = (SELECT id FROM t) AND status = 'queued'
+   WHERE ctid = (SELECT ctid FROM t) AND id = (SELECT id FROM t) AND status = 'queued'
   RETURNING id, workspace_id, event_count, provider, model, lease_token, deliveries
 ), ev AS (
   INSERT INTO execution_events (execution_id, seq, type, data)
