@@ -44,13 +44,12 @@ _SIGNING_KEY = """LEFT JOIN LATERAL (SELECT key_id, encrypted_seed FROM signing_
 
 # These statements run on generic plans (Prepared(generic_plan=True)), each made once per
 # connection with the table sizes of that moment: on a fresh database a handful of rows, where
-# the indexes of `executions` all cost about the same. So the lookups are written for the right
-# plan to win at any size where the SQL allows it: the capped-workspace probe is one LATERAL ...
-# LIMIT 1 per capped workspace (not a semi-join hashing every queued run), and the claim updates
-# the row it locked by its ctid (a TID scan, not a full scan of a partial index that merely
-# contains it). The ticket lookup can still be planned on executions_running_workspace (a scan of
-# the running runs) when its plan was made with no run running; the next ANALYZE of the table
-# replans it.
+# the indexes of `executions` all cost about the same. So each lookup is written, and the indexes
+# kept (migration 0015), for one plan to win at any size: the ticket lookup states its status
+# through a subquery so that only executions_ticket serves it; the capped-workspace probe is one
+# LATERAL ... LIMIT 1 per capped workspace (not a semi-join hashing every queued run); and the
+# claim updates the row it locked by its ctid (a TID scan, not a full scan of a partial index that
+# merely contains it).
 # What a run message (a "ticket") finds when it arrives: a run it was driving before (a
 # redelivery: its worker died), and the state of the run it names.
 _LOOK_SQL = """
@@ -63,7 +62,8 @@ SELECT o.id AS own_id, o.live AS own_live, o.left_s AS own_left_s, o.deliveries 
   FROM (SELECT 1) one
   LEFT JOIN LATERAL (SELECT id, COALESCE(lease_expires_at > now(), false) AS live, deliveries,
                             EXTRACT(EPOCH FROM lease_expires_at - now())::float8 AS left_s
-                       FROM executions WHERE ticket = %(ticket)s AND status = 'running' LIMIT 1) o ON true
+                       FROM executions WHERE ticket = %(ticket)s AND status = (SELECT 'running'::text)
+                      LIMIT 1) o ON true
   LEFT JOIN LATERAL (SELECT status, COALESCE(lease_expires_at > now(), false) AS live, deliveries
                        FROM executions WHERE id = %(ticket)s) n ON true
 """
@@ -74,7 +74,7 @@ _LOOK_COLUMNS = ("own_id", "own_live", "own_left_s", "own_deliveries", "named_st
 # fewest running (ties: the workspace waiting longest), skipping workspaces at their
 # max_running_executions. So a burst from one workspace never delays another's runs by more than
 # the next free slot, and a workspace alone takes every slot. Workspaces with queued runs are found
-# with a loose index scan (executions_queued_fair); running counts read executions_running_workspace,
+# with a loose index scan (executions_queued_fair); running counts read executions_workspace_status_id,
 # for the waiting workspaces only, and only where they decide something: with one workspace waiting
 # and no cap on it there is nothing to compare (a burst of one workspace's runs started each claim
 # counting all its running runs, a fifth of the claim's time with 800 running).
