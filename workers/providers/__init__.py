@@ -44,10 +44,12 @@ def warm(settings: Settings) -> list[str]:
     """Import the vendor SDKs and build the shared clients of every configured vendor, before the
     process takes its first run: importing ``openai`` costs about a second of CPU (its pydantic
     types), and done lazily it lands on the first burst of runs, every run in the process waiting
-    behind the import. Returns the vendors whose clients are ready; an unconfigured vendor (no key)
-    is left for its runs to report as they do."""
+    behind the import. Returns the vendors whose clients are ready; a vendor without a key is left
+    alone (the API refuses runs for it)."""
     ready = []
-    for name in ("openai", "anthropic"):
+    for name, key in (("openai", settings.openai_api_key), ("anthropic", settings.anthropic_api_key)):
+        if not key:
+            continue
         try:
             for _ in range(CLIENTS_PER_PROVIDER):
                 make_provider(name, settings)
