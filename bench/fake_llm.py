@@ -21,21 +21,22 @@ import signal
 import sys
 from typing import Any
 
+from tests.fakes.llm import FakeLLM, wire_for
+
 MODEL = "bench-slow"
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
            529: "Overloaded"}
 
 
-def _respond(fake: Any, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any], float]:
+def _respond(fake: FakeLLM, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any], float]:
     try:
         body = json.loads(raw or b"{}")
     except ValueError:
         return 400, {"error": {"message": "the body is not JSON", "type": "invalid_request_error"}}, 0.0
-    wire = "anthropic" if path.endswith("/messages") else "openai"
-    return fake.respond(wire, body, headers)
+    return fake.respond(wire_for(path), body, headers)
 
 
-async def _serve_connection(fake: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _serve_connection(fake: FakeLLM, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -67,8 +68,6 @@ async def _serve_connection(fake: Any, reader: asyncio.StreamReader, writer: asy
 
 
 async def _main(delay: float) -> None:
-    from tests.fakes.llm import FakeLLM
-
     fake = FakeLLM(serve=False)
     fake.script(MODEL, [{"calls": [("list_documents", {})], "delay": delay}, {"text": "done", "delay": delay}])
     # A thousand calls arrive at once: a deep listen backlog, so none is left to SYN retries.

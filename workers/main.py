@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from typing import Any
 
 from celery.signals import worker_init, worker_process_init
 
@@ -50,11 +51,10 @@ for _module in TASK_MODULES:
 
 
 @worker_init.connect
-def _warm_executions(sender: object = None, **_: object) -> None:
+def _warm_executions(sender: Any, **_: object) -> None:
     """An executions worker imports the model SDKs and builds its shared clients before it
     consumes, rather than on the first burst of runs (workers.providers.warm)."""
-    queues = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
-    if queues is not None and "executions" in queues.consume_from:
+    if "executions" in sender.app.amqp.queues.consume_from:  # sender: the WorkController
         from workers.providers import warm
 
         logging.getLogger(__name__).info("model clients ready: %s", ", ".join(warm(settings)) or "none configured")
@@ -80,4 +80,3 @@ def _quiet_gc() -> None:
 def _after_fork(**_: object) -> None:
     # Pools are per process and created lazily in workers.runtime; nothing inherited is reused.
     logs.configure(settings.log_level, settings.log_json)
-

@@ -250,8 +250,7 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
 
     Nothing to own: ``row`` is None, with ``retry_in`` set when runs wait only behind their
     workspace's cap. Run in autocommit: each statement is its own transaction."""
-    args = {"ticket": ticket, "worker": Json(worker), "lease_s": lease_s, "capped": False}
-    _LOOK_CLAIM.execute(cur, args)
+    _LOOK_CLAIM.execute(cur, {"ticket": ticket, "worker": Json(worker), "lease_s": lease_s, "capped": False})
     look = cur.fetchone()
     if look["lease_token"] is not None:  # the common case, claimed by the first statement
         for column in _LOOK_COLUMNS:
@@ -264,14 +263,14 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
                            lease_s=lease_s)
         if taken is not None:
             return taken
-    if look["named_status"] == "running" and not look["named_live"]:
+    orphan = look["named_status"] == "running" and not look["named_live"]  # its worker is gone
+    if orphan:
         taken = _take_over(cur, ticket, look["named_deliveries"], gate, ticket=ticket, worker=worker,
                            lease_s=lease_s)
         if taken is not None:
             return taken
     capped = bool(look["capped_waiting"])
     if not capped:
-        orphan = look["named_status"] == "running" and not look["named_live"]
         if look["own_id"] is None and not orphan:  # the first statement's claim ran and found nothing
             if not look["waiting"]:
                 return Begun(None)

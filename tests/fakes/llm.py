@@ -47,7 +47,7 @@ class FakeLLM:
 
             def do_POST(self) -> None:  # noqa: N802 (http.server API)
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
-                wire = "anthropic" if self.path.endswith("/messages") else "openai"
+                wire = wire_for(self.path)
                 status, payload = fake.answer(wire, body, {k.lower(): v for k, v in self.headers.items()},
                                               peer=self.client_address)
                 if status == 0:  # the caller was killed: nothing to answer
@@ -163,6 +163,11 @@ def _pid_of_peer(port: int) -> int | None:
         if conn.laddr and conn.laddr.port == port and conn.pid and conn.pid != os.getpid():
             return int(conn.pid)
     return None
+
+
+def wire_for(path: str) -> str:
+    """The wire format a request path speaks: Anthropic's messages, else OpenAI's chat completions."""
+    return "anthropic" if path.endswith("/messages") else "openai"
 
 
 def _error(wire: str, message: str) -> dict[str, Any]:
