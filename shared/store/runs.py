@@ -370,8 +370,10 @@ def _step_sql(save: tuple[str, ...], certificate: bool, violation: bool, termina
     if "state" in save:
         sets.append("state = COALESCE(%(state)s, state)")
     if terminal:
+        # The ticket goes with the end: executions_ticket then holds only runs that started and
+        # did not end, rather than every execution ever run (nothing looks up a finished run by it).
         sets += ["status = %(status)s", "result = %(result)s", "error = %(error)s", "finished_at = now()",
-                 "cancel_requested = false"]
+                 "cancel_requested = false", "ticket = NULL"]
     if running_only:  # the executor: its lease's fencing token, which the write renews
         guard = "status = 'running' AND NOT cancel_requested AND lease_token = %(token)s"
         sets.append("lease_expires_at = now() + make_interval(secs => %(lease_s)s)")
