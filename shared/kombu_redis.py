@@ -41,7 +41,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -95,25 +95,43 @@ class Delivered:
     age_s: float
 
 
+#: Entries of ``unacked`` read per HSCAN call: with thousands of runs in flight on a fleet the
+#: hash holds megabytes, and one HGETALL would stop Redis while it is serialised and the sweep while
+#: it is parsed; batches bound both.
+SCAN_COUNT = 500
+
+
 def held_messages(client: redis.Redis, queue: str) -> tuple[int, list[Delivered]]:
     """(messages waiting in ``queue``, every message delivered and not acknowledged, of any queue),
-    read in one round trip from kombu's storage (see the module docstring)."""
+    read from kombu's storage (see the module docstring): the queue lengths and the clock in one
+    round trip, then ``unacked`` in HSCAN batches of about ``SCAN_COUNT``, each with its delivery
+    times. Not one snapshot: a message delivered or acknowledged meanwhile may be counted in both
+    places or in neither; the sweep that reads this acts only on runs queued for a long while, and a
+    run message sent twice starts its run once."""
     pipe = client.pipeline(transaction=False)
     for key in (queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)):
         pipe.llen(key)
-    pipe.hgetall("unacked")
-    pipe.zrange("unacked_index", 0, -1, withscores=True)
     pipe.time()
-    *lengths, unacked, index, now = pipe.execute()
-    delivered_at = dict(index)
+    *lengths, now = pipe.execute()
     clock = now[0] + now[1] / 1e6
     out = []
-    for tag, raw in unacked.items():
-        parsed = _parse_delivered(raw)
-        if parsed is not None:
-            routing_key, task, args = parsed
-            out.append(Delivered(routing_key, task, args, clock - delivered_at.get(tag, clock)))
-    return int(sum(lengths)), out
+    cursor = 0
+    while True:
+        cursor, reply = client.hscan("unacked", cursor, count=SCAN_COUNT)
+        batch = cast(dict[bytes, bytes], reply)
+        if batch:
+            tags = list(batch)
+            pipe = client.pipeline(transaction=False)
+            for tag in tags:
+                pipe.zscore("unacked_index", tag)
+            for tag, delivered_at in zip(tags, pipe.execute(), strict=True):
+                parsed = _parse_delivered(batch[tag])
+                if parsed is not None:
+                    routing_key, task, args = parsed
+                    age = clock - delivered_at if delivered_at is not None else 0.0
+                    out.append(Delivered(routing_key, task, args, max(0.0, age)))
+        if not cursor:
+            return int(sum(lengths)), out
 
 
 def _parse_delivered(raw: bytes) -> tuple[str, str | None, list[Any]] | None:
