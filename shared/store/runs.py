@@ -79,7 +79,10 @@ _LOOK_COLUMNS = ("own_id", "own_live", "own_left_s", "own_deliveries", "named_st
 # and no cap on it there is nothing to compare (a burst of one workspace's runs started each claim
 # counting all its running runs, a fifth of the claim's time with 800 running).
 # The claim takes the run's lease and writes its execution.started event in the same statement,
-# and returns the active signing key and the workspace's documents (see Run.documents).
+# and returns the active signing key and the workspace's documents (see Run.documents). started_at
+# is the moment of the update, not the transaction's start: a capped claim's transaction begins
+# before it waits for CAP_LOCK, and two claims recorded their starts in the opposite order of the
+# runs they took (the oldest first).
 _CLAIM_SQL = f"""
 WITH RECURSIVE {{look}}w(workspace_id) AS (
   (SELECT workspace_id FROM executions WHERE status = 'queued' ORDER BY workspace_id LIMIT 1)
@@ -103,7 +106,7 @@ WITH RECURSIVE {{look}}w(workspace_id) AS (
      AND e.workspace_id = (SELECT workspace_id FROM c ORDER BY n, oldest LIMIT 1){{gate}}
    ORDER BY e.id LIMIT 1 FOR UPDATE SKIP LOCKED
 ), u AS (
-  UPDATE executions SET status = 'running', started_at = now(), updated_at = now(),
+  UPDATE executions SET status = 'running', started_at = clock_timestamp(), updated_at = now(),
          event_count = event_count + 1, lease_token = lease_token + 1,
          lease_expires_at = now() + make_interval(secs => %(lease_s)s), ticket = %(ticket)s,
          deliveries = deliveries + 1, worker = %(worker)s::jsonb
