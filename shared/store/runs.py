@@ -67,8 +67,6 @@ SELECT o.id AS own_id, o.live AS own_live, o.left_s AS own_left_s, o.deliveries 
   LEFT JOIN LATERAL (SELECT status, COALESCE(lease_expires_at > now(), false) AS live, deliveries
                        FROM executions WHERE id = %(ticket)s) n ON true
 """
-_LOOK_COLUMNS = ("own_id", "own_live", "own_left_s", "own_deliveries", "named_status", "named_live",
-                 "named_deliveries", "capped_waiting")
 
 # Fair share: the next run to start is the oldest queued run of the waiting workspace with the
 # fewest running (ties: the workspace waiting longest), skipping workspaces at their
@@ -144,7 +142,7 @@ _LOOK_CLAIM = Prepared(_CLAIM_SQL.format(
     look=f"look AS ({_LOOK_SQL}), ",
     gate="\n     AND (SELECT own_id IS NULL AND (named_status IS DISTINCT FROM 'running' OR named_live)"
          " AND NOT capped_waiting FROM look)",
-    look_columns="look.*, ", look_from="look"), generic_plan=True)
+    look_columns="row_to_json(look) AS look, ", look_from="look"), generic_plan=True)
 
 # Take over a running run whose lease has expired (its worker is gone): a new token fences the old
 # owner out, and an execution.resumed event says who took it and how many times it has been taken.
@@ -254,11 +252,10 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
     Nothing to own: ``row`` is None, with ``retry_in`` set when runs wait only behind their
     workspace's cap. Run in autocommit: each statement is its own transaction."""
     _LOOK_CLAIM.execute(cur, {"ticket": ticket, "worker": Json(worker), "lease_s": lease_s, "capped": False})
-    look = cur.fetchone()
-    if look["lease_token"] is not None:  # the common case, claimed by the first statement
-        for column in _LOOK_COLUMNS:
-            look.pop(column)
-        return _owned(look, "execution.started")
+    claimed = cur.fetchone()
+    look = claimed.pop("look")  # what the LOOK found, one JSON object beside the claim's columns
+    if claimed["lease_token"] is not None:  # the common case, claimed by the first statement
+        return _owned(claimed, "execution.started")
     if look["own_id"] is not None:
         if look["own_live"]:
             return Begun(None, retry_in=max(0.5, float(look["own_left_s"] or 0.0) + 0.5))
@@ -275,9 +272,9 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
     capped = bool(look["capped_waiting"])
     if not capped:
         if look["own_id"] is None and not orphan:  # the first statement's claim ran and found nothing
-            if not look["waiting"]:
+            if not claimed["waiting"]:
                 return Begun(None)
-            if not look["eligible"]:
+            if not claimed["eligible"]:
                 return Begun(None, retry_in=CAPPED_RETRY_S)
         return _claim(cur, ticket, worker=worker, lease_s=lease_s, capped=False)
     # A capped workspace has runs waiting: claims that may start one go one at a time, each in a
