@@ -406,6 +406,56 @@ def case_postgres_down(stack: Stack, sc: Scale) -> Result:
     return res
 
 
+def case_postgres_restart(stack: Stack, sc: Scale) -> Result:
+    """PostgreSQL restarted (a fast shutdown, a few seconds down, started again) while runs wait
+    on their model, their answers arriving while it is down, on a worker whose lease is long
+    (RESTART_LEASE_S). A run whose step met the outage is given up by its process and taken back
+    by its own message as soon as the database answers (``execution.resumed`` with ``after:
+    database_unavailable``), not after its lease: every run terminal within RESTART_LEASE_S / 3
+    of the restart (had they waited out their leases, they would take longer), succeeded, its
+    email sent once, none counted as a lost worker (``deliveries`` stays 1)."""
+    res = Result("postgres_restart")
+    key = stack.workspace("pgr")
+    model = _email_model(stack, delay=sc.model_delay_s)
+    w = stack.worker(concurrency=max(10, sc.pg_runs), WARDEN_LEASE_S=str(RESTART_LEASE_S))
+    try:
+        ids = stack.submit_many(key, sc.pg_runs, model=model)
+        # Every run has sent its email (a committed step) and waits on its model's second answer.
+        _wait(lambda: stack.emails_sent(ids) == len(ids), 60, "every run's email step committed")
+        stack.pg.stop()
+        time.sleep(sc.model_delay_s + 1)  # the answers arrive while it is down: their steps fail
+        url = stack.pg.start("warden_chaos")
+        back = time.monotonic()
+        from shared.db import Database
+
+        stack.db.close()  # this runner's own pooled connections died with the server
+        stack.db = Database(stack.database_url, maxconn=8)
+        res.check(url == stack.database_url, f"PostgreSQL came back at another address: {url}")
+        done = stack.wait_terminal(ids, RESTART_LEASE_S / 3)
+        res.recovery_s = time.monotonic() - back if done else None
+        res.check(done, f"not every run was terminal within {RESTART_LEASE_S / 3:.0f} s of the restart")
+        if not done:
+            stack.wait_terminal(ids, 2 * RESTART_LEASE_S)
+        res.tally(stack, ids)
+        recovered = int(stack.db.fetchone(
+            "SELECT count(DISTINCT execution_id) AS n FROM execution_events WHERE execution_id = ANY(%s)"
+            " AND type = 'execution.resumed' AND data->>'after' = 'database_unavailable'", (ids,))["n"])
+        deliveries = int(stack.db.fetchone("SELECT max(deliveries) AS n FROM executions WHERE id = ANY(%s)",
+                                           (ids,))["n"])
+        res.figures.update(recovered_runs=recovered, max_deliveries=deliveries)
+        res.check(recovered > 0, "no run's step met the outage: the case tested nothing")
+        res.check(deliveries == 1, f"a run was counted as taken {deliveries} times")
+        res.check(stack.count(ids, "succeeded") == len(ids), "not every run succeeded")
+        res.check(w.alive(), f"the worker died: {w.tail(600)}")
+    finally:
+        w.stop(20)
+    return res
+
+
+#: The lease of postgres_restart's worker: long, so that a run left to lease expiry would show.
+RESTART_LEASE_S = 60.0
+
+
 # -- 6 ------------------------------------------------------------------------------------------
 def case_cancel(stack: Stack, sc: Scale) -> Result:
     """Cancel runs that are queued and runs that wait on their model, then restart every worker:
@@ -666,6 +716,7 @@ CASES: dict[str, Callable[[Stack, Scale], Result]] = {
     "redis_restarts": case_redis_restarts,
     # Last: the API's pooled connections may not survive the outage (issue 15 item 5, API side).
     "postgres_down": case_postgres_down,
+    "postgres_restart": case_postgres_restart,
 }
 
 

@@ -11,13 +11,13 @@ from shared.errors import ServiceUnavailable
 from shared.logs import execution_id_var
 from workers import runtime
 from workers.base import task
-from workers.executor import execute
+from workers.executor import Abandoned, execute
 
 log = logging.getLogger(__name__)
 
 
 @task("workers.executions.run", soft_time_limit=600, time_limit=660, idempotent=True, bind=True, max_retries=None)
-def run(self: Any, execution_id: str) -> str:
+def run(self: Any, execution_id: str, abandoned: dict[str, Any] | None = None) -> str:
     """A run message: each queued execution has one, and each message drives one run to a
     terminal state, the one the fair-share scheduler gives it (normally its own, see
     shared/store/runs.begin). Safe to deliver twice: the run is owned through a lease with a
@@ -26,19 +26,31 @@ def run(self: Any, execution_id: str) -> str:
 
     A message that finds its run still under a live lease, or runs waiting only behind their
     workspace's cap, comes back later (holding no slot meanwhile). Time limits come from
-    WARDEN_EXECUTIONS_TIME_LIMIT_S, enforced by the executor per run, with Celery's as backstop."""
+    WARDEN_EXECUTIONS_TIME_LIMIT_S, enforced by the executor per run, with Celery's as backstop.
+
+    ``abandoned`` is set by this task only: the run its previous delivery gave up when the
+    database failed under it (workers.executor.Abandoned), which this one takes back at once."""
     execution_id_var.set(execution_id)
     try:
-        outcome = execute(execution_id, runtime.db(), runtime.settings())
+        outcome = execute(execution_id, runtime.db(), runtime.settings(), Abandoned.from_message(abandoned))
+    except Abandoned as gave_up:
+        said = gave_up.message()  # None once given up too often in a row: left to its lease then
+        raise self.retry(countdown=_outage_delay(self, execution_id, gave_up.__cause__),
+                         kwargs={"abandoned": said} if said else {}) from gave_up
     except (psycopg2.OperationalError, psycopg2.InterfaceError, ServiceUnavailable) as exc:
         # The database is unreachable: nothing was recorded, and acknowledging the message would
-        # leave its run to the stale-run sweep (minutes). The message comes back instead, sooner
-        # at first (0.5 s doubling to 10 s); a run it was driving is taken over once its lease expired.
-        delay = min(10.0, 0.5 * 2 ** min(self.request.retries, 5))
-        log.warning("run message %s: database unavailable (%s); again in %.1f s", execution_id,
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__, delay)
-        raise self.retry(countdown=delay) from exc
+        # leave its run to the stale-run sweep (minutes). The message comes back instead (with
+        # its ``abandoned``, if any).
+        raise self.retry(countdown=_outage_delay(self, execution_id, exc)) from exc
     log.info("run message %s: %s", execution_id, outcome.status)
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in)
     return outcome.status
+
+
+def _outage_delay(task: Any, execution_id: str, exc: BaseException | None) -> float:
+    """How soon a message that met a database failure comes back: 0.5 s doubling to 10 s."""
+    delay = min(10.0, 0.5 * 2 ** min(task.request.retries, 5))
+    log.warning("run message %s: database unavailable (%s); again in %.1f s", execution_id,
+                (str(exc).splitlines() or [type(exc).__name__])[0], delay)
+    return delay

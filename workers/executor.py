@@ -9,7 +9,9 @@ Exactly-once in effect under redelivery (``acks_late`` + ``reject_on_worker_lost
   one statement and gives it back. A worker that dies stops renewing; once the lease has expired
   the redelivered message (or the sweep's) takes the run over under a new token, so the dead
   worker's late writes, if any, are refused. A run taken ``max_deliveries`` times without ending
-  ends ``error``/``worker_lost``.
+  ends ``error``/``worker_lost``. A run whose step meets a database failure is given up by its
+  process (nothing of it goes on) and its message sent again saying so (:class:`Abandoned`): that
+  message takes it back under a new token as soon as the database answers, not after the lease.
 - Which run a message drives is the fair-share scheduler's choice (runs.begin): the oldest queued
   run of the waiting workspace with the fewest running.
 - State is persisted per step in ``executions.state`` (conversation, pending tool calls,
@@ -261,6 +263,43 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
+DB_FAILURES: tuple[type[BaseException], ...] = (psycopg2.OperationalError, psycopg2.InterfaceError,
+                                                ServiceUnavailable)
+
+
+class Abandoned(Exception):
+    """The database failed under a run this process drove (a step's write, a cancel's end, ...):
+    nothing can be recorded, so the process stopped driving it, leaving the run ``running`` under
+    ``token`` with a lease it no longer renews. The run message is sent again carrying this
+    (:meth:`message`), and that message takes the run back as soon as the database answers
+    (runs.begin's ``abandoned``) rather than waiting out the lease as for a worker that died, and
+    without counting a delivery. Only the token the run still has is honoured: if anyone took the
+    run over meanwhile, the message waits like any other. ``times``: how often the run was given
+    up so by this message and its retries; past MAX_TAKE_BACKS the message no longer says, so a
+    run that fails the same way every time is left to its lease and ``max_deliveries`` like one
+    that kills its worker."""
+
+    def __init__(self, execution_id: str, token: int, times: int = 1) -> None:
+        super().__init__(f"execution {execution_id} given up under token {token}: the database failed")
+        self.execution_id, self.token, self.times = execution_id, token, times
+
+    def message(self) -> dict[str, Any] | None:
+        if self.times > MAX_TAKE_BACKS:
+            return None
+        return {"execution_id": self.execution_id, "token": self.token, "times": self.times}
+
+    @classmethod
+    def from_message(cls, data: Any) -> Abandoned | None:
+        """The message's ``abandoned`` kwarg read back; None when absent or not of that shape."""
+        try:
+            return cls(str(data["execution_id"]), int(data["token"]), int(data["times"]))
+        except (TypeError, KeyError, ValueError):
+            return None
+
+
+MAX_TAKE_BACKS = 10
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one run message did: ``status`` for logs and tests; ``retry_in`` when the message must
@@ -278,16 +317,20 @@ class Outcome:
         return hash(self.status)
 
 
-def execute(ticket: str, db: Any, settings: Settings) -> Outcome:
+def execute(ticket: str, db: Any, settings: Settings, abandoned: Abandoned | None = None) -> Outcome:
     """Handle one run message named ``ticket``: drive the run it owns now (see runs.begin) to a
-    terminal state, or leave it to the worker whose lease is live."""
+    terminal state, or leave it to the worker whose lease is live. ``abandoned``: what the
+    message's previous delivery gave up on a database failure (see :class:`Abandoned`). Raises
+    Abandoned when the database fails under the run it drives."""
     worker = worker_identity(settings)
     with db.autocommit() as cur:
-        begun = runs.begin(cur, ticket, worker=worker, lease_s=settings.lease_s, gate=_SUSPECTS)
+        begun = runs.begin(cur, ticket, worker=worker, lease_s=settings.lease_s, gate=_SUSPECTS,
+                           abandoned=(abandoned.execution_id, abandoned.token) if abandoned is not None else None)
     if begun.row is None:
         return Outcome("retry" if begun.retry_in is not None else "nothing_to_run", begun.retry_in)
+    given_up = abandoned.times if begun.recovered and abandoned is not None else 0  # by this message, so far
     try:
-        return _drive(begun, worker, db, settings)
+        return _drive(begun, worker, db, settings, given_up)
     finally:
         if begun.isolated:
             _SUSPECTS.release()
@@ -309,15 +352,17 @@ class _Gate:
 _SUSPECTS = _Gate()
 
 
-def _drive(begun: runs.Begun, worker: dict[str, Any], db: Any, settings: Settings) -> Outcome:
+def _drive(begun: runs.Begun, worker: dict[str, Any], db: Any, settings: Settings, given_up: int) -> Outcome:
     row = begun.row
     execution_id_var.set(row["id"])
     mon = ownership.monitor(lambda: db, settings.lease_s)
     handle = mon.own(row["id"], begun.token)
-    outcome = "interrupted"
     try:
-        outcome = _execute_owned(begun, handle, worker, db, settings)
-        return Outcome(outcome)
+        return Outcome(_execute_owned(begun, handle, worker, db, settings))
+    except DB_FAILURES as exc:
+        # Nothing of the run goes on in this process (the failure ended its step); its lease is
+        # no longer renewed (released below), and the message that comes back takes it back.
+        raise Abandoned(row["id"], begun.token, given_up + 1) from exc
     finally:
         mon.release(handle)
         events.flush(_redis())  # every publish of the run confirmed (normally the terminal one did)
@@ -392,8 +437,8 @@ def _execute_owned(begun: runs.Begun, handle: ownership.Handle, worker: dict[str
         return _finish(run, Stop("error", error={"code": exc.code, "message": exc.message}))
     except SoftTimeLimitExceeded:
         return _finish(run, Stop("error", error=TIME_LIMIT_ERROR))
-    except (psycopg2.OperationalError, psycopg2.InterfaceError, ServiceUnavailable):
-        raise  # the database is gone: nothing can be recorded; the task sends its message again
+    except DB_FAILURES:
+        raise  # the database is gone: nothing can be recorded; given up (_drive), its message sent again
     except Exception as exc:
         log.exception("execution %s failed", execution_id)
         return _finish(run, Stop("error", error={"code": "internal_error",

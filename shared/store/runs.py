@@ -146,20 +146,27 @@ _LOOK_CLAIM = Prepared(_CLAIM_SQL.format(
 
 # Take over a running run whose lease has expired (its worker is gone): a new token fences the old
 # owner out, and an execution.resumed event says who took it and how many times it has been taken.
+# Or, with `abandoned`, a run its previous owner gave up under that token when the database failed
+# under it (see workers/executor.Abandoned): taken back at once rather than after the lease it
+# left running, and not counted as a delivery (its worker did not die; max_deliveries and the
+# suspect gate are about runs that kill their workers). The event says so ("after").
 _TAKEOVER = Prepared(f"""
 WITH u AS (
   UPDATE executions SET lease_token = lease_token + 1, updated_at = now(),
          lease_expires_at = now() + make_interval(secs => %(lease_s)s), ticket = %(ticket)s,
-         deliveries = deliveries + 1, worker = %(worker)s::jsonb, event_count = event_count + 1
-   WHERE id = %(id)s AND status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-  RETURNING id, event_count, lease_token, deliveries
+         deliveries = deliveries + (lease_token IS DISTINCT FROM %(abandoned)s::bigint)::int,
+         worker = %(worker)s::jsonb, event_count = event_count + 1
+   WHERE id = %(id)s AND status = 'running'
+     AND (lease_expires_at IS NULL OR lease_expires_at <= now() OR lease_token = %(abandoned)s::bigint)
+  RETURNING id, event_count, lease_token, deliveries, lease_token - 1 = %(abandoned)s::bigint AS recovered
 ), ev AS (
   INSERT INTO execution_events (execution_id, seq, type, data)
   SELECT id, event_count, 'execution.resumed',
-         jsonb_build_object('worker', %(worker)s::jsonb, 'delivery', deliveries) FROM u
+         jsonb_build_object('worker', %(worker)s::jsonb, 'delivery', deliveries)
+         || CASE WHEN recovered THEN '{{"after": "database_unavailable"}}'::jsonb ELSE '{{}}'::jsonb END FROM u
   RETURNING execution_id, seq, type, at, data
 )
-SELECT u.lease_token, u.deliveries, {_RUN_COLUMNS},
+SELECT u.lease_token, u.deliveries, u.recovered IS TRUE AS recovered, {_RUN_COLUMNS},
        ev.seq AS ev_seq, ev.at AS ev_at, ev.data AS ev_data,
        k.key_id AS key_id, k.encrypted_seed AS key_encrypted_seed
   FROM u JOIN executions e ON e.id = u.id
@@ -180,6 +187,7 @@ class Begun:
     documents: list[documents.Document] | None = None  # the workspace's, read by a start (not a takeover)
     retry_in: float | None = None  # nothing owned: come back after this long (a lease still live, or a cap)
     isolated: bool = False  # taken as a suspect: the caller's isolation gate is held until the run ends
+    recovered: bool = False  # taken back after its owner gave it up on a database failure (``abandoned``)
 
 
 def _owned(row: dict[str, Any], type_: str) -> Begun:
@@ -187,16 +195,20 @@ def _owned(row: dict[str, Any], type_: str) -> Begun:
     key_id, seed = row.pop("key_id"), row.pop("key_encrypted_seed")
     docs = row.pop("docs", None)
     token, deliveries = row.pop("lease_token"), row.pop("deliveries")
+    recovered = bool(row.pop("recovered", False))
     row.pop("waiting", None), row.pop("eligible", None)
     event = (event_dict({"execution_id": row["id"], "seq": seq, "type": type_, "at": at, "data": data})
              if seq is not None else None)
     return Begun(row, int(token), event, int(deliveries), (key_id, seed) if key_id else None,
-                 documents.from_json(docs or []) if type_ == "execution.started" else None)
+                 documents.from_json(docs or []) if type_ == "execution.started" else None, recovered=recovered)
 
 
-def takeover(cur: Any, execution_id: str, *, ticket: str, worker: Any, lease_s: float) -> Begun | None:
-    """Take over a running run whose lease has expired; None when it is not (or no longer) so."""
-    _TAKEOVER.execute(cur, {"id": execution_id, "ticket": ticket, "worker": Json(worker), "lease_s": lease_s})
+def takeover(cur: Any, execution_id: str, *, ticket: str, worker: Any, lease_s: float,
+             abandoned: int | None = None) -> Begun | None:
+    """Take over a running run whose lease has expired, or that was given up under the token
+    ``abandoned`` (see _TAKEOVER); None when it is not (or no longer) so."""
+    _TAKEOVER.execute(cur, {"id": execution_id, "ticket": ticket, "worker": Json(worker), "lease_s": lease_s,
+                            "abandoned": abandoned})
     row = cur.fetchone()
     return _owned(row, "execution.resumed") if row is not None else None
 
@@ -219,13 +231,13 @@ class Gate(Protocol):
 
 
 def _take_over(cur: Any, execution_id: str, deliveries: int, gate: Gate | None, *, ticket: str, worker: Any,
-               lease_s: float) -> Begun | None:
+               lease_s: float, abandoned: int | None = None) -> Begun | None:
     """takeover(), a suspect only through ``gate``; a Begun with retry_in when the gate is busy."""
     held = gate if gate is not None and deliveries >= SUSPECT_AFTER else None
     if held is not None and not held.try_acquire():
         return Begun(None, retry_in=SUSPECT_RETRY_S)
     try:
-        taken = takeover(cur, execution_id, ticket=ticket, worker=worker, lease_s=lease_s)
+        taken = takeover(cur, execution_id, ticket=ticket, worker=worker, lease_s=lease_s, abandoned=abandoned)
     except BaseException:
         if held is not None:
             held.release()
@@ -238,12 +250,15 @@ def _take_over(cur: Any, execution_id: str, deliveries: int, gate: Gate | None, 
     return taken
 
 
-def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | None = None) -> Begun:
+def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | None = None,
+          abandoned: tuple[str, int] | None = None) -> Begun:
     """What a run message (named ``ticket``, its execution's id) owns now. In order:
 
     1. the run it was driving before, when its worker died (a redelivery): taken over once its
        lease has expired, otherwise come back when it will have (a suspect, one whose workers
-       died twice, only through ``gate``: see SUSPECT_AFTER);
+       died twice, only through ``gate``: see SUSPECT_AFTER); at once when the message says its
+       previous delivery gave that run up under the token it still has (``abandoned``, (id,
+       token): the database failed under it, see workers/executor.Abandoned);
     2. the run it names, when that run is running with an expired lease (its worker is gone and
        the sweep re-sent its message);
     3. the next queued run by fair share (not necessarily the one it names: every message is a
@@ -257,12 +272,14 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
     if claimed["lease_token"] is not None:  # the common case, claimed by the first statement
         return _owned(claimed, "execution.started")
     if look["own_id"] is not None:
-        if look["own_live"]:
+        given_up = abandoned[1] if abandoned is not None and abandoned[0] == look["own_id"] else None
+        if not look["own_live"] or given_up is not None:
+            taken = _take_over(cur, look["own_id"], look["own_deliveries"], gate, ticket=ticket, worker=worker,
+                               lease_s=lease_s, abandoned=given_up)
+            if taken is not None:
+                return taken
+        if look["own_live"]:  # another owner's (a newer token): it is theirs while they renew it
             return Begun(None, retry_in=max(0.5, float(look["own_left_s"] or 0.0) + 0.5))
-        taken = _take_over(cur, look["own_id"], look["own_deliveries"], gate, ticket=ticket, worker=worker,
-                           lease_s=lease_s)
-        if taken is not None:
-            return taken
     orphan = look["named_status"] == "running" and not look["named_live"]  # its worker is gone
     if orphan:
         taken = _take_over(cur, ticket, look["named_deliveries"], gate, ticket=ticket, worker=worker,

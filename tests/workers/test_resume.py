@@ -160,6 +160,35 @@ def test_a_run_whose_worker_keeps_dying_ends_worker_lost(stack, workspace, db, s
     assert types == ["execution.queued", "execution.resumed", "execution.error"]
 
 
+def test_a_run_given_up_on_a_database_failure_is_taken_back_at_once_under_its_own_token_only(
+        stack, workspace, db, settings):
+    """A process whose step met a database failure gives its run up (workers.executor.Abandoned)
+    and its message comes back saying under which token: that message takes the run back at
+    once, though the lease it left has 60 s to run, without counting a delivery. The same claim
+    under a stale token (the run was taken over meanwhile), or naming another run, is not
+    honoured: the message waits for the lease like any other. (bench/chaos.py's postgres_restart
+    gives runs up through a real PostgreSQL restart.)"""
+    from workers.executor import MAX_TAKE_BACKS, Abandoned, execute
+
+    eid = _queued_execution(db, workspace[0], owned_for_s=60)
+    stale = execute(eid, db, settings, Abandoned(eid, 6))  # the run now has token 7
+    assert stale.status == "retry" and stale.retry_in > 50, stale
+    other = execute(eid, db, settings, Abandoned("exec_someoneelse", 7))
+    assert other.status == "retry" and other.retry_in > 50, other
+    assert db.fetchone("SELECT lease_token FROM executions WHERE id = %s", (eid,))["lease_token"] == 7
+
+    assert execute(eid, db, settings, Abandoned.from_message(Abandoned(eid, 7).message())) == "succeeded"
+    row = db.fetchone("SELECT status, lease_token, deliveries FROM executions WHERE id = %s", (eid,))
+    assert (row["status"], row["lease_token"], row["deliveries"]) == ("succeeded", 8, 1), row
+    evs = db.fetchall("SELECT type, data FROM execution_events WHERE execution_id = %s ORDER BY seq", (eid,))
+    assert evs[1]["type"] == "execution.resumed", evs
+    assert evs[1]["data"]["after"] == "database_unavailable" and evs[1]["data"]["delivery"] == 1
+
+    # Given up too often in a row, the message no longer says so: the run is left to its lease.
+    assert Abandoned(eid, 8, MAX_TAKE_BACKS).message() is not None
+    assert Abandoned(eid, 8, MAX_TAKE_BACKS + 1).message() is None
+
+
 def _queued_execution(db, workspace_id: str, *, owned_for_s: float) -> str:
     """An execution already started by an owner that no longer renews its lease (it expires in
     ``owned_for_s``), with no message of its own (its outbox row marked dispatched in the same
