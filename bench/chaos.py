@@ -447,6 +447,12 @@ def case_postgres_restart(stack: Stack, sc: Scale) -> Result:
         res.check(deliveries == 1, f"a run was counted as taken {deliveries} times")
         res.check(stack.count(ids, "succeeded") == len(ids), "not every run succeeded")
         res.check(w.alive(), f"the worker died: {w.tail(600)}")
+        # The outage is in the worker's log once, with its end, not once a second.
+        log = w.tail(10**7)
+        away = log.count("lease monitor: cannot reach the database")
+        res.figures["monitor_outage_lines"] = away
+        res.check(away == 1 and "lease monitor: the database answers again" in log,
+                  f"the lease monitor reported the outage {away} times (or not its end)")
     finally:
         w.stop(20)
     return res

@@ -92,6 +92,12 @@ class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
 
 
+#: What "the database cannot serve now" looks like to a caller (connection refused or lost, a dead
+#: pooled connection, the pool unable to connect or exhausted): worth trying again shortly.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (psycopg2.OperationalError, psycopg2.InterfaceError,
+                                                  DatabaseUnavailable)
+
+
 def unavailable(exc: BaseException | str) -> DatabaseUnavailable:
     """The error for a database that cannot serve now (the cause is logged, not shown to clients)."""
     log.warning("database unavailable: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)

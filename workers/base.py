@@ -19,15 +19,13 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import psycopg2
 from celery import Task, shared_task
 
 from shared.celery_app import queue_for
-from shared.db import DatabaseUnavailable
+from shared.db import OUTAGE_ERRORS
 
 #: The errors that mean "the database cannot serve now", retried when a task opts in.
-DB_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (psycopg2.OperationalError, psycopg2.InterfaceError,
-                                                     DatabaseUnavailable)
+DB_OUTAGE_ERRORS = OUTAGE_ERRORS
 DB_RETRIES = 12
 DB_RETRY_BACKOFF_MAX_S = 60
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import psycopg2
-
-from shared.errors import ServiceUnavailable
+from shared.db import OUTAGE_ERRORS
 from shared.logs import execution_id_var
 from workers import runtime
 from workers.base import task
@@ -37,7 +35,7 @@ def run(self: Any, execution_id: str, abandoned: dict[str, Any] | None = None) -
         said = gave_up.message()  # None once given up too often in a row: left to its lease then
         raise self.retry(countdown=_outage_delay(self, execution_id, gave_up.__cause__),
                          kwargs={"abandoned": said} if said else {}) from gave_up
-    except (psycopg2.OperationalError, psycopg2.InterfaceError, ServiceUnavailable) as exc:
+    except OUTAGE_ERRORS as exc:
         # The database is unreachable: nothing was recorded, and acknowledging the message would
         # leave its run to the stale-run sweep (minutes). The message comes back instead (with
         # its ``abandoned``, if any).

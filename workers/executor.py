@@ -57,7 +57,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from guard import Policy, SigningKey, load_policy
 from shared import events, outbox
 from shared.config import Settings
-from shared.errors import ServiceUnavailable
+from shared.db import OUTAGE_ERRORS
 from shared.logs import execution_id_var
 from shared.store import documents, policy_documents, runs
 from workers import ownership, pricing, runtime, signing, tools
@@ -263,10 +263,6 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-DB_FAILURES: tuple[type[BaseException], ...] = (psycopg2.OperationalError, psycopg2.InterfaceError,
-                                                ServiceUnavailable)
-
-
 class Abandoned(Exception):
     """The database failed under a run this process drove (a step's write, a cancel's end, ...):
     nothing can be recorded, so the process stopped driving it, leaving the run ``running`` under
@@ -359,7 +355,7 @@ def _drive(begun: runs.Begun, worker: dict[str, Any], db: Any, settings: Setting
     handle = mon.own(row["id"], begun.token)
     try:
         return Outcome(_execute_owned(begun, handle, worker, db, settings))
-    except DB_FAILURES as exc:
+    except OUTAGE_ERRORS as exc:
         # Nothing of the run goes on in this process (the failure ended its step); its lease is
         # no longer renewed (released below), and the message that comes back takes it back.
         raise Abandoned(row["id"], begun.token, given_up + 1) from exc
@@ -437,7 +433,7 @@ def _execute_owned(begun: runs.Begun, handle: ownership.Handle, worker: dict[str
         return _finish(run, Stop("error", error={"code": exc.code, "message": exc.message}))
     except SoftTimeLimitExceeded:
         return _finish(run, Stop("error", error=TIME_LIMIT_ERROR))
-    except DB_FAILURES:
+    except OUTAGE_ERRORS:
         raise  # the database is gone: nothing can be recorded; given up (_drive), its message sent again
     except Exception as exc:
         log.exception("execution %s failed", execution_id)

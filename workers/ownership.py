@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from shared.db import OUTAGE_ERRORS
+
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # how often the process asks which of its runs were cancelled or lost
@@ -74,6 +76,7 @@ class Monitor:
 
         renew_every = max(self.poll_s, self.lease_s / 3)
         renewed = time.monotonic()
+        away_since: float | None = None  # the database stopped answering: said once, not every poll
         while True:
             time.sleep(self.poll_s)
             owned = self.owned()
@@ -85,9 +88,19 @@ class Monitor:
                         runs.renew(cur, owned, self.lease_s)
                         renewed = time.monotonic()
                     stops = runs.interrupted(cur, owned)
-            except Exception:  # the database is away: the leases run out and others take over
-                log.warning("lease monitor: could not reach the database", exc_info=True)
+            except OUTAGE_ERRORS as exc:  # the database is away: the leases run out and others take over
+                if away_since is None:
+                    away_since = time.monotonic()
+                    log.warning("lease monitor: cannot reach the database (%s); the leases of %d runs are not"
+                                " renewed until it answers", (str(exc).strip().splitlines() or [type(exc).__name__])[0],
+                                len(owned))
                 continue
+            except Exception:  # not an outage: a bug, said every time
+                log.exception("lease monitor: renewing or watching %d runs failed", len(owned))
+                continue
+            if away_since is not None:
+                log.warning("lease monitor: the database answers again after %.1f s", time.monotonic() - away_since)
+                away_since = None
             if stops:
                 with self._lock:
                     handles = [self._runs[i] for i in stops if i in self._runs]

@@ -95,6 +95,10 @@ def test_duplicate_message_while_running_has_no_second_effect(stack, client, fak
          "delay_first": 1.0},
         {"text": "done"},
     ])
+    # A message that finds its own run gone starts the next queued run, whatever it is (each is a
+    # slot's worth of work: runs.begin), and is not handled until that run ends: runs left queued
+    # by earlier tests in the session's database would hold a duplicate for their whole length.
+    db.execute("UPDATE executions SET status = 'cancelled', finished_at = now() WHERE status = 'queued'")
     eid = submit(client, task="Email the report", provider="openai", model=model, permissions=["email:send"])
     wait_for(lambda: len(fake_llm.requests[model]) >= 1, timeout=10)
     with TaskRuns("workers.executions.run", eid) as runs:
@@ -102,7 +106,10 @@ def test_duplicate_message_while_running_has_no_second_effect(stack, client, fak
             celery_app.send_task("workers.executions.run", args=[eid], queue="executions")
         e = wait_terminal(client, eid)
         assert e["status"] == "succeeded"
-        runs.wait(3, timeout=30)  # the first run and both duplicates have been handled
+        # The first run and both duplicates have been handled (on a timeout: what they did).
+        wait_for(lambda: len(runs.states) >= 3, timeout=30, on_fail=lambda: (
+            runs.states, db.fetchall("SELECT id, status, workspace_id, started_at FROM executions"
+                                     " WHERE ticket = %s OR status IN ('queued', 'running')", (eid,))))
     assert_gapless(events(client, eid))
     assert db.fetchone("SELECT count(*) AS n FROM email_outbox WHERE execution_id = %s", (eid,))["n"] == 1
     assert db.fetchone("SELECT count(*) AS n FROM certificates WHERE execution_id = %s", (eid,))["n"] == 1
