@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from guard.normalize import FOLD_TABLE, fold
+from guard.normalize import FOLD_TABLE, base64_texts, fold, undo_escapes
 from guard.patterns import PHI_PATTERNS, SECRET_PATTERNS
 
 PHI_IDENTIFIERS: tuple[str, ...] = tuple(PHI_PATTERNS)
@@ -297,10 +297,34 @@ def redact(text: str, names: Iterable[str] = ()) -> tuple[str, list[Finding]]:
     """Replace every PHI identifier in `text` with a typed placeholder such as `[REDACTED:SSN]`.
 
     Overlapping hits merge into one placeholder typed by the earliest, longest hit. Passes repeat
-    until `find_phi(result, names)` is empty, so the output always passes the detector. Finding
-    positions refer to the input text (for a rare second pass, to the previous pass's output).
+    until `find_phi(result, names)` is empty, so the output always passes the detector, and so do
+    its decoded views, which the guard reads too (`ToolCall.scan_text`): where undoing the
+    percent-encoding or HTML references shows PHI (``%2023-45-6789`` reads `` 23-45-6789``), the
+    text goes on decoded, and a base64 token that says PHI is replaced by a placeholder. Finding
+    positions refer to the input text (for a later pass, to the previous pass's output).
     """
     names = tuple(names)
+    text, findings = _redact_plain(text, names)
+    for _ in range(16):
+        folded = fold(text)
+        if "%" in folded or "&" in folded:
+            plain = undo_escapes(folded)
+            if plain != folded and find_phi(plain, names):
+                text, more = _redact_plain(plain, names)
+                findings.extend(more)
+                continue
+        hidden = [(token, found[0].type) for token, said in base64_texts(folded) if (found := find_phi(said, names))]
+        if not hidden:
+            return text, findings
+        for token, type_ in hidden:
+            folded = folded.replace(token, f"[REDACTED:{type_}]")
+        text, more = _redact_plain(folded, names)
+        findings.extend(more)
+    # Not expected to happen; fail closed rather than return text that may still hold PHI.
+    raise ValueError("redaction did not converge")
+
+
+def _redact_plain(text: str, names: tuple[str, ...]) -> tuple[str, list[Finding]]:
     text, findings = _redact_once(text, names)
     for _ in range(16):
         if not find_phi(text, names):

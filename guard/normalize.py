@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import unicodedata
+from collections.abc import Iterator
 from urllib.parse import unquote
 
 # Minus signs and hyphen look-alikes outside the dash category (Pd), after NFKC.
@@ -71,19 +72,16 @@ _B64_MIN = 8  # characters: six bytes
 VIEW_SEPARATOR = "\n\x00\n"  # between an argument and its decoded views: no pattern spans it
 
 
-def decoded_views(text: str) -> str:
-    """What `text` says once the common transport encodings are undone, folded, for the rules
-    to scan beside it: percent-encoding and HTML character references (``123%2D45%2D6789``,
-    ``&#45;``), and base64 tokens (eight characters or more) that decode to UTF-8 text. One level
-    deep; "" when nothing decodes to something new. Other encodings (hex, ROT13, a cipher) are
-    not undone."""
-    views = []
-    if "%" in text or "&" in text:
-        plain = fold(html.unescape(unquote(text)))
-        if plain != text:
-            views.append(plain)
+def undo_escapes(text: str) -> str:
+    """`text` with percent-encoding and HTML character references undone (one level), folded."""
+    return fold(html.unescape(unquote(text)))
+
+
+def base64_texts(text: str) -> Iterator[tuple[str, str]]:
+    """(token, what it says folded) for each base64 token of `text` (eight characters or more)
+    that decodes to UTF-8 text."""
     if len(text) < _B64_MIN:
-        return VIEW_SEPARATOR.join(views)
+        return
     tokens = text.encode("utf-8", "surrogatepass").translate(_B64_TOKENS).split()
     # Every token (a cap would let decoys in front carry the payload past it) but words:
     # "pneumonia", "Discharge", "care-team", "REDACTED" are not base64 of text, whose six-bit
@@ -100,5 +98,19 @@ def decoded_views(text: str) -> str:
             continue
         # Any valid UTF-8 is read: a threshold on "looks like text" would be padding away from
         # bypassed. Binary data (an image) is rarely valid UTF-8 past a few bytes.
-        views.append(fold(decoded))
+        yield token.decode("ascii"), fold(decoded)
+
+
+def decoded_views(text: str) -> str:
+    """What `text` says once the common transport encodings are undone, folded, for the rules
+    to scan beside it: percent-encoding and HTML character references (``123%2D45%2D6789``,
+    ``&#45;``), and base64 tokens (eight characters or more) that decode to UTF-8 text. One level
+    deep; "" when nothing decodes to something new. Other encodings (hex, ROT13, a cipher) are
+    not undone."""
+    views = []
+    if "%" in text or "&" in text:
+        plain = undo_escapes(text)
+        if plain != text:
+            views.append(plain)
+    views.extend(decoded for _, decoded in base64_texts(text))
     return VIEW_SEPARATOR.join(views)

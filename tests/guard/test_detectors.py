@@ -3,7 +3,7 @@
 import base64
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from guard import Guard, ToolCall, VerifyContext, find_phi, find_secrets, load_policy, redact
@@ -113,6 +113,11 @@ def test_redact_converges_on_arbitrary_text_and_names(text, names):
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(filler, identifier), max_size=4), filler)
+# Found by this test in a fresh clone: a percent escape glued to the digits after it hides their
+# boundary ("%2023-45-6789" reads " 23-45-6789" once decoded, as the guard reads it too).
+@example([("%0", "123-45-6789")], "")
+@example([("%20", "23-45-6789")], "")
+@example([("base64 ", "U1NOIDEyMy00NS02Nzg5")], " (SSN 123-45-6789 encoded)")
 def test_redacted_email_passes_hipaa_verify(parts, tail):
     text = "".join(a + b for a, b in parts) + tail
     redacted, _ = redact(text, names=["Jane Doe"])
