@@ -370,6 +370,21 @@ def case_redis_hung(stack: Stack, sc: Scale) -> Result:
     return res
 
 
+def _postgres_outage(stack: Stack, res: Result, down_s: float) -> float:
+    """Stop PostgreSQL (a fast shutdown: every connection dropped) for ``down_s`` and start it
+    again on its address; the monotonic time it was back."""
+    from shared.db import Database
+
+    stack.pg.stop()
+    time.sleep(down_s)
+    url = stack.pg.start("warden_chaos")
+    back = time.monotonic()
+    stack.db.close()  # this runner's own pooled connections died with the server
+    stack.db = Database(stack.database_url, maxconn=8)
+    res.check(url == stack.database_url, f"PostgreSQL came back at another address: {url}")
+    return back
+
+
 # -- 5 (worker side) ------------------------------------------------------------------------------
 def case_postgres_down(stack: Stack, sc: Scale) -> Result:
     """PostgreSQL stopped (a fast shutdown: every connection dropped) while runs wait on their
@@ -383,15 +398,7 @@ def case_postgres_down(stack: Stack, sc: Scale) -> Result:
         ids = stack.submit_many(key, sc.pg_runs, model=model)
         _wait(lambda: stack.count(ids, "running") >= sc.pg_runs // 4, 60, "runs running")
         res.figures.update(running_at_outage=stack.count(ids, "running"), queued_at_outage=stack.count(ids, "queued"))
-        stack.pg.stop()
-        time.sleep(sc.pg_down_s)
-        url = stack.pg.start("warden_chaos")
-        back = time.monotonic()
-        from shared.db import Database
-
-        stack.db.close()  # this runner's own pooled connections died with the server
-        stack.db = Database(stack.database_url, maxconn=8)
-        res.check(url == stack.database_url, f"PostgreSQL came back at another address: {url}")
+        back = _postgres_outage(stack, res, sc.pg_down_s)
         done = stack.wait_terminal(ids, 60)
         res.recovery_s = time.monotonic() - back if done else None
         res.check(done, "not every run was terminal within 60 s of recovery")
@@ -422,15 +429,7 @@ def case_postgres_restart(stack: Stack, sc: Scale) -> Result:
         ids = stack.submit_many(key, sc.pg_runs, model=model)
         # Every run has sent its email (a committed step) and waits on its model's second answer.
         _wait(lambda: stack.emails_sent(ids) == len(ids), 60, "every run's email step committed")
-        stack.pg.stop()
-        time.sleep(sc.model_delay_s + 1)  # the answers arrive while it is down: their steps fail
-        url = stack.pg.start("warden_chaos")
-        back = time.monotonic()
-        from shared.db import Database
-
-        stack.db.close()  # this runner's own pooled connections died with the server
-        stack.db = Database(stack.database_url, maxconn=8)
-        res.check(url == stack.database_url, f"PostgreSQL came back at another address: {url}")
+        back = _postgres_outage(stack, res, sc.model_delay_s + 1)  # the answers arrive while it is down
         done = stack.wait_terminal(ids, RESTART_LEASE_S / 3)
         res.recovery_s = time.monotonic() - back if done else None
         res.check(done, f"not every run was terminal within {RESTART_LEASE_S / 3:.0f} s of the restart")

@@ -98,9 +98,16 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (psycopg2.OperationalError, psy
                                                   DatabaseUnavailable)
 
 
+def first_line(exc: BaseException | str) -> str:
+    """An error in one line for a log: its message's first line, or its type when it has none
+    (psycopg2's messages run over several lines)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else (exc if isinstance(exc, str) else type(exc).__name__)
+
+
 def unavailable(exc: BaseException | str) -> DatabaseUnavailable:
     """The error for a database that cannot serve now (the cause is logged, not shown to clients)."""
-    log.warning("database unavailable: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+    log.warning("database unavailable: %s", first_line(exc))
     return DatabaseUnavailable("Database unavailable, retry shortly", retry_after=RETRY_AFTER_S)
 
 

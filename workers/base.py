@@ -24,8 +24,6 @@ from celery import Task, shared_task
 from shared.celery_app import queue_for
 from shared.db import OUTAGE_ERRORS
 
-#: The errors that mean "the database cannot serve now", retried when a task opts in.
-DB_OUTAGE_ERRORS = OUTAGE_ERRORS
 DB_RETRIES = 12
 DB_RETRY_BACKOFF_MAX_S = 60
 
@@ -70,7 +68,7 @@ def task(name: str, *, soft_time_limit: int, time_limit: int, idempotent: bool, 
     if retry_on_db_outage:
         if not idempotent:
             raise ValueError(f"{name}: only an idempotent task may be retried after a database outage")
-        options.setdefault("autoretry_for", DB_OUTAGE_ERRORS)
+        options.setdefault("autoretry_for", OUTAGE_ERRORS)  # the database cannot serve now
         options.setdefault("retry_backoff", 1)
         options.setdefault("retry_backoff_max", DB_RETRY_BACKOFF_MAX_S)
         options.setdefault("retry_jitter", True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shared.db import OUTAGE_ERRORS
+from shared.db import OUTAGE_ERRORS, first_line
 from shared.logs import execution_id_var
 from workers import runtime
 from workers.base import task
@@ -33,7 +33,7 @@ def run(self: Any, execution_id: str, abandoned: dict[str, Any] | None = None) -
         outcome = execute(execution_id, runtime.db(), runtime.settings(), Abandoned.from_message(abandoned))
     except Abandoned as gave_up:
         said = gave_up.message()  # None once given up too often in a row: left to its lease then
-        raise self.retry(countdown=_outage_delay(self, execution_id, gave_up.__cause__),
+        raise self.retry(countdown=_outage_delay(self, execution_id, gave_up.__cause__ or gave_up),
                          kwargs={"abandoned": said} if said else {}) from gave_up
     except OUTAGE_ERRORS as exc:
         # The database is unreachable: nothing was recorded, and acknowledging the message would
@@ -46,9 +46,9 @@ def run(self: Any, execution_id: str, abandoned: dict[str, Any] | None = None) -
     return outcome.status
 
 
-def _outage_delay(task: Any, execution_id: str, exc: BaseException | None) -> float:
+def _outage_delay(task: Any, execution_id: str, exc: BaseException) -> float:
     """How soon a message that met a database failure comes back: 0.5 s doubling to 10 s."""
     delay = min(10.0, 0.5 * 2 ** min(task.request.retries, 5))
     log.warning("run message %s: database unavailable (%s); again in %.1f s", execution_id,
-                (str(exc).splitlines() or [type(exc).__name__])[0], delay)
+                first_line(exc), delay)
     return delay

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.db import OUTAGE_ERRORS
+from shared.db import OUTAGE_ERRORS, first_line
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,7 @@ class Monitor:
                 if away_since is None:
                     away_since = time.monotonic()
                     log.warning("lease monitor: cannot reach the database (%s); the leases of %d runs are not"
-                                " renewed until it answers", (str(exc).strip().splitlines() or [type(exc).__name__])[0],
-                                len(owned))
+                                " renewed until it answers", first_line(exc), len(owned))
                 continue
             except Exception:  # not an outage: a bug, said every time
                 log.exception("lease monitor: renewing or watching %d runs failed", len(owned))

@@ -158,7 +158,7 @@ WITH u AS (
          worker = %(worker)s::jsonb, event_count = event_count + 1
    WHERE id = %(id)s AND status = 'running'
      AND (lease_expires_at IS NULL OR lease_expires_at <= now() OR lease_token = %(abandoned)s::bigint)
-  RETURNING id, event_count, lease_token, deliveries, lease_token - 1 = %(abandoned)s::bigint AS recovered
+  RETURNING id, event_count, lease_token, deliveries, (lease_token - 1 = %(abandoned)s::bigint) IS TRUE AS recovered
 ), ev AS (
   INSERT INTO execution_events (execution_id, seq, type, data)
   SELECT id, event_count, 'execution.resumed',
@@ -166,7 +166,7 @@ WITH u AS (
          || CASE WHEN recovered THEN '{{"after": "database_unavailable"}}'::jsonb ELSE '{{}}'::jsonb END FROM u
   RETURNING execution_id, seq, type, at, data
 )
-SELECT u.lease_token, u.deliveries, u.recovered IS TRUE AS recovered, {_RUN_COLUMNS},
+SELECT u.lease_token, u.deliveries, u.recovered, {_RUN_COLUMNS},
        ev.seq AS ev_seq, ev.at AS ev_at, ev.data AS ev_data,
        k.key_id AS key_id, k.encrypted_seed AS key_encrypted_seed
   FROM u JOIN executions e ON e.id = u.id
