@@ -72,7 +72,7 @@ def assert_gapless(evs: list[dict[str, Any]]) -> None:
 
 
 def worker_process(settings: Any, name: str, *, pool: str = "gevent", concurrency: int = 200,
-                   queues: str = "executions", **env: str) -> Any:
+                   queues: str = "executions", loglevel: str = "WARNING", **env: str) -> Any:
     """A real Celery worker in its own process, as the Procfile starts one (gevent pool by
     default, as the executions pool runs), on this session's services; ``env`` adds WARDEN_*
     settings. Its output goes to a temp file that :func:`stop_process` prints if it failed."""
@@ -82,13 +82,13 @@ def worker_process(settings: Any, name: str, *, pool: str = "gevent", concurrenc
 
     full = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
             "WARDEN_SECRET_KEY": settings.secret_key, "WARDEN_ALLOW_PRIVATE_WEBHOOKS": "1",
-            "WARDEN_LOG_LEVEL": "WARNING", "WARDEN_LOG_JSON": "0", **env}
+            "WARDEN_LOG_LEVEL": loglevel, "WARDEN_LOG_JSON": "0", **env}
     full.pop("WARDEN_SIGNING_KEY", None)
     log = tempfile.NamedTemporaryFile(prefix=f"worker-{name}-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-Q", queues, "--pool", pool,
          "--concurrency", str(concurrency), "--prefetch-multiplier", "1", "-n", f"{name}@%h",
-         "--without-mingle", "--without-gossip", "-l", "WARNING"],
+         "--without-mingle", "--without-gossip", "-l", loglevel],
         env=full, stdout=log, stderr=subprocess.STDOUT)
     proc.log_path = log.name  # type: ignore[attr-defined]
     proc.node_name = name  # type: ignore[attr-defined]

@@ -5,20 +5,24 @@ certificate, no repeated tool side effect."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
 
 from guard import verify_chain
 from shared.store import executions as executions_store
-from tests.support import TaskRuns, wait_for
+from tests.support import wait_for
 from tests.workers.conftest import (
     assert_gapless,
     events,
     model_name,
     stop_consuming_executions,
+    stop_process,
     submit,
     wait_terminal,
+    wait_worker_ready,
+    worker_log,
     worker_process,
 )
 
@@ -89,31 +93,41 @@ def test_sigkill_mid_run_resumes_exactly_once(stack, client, fake_llm, db, setti
     assert turns == [0, 1, 1, 2]
 
 
-def test_duplicate_message_while_running_has_no_second_effect(stack, client, fake_llm, db, celery_app):
+def test_duplicate_message_while_running_has_no_second_effect(stack, client, fake_llm, db, settings, celery_app,
+                                                              worker):
     model = fake_llm.script(model_name(), [
         {"calls": [("send_email", {"to": "ops@example.com", "subject": "Report", "body": "All good."})],
          "delay_first": 1.0},
         {"text": "done"},
     ])
+    # A worker of its own (the Procfile's gevent pool): the session's four threads may still be
+    # driving runs that earlier tests left behind, which held a duplicate back past the timeout.
     # A message that finds its own run gone starts the next queued run, whatever it is (each is a
-    # slot's worth of work: runs.begin), and is not handled until that run ends: runs left queued
-    # by earlier tests in the session's database would hold a duplicate for their whole length.
-    db.execute("UPDATE executions SET status = 'cancelled', finished_at = now() WHERE status = 'queued'")
-    eid = submit(client, task="Email the report", provider="openai", model=model, permissions=["email:send"])
-    wait_for(lambda: len(fake_llm.requests[model]) >= 1, timeout=10)
-    with TaskRuns("workers.executions.run", eid) as runs:
+    # slot's worth of work: runs.begin): runs left queued by earlier tests are ended first.
+    stop_consuming_executions(celery_app, worker)
+    proc = worker_process(settings, "duplicates", concurrency=50, loglevel="INFO")
+    try:
+        wait_worker_ready(celery_app, proc)
+        db.execute("UPDATE executions SET status = 'cancelled', finished_at = now() WHERE status = 'queued'")
+        eid = submit(client, task="Email the report", provider="openai", model=model, permissions=["email:send"])
+        wait_for(lambda: len(fake_llm.requests[model]) >= 1, timeout=10)
         for _ in range(2):  # as if the broker delivered the message again while the first run is busy
             celery_app.send_task("workers.executions.run", args=[eid], queue="executions")
         e = wait_terminal(client, eid)
         assert e["status"] == "succeeded"
-        # The first run and both duplicates have been handled (on a timeout: what they did).
-        wait_for(lambda: len(runs.states) >= 3, timeout=30, on_fail=lambda: (
-            runs.states, db.fetchall("SELECT id, status, workspace_id, started_at FROM executions"
-                                     " WHERE ticket = %s OR status IN ('queued', 'running')", (eid,))))
+
+        def handled() -> list[str]:  # each message handled logs "run message <ticket>: <outcome>"
+            with open(proc.log_path, errors="replace") as f:
+                return re.findall(rf"run message {eid}: (\w+)", f.read())
+
+        # The first run and both duplicates have been handled (on a timeout: the worker's log).
+        wait_for(lambda: len(handled()) >= 3, timeout=30, on_fail=lambda: worker_log(proc))
+    finally:
+        stop_process(proc)
+        celery_app.control.add_consumer("executions", destination=[worker.hostname], reply=True, timeout=5)
     assert_gapless(events(client, eid))
     assert db.fetchone("SELECT count(*) AS n FROM email_outbox WHERE execution_id = %s", (eid,))["n"] == 1
     assert db.fetchone("SELECT count(*) AS n FROM certificates WHERE execution_id = %s", (eid,))["n"] == 1
-
 
 
 def test_a_run_is_taken_over_only_once_its_lease_expired_and_the_old_owner_is_fenced_out(
