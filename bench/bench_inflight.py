@@ -134,6 +134,7 @@ def run(runs: int | None = None, delay: float | None = None, give_up_s: float | 
                 " extract(epoch FROM max(finished_at - started_at)) AS longest_run,"
                 " extract(epoch FROM avg(finished_at - started_at)) AS mean_run FROM executions"
                 " WHERE workspace_id = %s AND id <> %s AND status = 'succeeded'", (t0_wall, t0_wall, ws, warm))
+            _log_timeline(db, ws, warm, t0_wall)
             all_done = not sub.is_alive() and sum(counts.get(s, 0) for s in TERMINAL) >= len(submitted) == runs
             elapsed = (float(row["last"]) - t0_wall) if all_done and row["last"] else min(ended - t0, give_up_s)
             llm_calls = db.fetchone("SELECT coalesce(sum((usage->>'llm_calls')::int), 0) AS n FROM executions"
@@ -196,6 +197,22 @@ def _post_runs(port: int, key: str, n: int, errors: dict[str, int]) -> list[str]
 
     with ThreadPoolExecutor(SUBMITTERS) as pool:
         return [i for i in pool.map(one, range(n)) if i]
+
+
+def _log_timeline(db: Any, ws: str, warm: str, t0_wall: float) -> None:
+    """Per quarter second from the first submission: runs created, started and finished (stderr)."""
+    rows = db.fetchall(
+        "SELECT b, sum(c) AS created, sum(s) AS started, sum(f) AS finished FROM ("
+        " SELECT floor((extract(epoch FROM created_at) - %(t0)s) * 4) AS b, 1 AS c, 0 AS s, 0 AS f"
+        "  FROM executions WHERE workspace_id = %(ws)s AND id <> %(warm)s"
+        " UNION ALL SELECT floor((extract(epoch FROM started_at) - %(t0)s) * 4), 0, 1, 0"
+        "  FROM executions WHERE workspace_id = %(ws)s AND id <> %(warm)s AND started_at IS NOT NULL"
+        " UNION ALL SELECT floor((extract(epoch FROM finished_at) - %(t0)s) * 4), 0, 0, 1"
+        "  FROM executions WHERE workspace_id = %(ws)s AND id <> %(warm)s AND finished_at IS NOT NULL"
+        ") t GROUP BY b ORDER BY b", {"t0": t0_wall, "ws": ws, "warm": warm})
+    for r in rows:
+        _log(f"timeline {float(r['b']) / 4:6.2f}s created {int(r['created']):4d}"
+             f" started {int(r['started']):4d} finished {int(r['finished']):4d}")
 
 
 def _wait_worker_ready(port: int, key: str, db: Any, delay: float) -> str:

@@ -92,6 +92,9 @@ class Settings:
     # A redis:// broker through shared/kombu_redis.py (kombu's transport, fixed to reconnect after a
     # Redis restart: a kombu internal); 0 = kombu's own transport, public API only.
     kombu_patch: bool = True
+    # With the patch: how many more waiting messages a consumer takes with each one BRPOP brings
+    # (recorded as delivered in the same round trip, within its prefetch limit); 0 = one at a time.
+    broker_take_batch: int = 32
 
     @property
     def broker_url(self) -> str:
@@ -116,6 +119,7 @@ _ENV: tuple[tuple[str, str, type | object], ...] = (
     ("WARDEN_RATE_LIMIT_BURST", "rate_limit_burst", int),
     ("WARDEN_LEASE_S", "lease_s", float),
     ("WARDEN_KOMBU_PATCH", "kombu_patch", _bool),
+    ("WARDEN_BROKER_TAKE_BATCH", "broker_take_batch", int),
     ("WARDEN_MAX_DELIVERIES", "max_deliveries", int),
     ("WARDEN_HOSTNAME", "hostname", str),
     ("WARDEN_WS_TOKEN_TTL_S", "ws_token_ttl_s", int),
@@ -200,6 +204,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("WARDEN_LEASE_S must be at least 1 (seconds)")
     if settings.max_deliveries < 1:
         raise ConfigError("WARDEN_MAX_DELIVERIES must be at least 1")
+    if not 0 <= settings.broker_take_batch <= 1000:
+        raise ConfigError("WARDEN_BROKER_TAKE_BATCH must be between 0 (one message at a time) and 1000")
     if not 0 < settings.webhook_timeout_s <= 45:  # an attempt must end well within its task's 60 s soft limit
         raise ConfigError("WARDEN_WEBHOOK_TIMEOUT_S must be above 0 and at most 45")
     limit = settings.executions_time_limit_s

@@ -286,12 +286,41 @@ def test_a_quiet_workspace_starts_within_two_seconds_behind_a_burst(stack, clien
                    " AND status = 'queued'", (burst,))
         wait_for(lambda: _all_terminal(db, burst), timeout=30)
         # Their messages are consumed (each finds nothing left to run) before the worker goes.
-        wait_for(lambda: redis_lib.Redis.from_url(settings.redis_url).llen("executions") == 0, timeout=60)
-        stop_process(proc)
+        r = redis_lib.Redis.from_url(settings.redis_url)
+        try:
+            wait_for(lambda: r.llen("executions") == 0, timeout=60, on_fail=lambda: (
+                f"{r.llen('executions')} queued, {r.hlen('unacked')} unacknowledged\n{worker_log(proc)}"))
+        finally:
+            stop_process(proc)
     print(f"quiet workspace behind a burst of 2,000: each of its 5 runs started within {took:.2f} s of its submission "
           f"({queued_a} of the burst still queued)")
     assert took < 2.0, took
     assert queued_a > 1000
+
+
+def test_a_slot_freed_on_a_full_worker_is_taken_at_once(stack, client, fake_llm, db, settings, celery_app):
+    """A worker whose every slot is busy holds no BRPOP, so nothing in Redis wakes it when a run
+    ends: it takes the next waiting run as soon as the slot is free (shared/kombu_redis.py polls
+    briefly while full), not after Celery's 2 s drain timeout. Two slots, six runs of one 0.4 s
+    model call: each run after the first two starts within 0.5 s of a run's end."""
+    model = fake_llm.script(model_name(), [{"text": "done", "delay": 0.4}])
+    proc = worker_process(settings, "full", concurrency=2)
+    try:
+        wait_worker_ready(celery_app, proc)
+        ids = [submit(client, task="Quick", provider="openai", model=model) for _ in range(6)]
+        wait_for(lambda: _all_terminal(db, ids), timeout=60, on_fail=lambda: worker_log(proc))
+    finally:
+        stop_process(proc)
+    rows = db.fetchall("SELECT extract(epoch FROM started_at) AS s, extract(epoch FROM finished_at) AS f,"
+                       " status FROM executions WHERE id = ANY(%s) ORDER BY started_at", (ids,))
+    assert {r["status"] for r in rows} == {"succeeded"}
+    gaps = []
+    for i, r in enumerate(rows[2:], start=2):
+        # The slot it took: the latest run to end before it started.
+        ended = max(float(x["f"]) for x in rows[:i] if float(x["f"]) <= float(r["s"]) + 0.001)
+        gaps.append(round(float(r["s"]) - ended, 3))
+    print(f"a freed slot taken after {gaps} s")
+    assert max(gaps) < 0.5, gaps
 
 
 def test_a_capped_workspace_runs_at_most_its_cap_while_others_use_free_slots(stack, client, fake_llm, db, settings,

@@ -64,6 +64,7 @@ def test_a_queued_run_whose_message_was_lost_gets_one_new_one(settings: Any, tmp
         # run: still whole, also once the message is old (it is the running run's).
         with app.connection_for_read() as conn:
             queue = conn.SimpleQueue("executions", no_ack=False)
+            queue.consumer.qos(prefetch_count=1)  # one message, as a worker with one free slot takes
             message = queue.get(timeout=5)
             queued, delivered = _broker_run_messages(redis_url)
             assert queued == 2 and [name for name, _ in delivered] == [ids[0]]
@@ -91,6 +92,7 @@ def test_a_queued_run_whose_message_was_lost_gets_one_new_one(settings: Any, tmp
         # never starts): delivered lately, it counts; once old and driving no run, it does not.
         with app.connection_for_read() as conn:
             queue = conn.SimpleQueue("executions", no_ack=False)
+            queue.consumer.qos(prefetch_count=1)
             assert queue.get(timeout=5) is not None
             assert sweep() == []
             assert sweep(young_s=0) == [ids[1]]
