@@ -92,7 +92,20 @@ def worker_process(settings: Any, name: str, *, pool: str = "gevent", concurrenc
         env=full, stdout=log, stderr=subprocess.STDOUT)
     proc.log_path = log.name  # type: ignore[attr-defined]
     proc.node_name = name  # type: ignore[attr-defined]
+    _started.append(proc)
     return proc
+
+
+_started: list[Any] = []  # every worker_process of the session (see _no_worker_outlives_the_session)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_worker_outlives_the_session() -> Iterator[None]:
+    """A test that failed before its own cleanup must not leave a worker behind: it would go on
+    reconnecting to this session's Redis long after the session ended."""
+    yield
+    for proc in _started:
+        stop_process(proc, timeout=5)
 
 
 def stop_process(proc: Any, timeout: float = 15.0) -> None:
