@@ -202,14 +202,11 @@ def _post_runs(port: int, key: str, n: int, errors: dict[str, int]) -> list[str]
 def _log_timeline(db: Any, ws: str, warm: str, t0_wall: float) -> None:
     """Per quarter second from the first submission: runs created, started and finished (stderr)."""
     rows = db.fetchall(
-        "SELECT b, sum(c) AS created, sum(s) AS started, sum(f) AS finished FROM ("
-        " SELECT floor((extract(epoch FROM created_at) - %(t0)s) * 4) AS b, 1 AS c, 0 AS s, 0 AS f"
-        "  FROM executions WHERE workspace_id = %(ws)s AND id <> %(warm)s"
-        " UNION ALL SELECT floor((extract(epoch FROM started_at) - %(t0)s) * 4), 0, 1, 0"
-        "  FROM executions WHERE workspace_id = %(ws)s AND id <> %(warm)s AND started_at IS NOT NULL"
-        " UNION ALL SELECT floor((extract(epoch FROM finished_at) - %(t0)s) * 4), 0, 0, 1"
-        "  FROM executions WHERE workspace_id = %(ws)s AND id <> %(warm)s AND finished_at IS NOT NULL"
-        ") t GROUP BY b ORDER BY b", {"t0": t0_wall, "ws": ws, "warm": warm})
+        "SELECT floor((extract(epoch FROM at) - %(t0)s) * 4) AS b, count(*) FILTER (WHERE kind = 'c') AS created,"
+        " count(*) FILTER (WHERE kind = 's') AS started, count(*) FILTER (WHERE kind = 'f') AS finished"
+        " FROM executions, LATERAL (VALUES ('c', created_at), ('s', started_at), ('f', finished_at)) AS t(kind, at)"
+        " WHERE workspace_id = %(ws)s AND id <> %(warm)s AND at IS NOT NULL GROUP BY b ORDER BY b",
+        {"t0": t0_wall, "ws": ws, "warm": warm})
     for r in rows:
         _log(f"timeline {float(r['b']) / 4:6.2f}s created {int(r['created']):4d}"
              f" started {int(r['started']):4d} finished {int(r['finished']):4d}")

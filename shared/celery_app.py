@@ -77,7 +77,7 @@ def make_celery(settings: Settings, *, main: str = "warden") -> Celery:
         },
     )
     if urlsplit(settings.broker_url).scheme == "redis" and settings.kombu_patch:  # (rediss, sentinel: kombu's)
-        app.conf.broker_transport = REDIS_TRANSPORT  # kombu's, fixed at two seams (shared/kombu_redis.py)
+        app.conf.broker_transport = REDIS_TRANSPORT  # kombu's, changed at four seams (shared/kombu_redis.py)
         app.conf.broker_transport_options["take_batch"] = settings.broker_take_batch
     else:
         # kombu's own pool raises when all its connections are busy: allow as many as a gevent

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -110,7 +109,6 @@ while #out < 2 * want and k <= #KEYS do
 end
 return out
 """
-_TAKE_MORE_SHA = hashlib.sha1(TAKE_MORE.encode()).hexdigest()
 
 #: Most messages one BRPOP reply brings with it (``take_batch`` transport option,
 #: ``WARDEN_BROKER_TAKE_BATCH``), bounded further by the consumer's prefetch limit.
@@ -120,7 +118,8 @@ TAKE_BATCH = 32
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
     def append(self, message: Any, delivery_tag: str) -> None:
         channel = self.channel
-        if channel._taken.pop(delivery_tag, None) is not None:  # recorded by TAKE_MORE already
+        if delivery_tag in channel._taken:  # recorded by TAKE_MORE already
+            channel._taken.discard(delivery_tag)
             virtual.QoS.append(self, message, delivery_tag)
             return
         keys, channel._take_keys = channel._take_keys, None
@@ -132,15 +131,14 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         room = self.can_consume_max_estimate()  # None: no prefetch limit
         want = channel.take_batch if room is None else max(0, min(channel.take_batch, room - 1))
         with channel.conn_or_acquire() as client:
-            args = [self.unacked_index_key, self.unacked_key, *keys, time.time(), want, delivery_tag, entry]
-            try:
-                reply = client.evalsha(_TAKE_MORE_SHA, 2 + len(keys), *args)
-            except redis.exceptions.NoScriptError:  # the first call since the server started
-                reply = client.eval(TAKE_MORE, 2 + len(keys), *args)
+            if channel._take_more is None:  # redis-py's Script: EVALSHA, the text only when unknown
+                channel._take_more = client.register_script(TAKE_MORE)
+            reply = channel._take_more(keys=[self.unacked_index_key, self.unacked_key, *keys],
+                                       args=[time.time(), want, delivery_tag, entry], client=client)
         virtual.QoS.append(self, message, delivery_tag)
         for key, item in zip(reply[::2], reply[1::2], strict=True):
             payload = loads(bytes_to_str(item))
-            channel._taken[payload["properties"]["delivery_tag"]] = True
+            channel._taken.add(payload["properties"]["delivery_tag"])
             channel._prefetched.append((payload, bytes_to_str(key).rsplit(channel.sep, 1)[0]))
 
 
@@ -150,9 +148,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     take_batch = TAKE_BATCH
     _saved_connparams: dict[bool, dict[str, Any]] | None = None
     _take_keys: list[str] | None = None
+    _take_more: Any = None  # TAKE_MORE as a redis-py Script, registered on first use
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._taken: dict[str, bool] = {}  # tags TAKE_MORE recorded, not yet handed to the consumer
+        self._taken: set[str] = set()  # tags TAKE_MORE recorded, not yet handed to the consumer
         self._prefetched: collections.deque[tuple[dict[str, Any], str]] = collections.deque()
         super().__init__(*args, **kwargs)
 
@@ -177,7 +176,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         while self._prefetched:
             payload, _queue = self._prefetched.pop()  # the last first: each goes in ahead of the rest
             tag = payload["properties"]["delivery_tag"]
-            self._taken.pop(tag, None)
+            self._taken.discard(tag)
             self.qos.restore_by_tag(tag)  # (kombu's leftmost=False: RPUSH, next out)
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
