@@ -55,7 +55,7 @@ async def _serve_connection(fake: FakeLLM, reader: asyncio.StreamReader, writer:
             if delay:
                 await asyncio.sleep(delay)
             extra = "".join(f"{k}: {v}\r\n" for k, v in payload.pop("_headers", {}).items())
-            data = json.dumps(payload).encode()
+            data = payload["_raw"] if "_raw" in payload else json.dumps(payload).encode()
             writer.write(f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\ncontent-type: application/json\r\n"
                          f"content-length: {len(data)}\r\n{extra}\r\n".encode("latin-1") + data)
             await writer.drain()

@@ -8,7 +8,8 @@ the request (so a retried or resumed request gets the same answer). A turn is a 
 ``retry-after`` header of ``retry_after`` seconds when the turn has one), ``delay_first``
 seconds to stall only the first request of that turn (a worker killed mid-call), and ``kill``
 ``"peer"`` to SIGKILL the process that sent the request (found by the connection's local port)
-instead of answering: a model answer that makes the process die at the same step every time.
+instead of answering: a model answer that makes the process die at the same step every time;
+``raw`` bytes to answer 200 with that body as it is (an answer that is not the wire format).
 ``answered[model]`` counts the answers sent, late ones included; ``killed[model]`` the pids killed.
 
 It listens on loopback unless given another ``host`` (the fleet tests serve it on a namespace
@@ -54,7 +55,7 @@ class FakeLLM:
                     self.close_connection = True
                     return
                 extra = payload.pop("_headers", {})
-                data = json.dumps(payload).encode()
+                data = payload["_raw"] if "_raw" in payload else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
                     self.send_header("content-type", "application/json")
@@ -120,6 +121,8 @@ class FakeLLM:
                 with self._lock:
                     self.killed[model].append(pid)
                 return 0, {}, 0.0
+        if "raw" in turn:
+            return 200, {"_raw": turn["raw"]}, 0.0
         delay = float(turn.get("delay") or 0.0)
         if turn.get("delay_first"):
             with self._lock:

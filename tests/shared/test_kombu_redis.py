@@ -163,9 +163,9 @@ def test_messages_taken_but_not_handed_over_go_back_to_the_head_of_their_queue(s
             producer = conn.Producer()
             for i in range(7):
                 producer.publish({"n": i}, routing_key=name, declare=[q])
-            with Consumer(conn, [q], callbacks=[failing], prefetch_count=5):
-                with pytest.raises(RuntimeError, match="second message"):
-                    conn.drain_events(timeout=5)
+            with Consumer(conn, [q], callbacks=[failing], prefetch_count=5), \
+                    pytest.raises(RuntimeError, match="second message"):
+                conn.drain_events(timeout=5)
             assert [m.payload["n"] for m in handed] == [0, 1]
             assert client.hlen("unacked") >= 2 and all(
                 client.hexists("unacked", m.delivery_tag) for m in handed)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx2
 import openai
-from openai.types.chat import ChatCompletion
+import orjson
 
 from workers.providers.base import (
     MAX_OUTPUT_TOKENS,
@@ -43,13 +44,21 @@ def _wire_messages(system: str, messages: list[dict[str, Any]]) -> list[dict[str
 
 
 class OpenAIProvider:
-    """Calls go through the SDK's client (its HTTP stack, authentication, errors and response
-    types), sent with its public ``client.post`` (the README's "undocumented requests") rather
-    than ``chat.completions.create``: ``create`` first walks every argument against the request's
-    TypedDicts (``openai._utils._transform``), which for a run's messages and tool schemas was a
-    fifth of the executions worker's CPU with a thousand runs in flight (``bench_inflight``),
-    and changes nothing in what we send. The body is the documented one; the answer is parsed
-    into the SDK's ``ChatCompletion`` as ``create`` would. Written against openai 3.63."""
+    """Calls go through the SDK's client (its HTTP stack, authentication, status errors), sent
+    with its public ``client.post`` and ``cast_to=httpx2.Response``, the SDK README's "undocumented
+    requests" form, rather than ``chat.completions.create``:
+
+    * ``create`` first walks every argument against the request's TypedDicts
+      (``openai._utils._transform``), which for a run's messages and tool schemas was a fifth of the
+      executions worker's CPU with a thousand runs in flight (``bench_inflight``), and changes
+      nothing in what we send: the body is the documented one.
+    * Parsing the answer into the SDK's ``ChatCompletion`` (``construct_type``, a walk of pydantic
+      models by type introspection) was a seventh of it again, for the five fields a run reads.
+      The answer is read here, with orjson, from the documented chat-completion object; an answer
+      that is not one is ``provider_bad_response`` (never a guess).
+
+    A non-2xx answer still raises the SDK's typed ``APIStatusError`` before any of this (the SDK
+    checks the status whatever ``cast_to`` is). Written against openai 3.63."""
 
     name = "openai"
 
@@ -69,9 +78,10 @@ class OpenAIProvider:
             kwargs["tools"] = [{"type": "function", "function": {"name": t["name"], "description": t["description"],
                                                                  "parameters": t["parameters"]}} for t in tools]
         try:
-            resp = self.client.post("/chat/completions", cast_to=ChatCompletion, body={
+            resp = self.client.post("/chat/completions", cast_to=httpx2.Response, body={
                 "model": model, "messages": _wire_messages(system, messages), "max_tokens": MAX_OUTPUT_TOKENS,
                 **kwargs})
+            body = resp.content  # read in full by the SDK (not a stream)
         except openai.APIStatusError as exc:
             code, transient = classify_status(exc.status_code)
             raise ProviderError(code, f"OpenAI returned {exc.status_code}: {exc.message}"[:500],
@@ -80,13 +90,52 @@ class OpenAIProvider:
             raise ProviderError("provider_unavailable", f"OpenAI unreachable: {exc}"[:500], transient=True) from None
         except openai.OpenAIError as exc:
             raise ProviderError("provider_bad_response", f"OpenAI: {exc}"[:500], transient=False) from None
-        if not resp.choices:
-            raise ProviderError("provider_bad_response", "OpenAI returned no choices", transient=False)
-        choice = resp.choices[0]
-        calls = [{"id": c.id, "name": c.function.name, "arguments": parse_arguments(c.function.arguments)}
-                 for c in (choice.message.tool_calls or []) if getattr(c, "function", None) is not None]
-        usage = resp.usage
-        return Completion(text=choice.message.content, tool_calls=calls,
-                          input_tokens=usage.prompt_tokens if usage else 0,
-                          output_tokens=usage.completion_tokens if usage else 0,
-                          stop_reason=choice.finish_reason)
+        return read_completion(body)
+
+
+def read_completion(body: bytes) -> Completion:
+    """A :class:`Completion` from a chat-completion answer's body (the first choice): its text,
+    its function tool calls, the token usage and the finish reason. ProviderError
+    ``provider_bad_response`` when the body is not a chat completion."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ProviderError("provider_bad_response", f"OpenAI answered with something other than JSON: "
+                                                     f"{body[:200]!r}", transient=False) from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise ProviderError("provider_bad_response", "OpenAI returned no choices", transient=False)
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise ProviderError("provider_bad_response", "OpenAI's first choice has no message", transient=False)
+    text = message.get("content")
+    if text is not None and not isinstance(text, str):
+        raise ProviderError("provider_bad_response", "OpenAI's message content is not text", transient=False)
+    raw_calls = message.get("tool_calls") or []
+    if not isinstance(raw_calls, list):
+        raise ProviderError("provider_bad_response", "OpenAI's tool_calls is not a list", transient=False)
+    calls = []
+    for c in raw_calls:
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict):  # another kind of tool call (not a function): not ours to run
+            continue
+        if not isinstance(c.get("id"), str) or not isinstance(fn.get("name"), str):
+            raise ProviderError("provider_bad_response", "OpenAI returned a tool call without an id or a name",
+                                transient=False)
+        calls.append({"id": c["id"], "name": fn["name"], "arguments": parse_arguments(fn.get("arguments"))})
+    usage = data.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    finish = choice.get("finish_reason")
+    return Completion(text=text, tool_calls=calls, input_tokens=_tokens(usage.get("prompt_tokens")),
+                      output_tokens=_tokens(usage.get("completion_tokens")),
+                      stop_reason=finish if isinstance(finish, str) else None)
+
+
+def _tokens(value: Any) -> int:
+    """A token count from the usage object; 0 when absent (as the SDK's optional ``usage``)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProviderError("provider_bad_response", f"OpenAI returned a token count of {value!r}", transient=False)
+    return value
