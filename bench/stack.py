@@ -30,12 +30,14 @@ def services() -> Iterator[dict[str, str]]:
     tmp = Path(tempfile.mkdtemp(prefix="warden-bench-"))
     svc = ServiceSet(tmp, persist=False)
     env = dict(os.environ)
+    made: tuple[str, str] | None = None  # (admin URL, name): a database of ours on the user's server
     try:
         env.update(svc.start(env, database="warden_bench"))
         if os.environ.get("DATABASE_URL"):
             parts = urlsplit(env["DATABASE_URL"])
             name = f"warden_bench_{secrets.token_hex(3)}"
             create_database(env["DATABASE_URL"], name)
+            made = (env["DATABASE_URL"], name)
             env["DATABASE_URL"] = urlunsplit(parts._replace(path="/" + name))
         migrate(env["DATABASE_URL"])
         env.update({"WARDEN_LOG_LEVEL": "WARNING", "WARDEN_ALLOW_PRIVATE_WEBHOOKS": "1",
@@ -43,8 +45,31 @@ def services() -> Iterator[dict[str, str]]:
                     "WARDEN_RATE_LIMIT_BURST": "1000000", "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"})
         yield env
     finally:
+        if made is not None:
+            _drop_database(*made)
         svc.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    """Drop a benchmark's database from the user's server (``DATABASE_URL``): each run makes its
+    own, and they would otherwise pile up there. ``FORCE`` ends what a stopped process left."""
+    import psycopg2
+    from psycopg2 import sql
+
+    try:
+        conn = psycopg2.connect(admin_url, connect_timeout=10, application_name="warden-bench")
+    except psycopg2.Error as exc:
+        print(f"bench: could not drop database {name}: {exc}".strip(), file=sys.stderr)
+        return
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    except psycopg2.Error as exc:
+        print(f"bench: could not drop database {name}: {exc}".strip(), file=sys.stderr)
+    finally:
+        conn.close()
 
 
 @contextlib.contextmanager
