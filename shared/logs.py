@@ -42,9 +42,9 @@ def configure(level: str = "INFO", json_format: bool = True) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # The model SDKs' HTTP library logs a line per request at INFO ("HTTP Request: POST …"): two
-    # lines a run, with nothing the run's own events (llm.completed) do not already say, and
-    # formatting them was about 4% of an executions worker's CPU with a thousand runs in flight.
-    # Shown at DEBUG; their warnings and errors always.
+    # lines a run, with nothing the run's own events (llm.completed) do not already say; with a
+    # thousand runs in flight they were 2,000 lines and a few percent of an executions worker's
+    # profile samples. Shown at DEBUG; their warnings and errors always.
     quiet = logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
     for name in HTTP_CLIENT_LOGGERS:
         logging.getLogger(name).setLevel(quiet)

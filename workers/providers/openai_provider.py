@@ -52,10 +52,10 @@ class OpenAIProvider:
       (``openai._utils._transform``), which for a run's messages and tool schemas was a fifth of the
       executions worker's CPU with a thousand runs in flight (``bench_inflight``), and changes
       nothing in what we send: the body is the documented one.
-    * Parsing the answer into the SDK's ``ChatCompletion`` (``construct_type``, a walk of pydantic
-      models by type introspection) was a seventh of it again, for the five fields a run reads.
-      The answer is read here, with orjson, from the documented chat-completion object; an answer
-      that is not one is ``provider_bad_response`` (never a guess).
+    * Building the SDK's ``ChatCompletion`` from the answer (``construct_type``, a walk of pydantic
+      models by type introspection) took 167 µs a call, for the five fields a run reads; read
+      here with orjson from the documented chat-completion object, 7 µs. An answer that is not
+      one is ``provider_bad_response`` (never a guess).
 
     A non-2xx answer still raises the SDK's typed ``APIStatusError`` before any of this (the SDK
     checks the status whatever ``cast_to`` is). Written against openai 3.63."""
