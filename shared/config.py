@@ -95,6 +95,10 @@ class Settings:
     # With the patch: how many more waiting messages a consumer takes with each one BRPOP brings
     # (recorded as delivered in the same round trip, within its prefetch limit); 0 = one at a time.
     broker_take_batch: int = 32
+    # shared/redis_client.LeanRedis (rate-limit checks, event and run-message publishes) drives
+    # redis-py's Connection objects itself; 0 = the same commands through redis-py's client
+    # (a pipeline per call), the library's reference path.
+    lean_redis: bool = True
 
     @property
     def broker_url(self) -> str:
@@ -119,6 +123,7 @@ _ENV: tuple[tuple[str, str, type | object], ...] = (
     ("WARDEN_RATE_LIMIT_BURST", "rate_limit_burst", int),
     ("WARDEN_LEASE_S", "lease_s", float),
     ("WARDEN_KOMBU_PATCH", "kombu_patch", _bool),
+    ("WARDEN_LEAN_REDIS", "lean_redis", _bool),
     ("WARDEN_BROKER_TAKE_BATCH", "broker_take_batch", int),
     ("WARDEN_MAX_DELIVERIES", "max_deliveries", int),
     ("WARDEN_HOSTNAME", "hostname", str),

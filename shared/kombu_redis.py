@@ -144,7 +144,7 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     QoS = QoS
-    from_transport_options = (*kombu_redis.Channel.from_transport_options, "take_batch")
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "take_batch")  # type: ignore[assignment]  # one more
     take_batch = TAKE_BATCH
     _saved_connparams: dict[bool, dict[str, Any]] | None = None
     _take_keys: list[str] | None = None
@@ -223,7 +223,7 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.cycle = MultiChannelPoller()  # kombu's own is built the same way, one per transport
+        self.cycle = MultiChannelPoller()  # type: ignore[assignment]  # kombu's own is built the same way, one per transport
 
 
 TRANSPORT = f"{__name__}:Transport"

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 
 import redis
 
@@ -125,9 +126,28 @@ class RedisHandle:
         return lean
 
 
-def pack(*args: bytes) -> bytes:
+class Packed(bytes):
+    """A command in RESP, ready to send, with its arguments (``args``) for redis-py's client when
+    the lean path is off (``WARDEN_LEAN_REDIS=0``)."""
+
+    args: tuple[bytes, ...]
+
+
+def pack(*args: bytes) -> Packed:
     """One command in RESP, ready to send."""
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+    packed = Packed(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+    packed.args = args
+    return packed
+
+
+def _lean_setting() -> bool:
+    """``WARDEN_LEAN_REDIS`` (shared.config; on unless set to 0)."""
+    from shared.config import ConfigError, load_settings
+
+    try:
+        return load_settings().lean_redis
+    except ConfigError:  # another setting is wrong: the process entry says so; not this one's to refuse
+        return True
 
 
 class LeanRedis:
@@ -143,10 +163,21 @@ class LeanRedis:
     publishes several times in a row waits for Redis once. Until then the commands are kept; if
     the connection turns out broken they are sent again with the next ones on a fresh
     connection, so each is delivered at least once (event subscribers drop repeated ``seq``).
+
+    ``plain`` (default: ``WARDEN_LEAN_REDIS=0``): the same commands through redis-py's own client
+    instead, a pipeline per call (its parsing, retries and connection pool, bounded at
+    ``max_idle`` connections), ``wait=False`` waiting like any call: the library's reference path,
+    to measure the lean one against and to fall back to. Commands must then come from
+    :func:`pack` (it keeps their arguments).
     """
 
     def __init__(self, url: str, *, max_idle: int = 64, timeout_s: float | None = None,
-                 fail_fast: bool = False) -> None:
+                 fail_fast: bool = False, plain: bool | None = None) -> None:
+        self._plain: redis.Redis | None = None
+        if plain if plain is not None else not _lean_setting():
+            self._plain = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+                url, protocol=2, max_connections=max(1, max_idle), timeout=10,
+                socket_connect_timeout=timeout_s or 3, socket_timeout=timeout_s or 10))
         self._pool = redis.ConnectionPool.from_url(url, protocol=2, socket_connect_timeout=timeout_s or 3,
                                                    socket_timeout=timeout_s or 10)
         self._max_idle = max_idle
@@ -170,7 +201,7 @@ class LeanRedis:
             raise reply
         return reply
 
-    def call_many(self, packed: list[bytes], *, wait: bool = True) -> list:  # type: ignore[type-arg]
+    def call_many(self, packed: Sequence[bytes], *, wait: bool = True) -> list:  # type: ignore[type-arg]
         """Pipelined: every command sent in one write, the replies read in order. An error reply
         is returned in its place (as the ResponseError), not raised. ``wait=False``: see the
         class docstring (returns [])."""
@@ -179,6 +210,12 @@ class LeanRedis:
             self._slots = threading.BoundedSemaphore(max(1, self._max_idle))
         if self._fail_fast and _watch(self._url).down:
             raise redis.ConnectionError("Redis did not answer lately; failing fast until it does")
+        if self._plain is not None:
+            try:
+                return self._plain_many(packed)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                _watch(self._url).trip()
+                raise
         slots = self._slots
         if not slots.acquire(timeout=10):
             raise redis.ConnectionError("no Redis connection free within 10 s")
@@ -190,7 +227,19 @@ class LeanRedis:
         finally:
             slots.release()
 
-    def _call_many(self, packed: list[bytes], wait: bool) -> list:  # type: ignore[type-arg]
+    def _plain_many(self, packed: Sequence[bytes]) -> list:  # type: ignore[type-arg]
+        assert self._plain is not None
+        if not packed:
+            return []
+        pipe = self._plain.pipeline(transaction=False)
+        for command in packed:
+            args = getattr(command, "args", None)
+            if args is None:
+                raise TypeError("with WARDEN_LEAN_REDIS=0, LeanRedis commands must be made with pack()")
+            pipe.execute_command(*args)
+        return pipe.execute(raise_on_error=False)
+
+    def _call_many(self, packed: Sequence[bytes], wait: bool) -> list:  # type: ignore[type-arg]
         idle = self._idle
         resent: list[bytes] = []
         if idle:
@@ -216,7 +265,7 @@ class LeanRedis:
             except redis.ConnectionError:
                 self.call_many(self._unconfirmed(conn))
 
-    def _roundtrip(self, conn, packed: list[bytes], wait: bool) -> list:  # type: ignore[no-untyped-def, type-arg]
+    def _roundtrip(self, conn, packed: Sequence[bytes], wait: bool) -> list:  # type: ignore[no-untyped-def, type-arg]
         replies = []
         try:
             self._confirm(conn)
@@ -270,6 +319,8 @@ class LeanRedis:
         conn._lean_unread = ()
 
     def close(self) -> None:
+        if self._plain is not None:
+            self._plain.connection_pool.disconnect()
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.disconnect()

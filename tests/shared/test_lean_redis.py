@@ -148,3 +148,82 @@ def test_a_call_resending_what_a_dead_connection_left_unconfirmed_gets_its_own_r
     assert set(_received(sub, 1)) == {b"a"}  # and the unconfirmed publish went out again
     lean.close()
     admin.delete(key)
+
+
+# WARDEN_LEAN_REDIS=0: the same commands through redis-py's own client (the reference path).
+
+
+def test_the_plain_path_answers_as_the_lean_one(settings: Any) -> None:
+    """Replies in order, in the same types, an error reply in its place (not raised)."""
+    key = f"lean-plain-{time.monotonic_ns()}".encode()
+    commands = [pack(b"LPUSH", key, b"a"), pack(b"LPUSH", key, b"b"), pack(b"LRANGE", key, b"0", b"-1"),
+                pack(b"EVALSHA", b"0" * 40, b"0"), pack(b"GET", key + b"-none"), pack(b"DEL", key)]
+    lean, plain = LeanRedis(settings.redis_url, plain=False), LeanRedis(settings.redis_url, plain=True)
+    try:
+        got_lean, got_plain = lean.call_many(commands), plain.call_many(commands)
+    finally:
+        lean.close()
+        plain.close()
+    assert got_lean[:3] == got_plain[:3] == [1, 2, [b"b", b"a"]]
+    assert got_lean[4:] == got_plain[4:] == [None, 1]
+    assert all(isinstance(r[3], redis_lib.exceptions.NoScriptError) for r in (got_lean, got_plain))
+
+
+def test_the_plain_path_delivers_publishes_that_do_not_wait(settings: Any) -> None:
+    channel = f"lean-plain-{time.monotonic_ns()}".encode()
+    sub = _listen(settings, channel.decode())
+    plain = LeanRedis(settings.redis_url, plain=True)
+    try:
+        plain.call_many([pack(b"PUBLISH", channel, b"%d" % i) for i in range(3)], wait=False)
+        plain.flush()
+        assert _received(sub, 3) == [b"0", b"1", b"2"]
+    finally:
+        plain.close()
+        sub.close()
+
+
+def test_the_setting_chooses_the_path(settings: Any, monkeypatch: Any) -> None:
+    """Off, commands go through redis-py's client, which takes them as arguments: a command not
+    made by pack() is refused there (and still sent as written on the lean path)."""
+    raw = b"*1\r\n$4\r\nPING\r\n"
+    monkeypatch.setenv("WARDEN_LEAN_REDIS", "0")
+    off = LeanRedis(settings.redis_url)
+    monkeypatch.setenv("WARDEN_LEAN_REDIS", "1")
+    on = LeanRedis(settings.redis_url)
+    try:
+        assert off.call(pack(b"PING")) == on.call(pack(b"PING")) == b"PONG"
+        assert on.call(raw) == b"PONG"
+        try:
+            off.call(raw)
+        except TypeError as exc:
+            assert "pack()" in str(exc)
+        else:
+            raise AssertionError("a raw command went through the plain path")
+    finally:
+        off.close()
+        on.close()
+
+
+def test_rate_limit_and_run_messages_through_the_plain_path(settings: Any, celery_app: Any,
+                                                            monkeypatch: Any) -> None:
+    """The callers of the lean path on the plain one: the rate limit's script (loaded again
+    after a SCRIPT FLUSH, its NOSCRIPT reply read in place) and the relay's pipelined LPUSHes."""
+    from api.ratelimit import TokenBucket
+    from shared.celery_publish import Publisher
+
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    client.script_flush()
+    bucket = TokenBucket(LeanRedis(settings.redis_url, plain=True), rate_per_s=1.0, burst=2)
+    name = f"plain-{time.monotonic_ns()}"
+    assert [bucket.hit(name).allowed for _ in range(3)] == [True, True, False]
+
+    monkeypatch.setenv("WARDEN_LEAN_REDIS", "0")
+    queue = f"plain-q-{time.monotonic_ns()}"
+    publisher = Publisher(celery_app, {"max_retries": 0})
+    assert publisher._lean is not None and publisher._lean._plain is not None
+    rows = [(i, "warden.noop", [i], queue) for i in range(1, 5)]
+    try:
+        assert publisher.publish(rows) == ([1, 2, 3, 4], None)
+        assert client.llen(queue) == 4  # the first through send_task (it declares), the rest pipelined
+    finally:
+        client.delete(queue)
