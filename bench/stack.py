@@ -53,23 +53,13 @@ def services() -> Iterator[dict[str, str]]:
 
 def _drop_database(admin_url: str, name: str) -> None:
     """Drop a benchmark's database from the user's server (``DATABASE_URL``): each run makes its
-    own, and they would otherwise pile up there. ``FORCE`` ends what a stopped process left."""
-    import psycopg2
-    from psycopg2 import sql
+    own, and they would otherwise pile up there."""
+    from shared.migrate import drop_database
 
     try:
-        conn = psycopg2.connect(admin_url, connect_timeout=10, application_name="warden-bench")
-    except psycopg2.Error as exc:
+        drop_database(admin_url, name)
+    except Exception as exc:  # noqa: BLE001 - the benchmark's figures stand; say what was left behind
         print(f"bench: could not drop database {name}: {exc}".strip(), file=sys.stderr)
-        return
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    except psycopg2.Error as exc:
-        print(f"bench: could not drop database {name}: {exc}".strip(), file=sys.stderr)
-    finally:
-        conn.close()
 
 
 @contextlib.contextmanager

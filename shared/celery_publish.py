@@ -19,6 +19,12 @@ task-sent events, receivers on ``before_task_publish``/``after_task_publish`` (t
 integrations add headers there), a task registered here with publishing options beyond its
 time limits and expiry, and the first message to each queue from this process (it declares the
 queue, as send_task does).
+
+Private API relied on (celery 5.7, pinned in pyproject.toml): ``Celery._tasks`` (the task
+registry, read without finalizing the app, as ``send_task`` does) and ``Task._get_exec_options``
+(the options ``send_task`` would add); kombu's Redis envelope as above (kombu 5.7). Fallback:
+``WARDEN_KOMBU_PATCH=0`` (kombu's own transport) sends every message through ``send_task``, public
+API only; ``WARDEN_LEAN_REDIS=0`` keeps the envelope here but writes it through redis-py's client.
 """
 
 from __future__ import annotations

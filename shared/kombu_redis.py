@@ -41,7 +41,8 @@ Private API relied on: ``kombu.transport.redis.Channel._connparams(asynchronous)
 ``Channel._get_pool(asynchronous)``, ``Channel._brpop_read(**options)`` (wrapped: it delivers
 through ``Transport._deliver`` to ``basic_consume``'s callback, which calls ``QoS.append``),
 ``Channel._queue_cycle.items`` and ``Channel._q_for_pri(queue, pri)`` (BRPOP's keys),
-``QoS.restore_by_tag(tag)``, ``MultiChannelPoller.get(callback, timeout)`` and its ``_channels``,
+``QoS.restore_by_tag(tag)``, ``Message._raw`` (the ``unacked`` entry, as kombu's ``QoS.append``
+writes it), ``MultiChannelPoller.get(callback, timeout)`` and its ``_channels``,
 and ``Transport.cycle`` (kombu 5.7; pinned in pyproject.toml); and, read only, the
 transport's storage in Redis (:func:`held_messages`: the lost-message sweep and the chaos report),
 for which kombu has no public API: a queue's messages in lists named after it (one per priority

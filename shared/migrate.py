@@ -55,6 +55,18 @@ def create_database(admin_url: str, name: str) -> bool:
     return True
 
 
+def drop_database(admin_url: str, name: str) -> None:
+    """Drop database ``name`` through ``admin_url`` (a database on the same server) if it exists;
+    ``FORCE`` ends the sessions a stopped process left on it."""
+    conn = psycopg2.connect(admin_url, connect_timeout=10, application_name="warden-migrate")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
 def ensure_database(database_url: str) -> str | None:
     """Create the database ``database_url`` names when its server is up but it does not exist yet
     (a fresh server named by DATABASE_URL for ``make run``); return its name when created."""

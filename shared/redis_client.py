@@ -164,6 +164,11 @@ class LeanRedis:
     the connection turns out broken they are sent again with the next ones on a fresh
     connection, so each is delivered at least once (event subscribers drop repeated ``seq``).
 
+    Relied on (redis-py 8.1, pinned in pyproject.toml): ``ConnectionPool.connection_class`` and
+    ``connection_kwargs``, ``Connection.connect``, ``send_packed_command``,
+    ``read_response(disconnect_on_error=False)`` and ``disconnect``; the unread commands are kept
+    in an attribute of ours on redis-py's connection object (``_lean_unread``).
+
     ``plain`` (default: ``WARDEN_LEAN_REDIS=0``): the same commands through redis-py's own client
     instead, a pipeline per call (its parsing, retries and connection pool, bounded at
     ``max_idle`` connections), ``wait=False`` waiting like any call: the library's reference path,
@@ -174,7 +179,9 @@ class LeanRedis:
     def __init__(self, url: str, *, max_idle: int = 64, timeout_s: float | None = None,
                  fail_fast: bool = False, plain: bool | None = None) -> None:
         self._plain: redis.Redis | None = None
-        if plain if plain is not None else not _lean_setting():
+        if plain is None:
+            plain = not _lean_setting()
+        if plain:
             self._plain = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
                 url, protocol=2, max_connections=max(1, max_idle), timeout=10,
                 socket_connect_timeout=timeout_s or 3, socket_timeout=timeout_s or 10))
