@@ -73,15 +73,19 @@ def test_terminal_provider_error(stack, client, fake_llm, status, code):
     assert events(client, e["execution_id"])[-1]["type"] == "execution.error"
 
 
-@pytest.mark.parametrize(("raw", "said"), [
-    (b"<html>upstream proxy error</html>", "other than JSON"),
-    (b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": []}', "no choices"),
+@pytest.mark.parametrize(("provider", "raw", "said"), [
+    ("openai", b"<html>upstream proxy error</html>", "other than JSON"),
+    ("openai", b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": []}', "no choices"),
+    ("anthropic", b"<html>upstream proxy error</html>", "other than JSON"),
+    ("anthropic", b'{"id": "msg_1", "type": "message", "content": [{"type": "tool_use", "input": {}}]}',
+     "without an id"),
 ])
-def test_an_answer_that_is_not_a_chat_completion_ends_the_run(stack, client, fake_llm, raw, said):
-    """A 200 whose body is not a chat completion (a proxy's page, no choices): the run ends error
-    with provider_bad_response, saying what came back, and the call is not retried."""
+def test_an_answer_that_is_not_the_wire_format_ends_the_run(stack, client, fake_llm, provider, raw, said):
+    """A 200 whose body is not a chat completion or a message (a proxy's page, a tool call
+    without a name): the run ends error with provider_bad_response, saying what came back, and the
+    call is not retried."""
     model = fake_llm.script(model_name(), [{"raw": raw}])
-    e = wait_terminal(client, submit(client, task="Say done", provider="openai", model=model))
+    e = wait_terminal(client, submit(client, task="Say done", provider=provider, model=model))
     assert e["status"] == "error" and e["error"]["code"] == "provider_bad_response", e
     assert said in e["error"]["message"]
     assert len(fake_llm.requests[model]) == 1

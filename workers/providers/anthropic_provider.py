@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import anthropic
+import httpx2
+import orjson
 
 from workers.providers.base import (
     MAX_OUTPUT_TOKENS,
@@ -45,6 +47,18 @@ def _wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class AnthropicProvider:
+    """Calls go through the SDK's client (its HTTP stack, authentication, ``anthropic-version``
+    header, status errors), sent with its public ``client.post`` and ``cast_to=httpx2.Response``
+    (the SDK's generic request method, as for OpenAI: see ``openai_provider``) rather than
+    ``messages.create``, which first walks every argument against the request's TypedDicts and
+    then builds the SDK's ``Message`` models from the answer. The body sent is the documented
+    Messages API request; the answer is read with orjson from the documented message object
+    (:func:`read_message`), and one that is not a message is ``provider_bad_response``. Measured
+    against the fake model, one call of a run's size: 1.15–1.20 ms of CPU through
+    ``messages.create``, 0.76–0.88 ms this way. A non-2xx answer still raises the SDK's typed
+    ``APIStatusError`` (the SDK checks the status whatever ``cast_to`` is). Written against
+    anthropic 2.17."""
+
     name = "anthropic"
 
     def __init__(self, api_key: str | None, timeout_s: float = 60.0) -> None:
@@ -63,9 +77,10 @@ class AnthropicProvider:
             kwargs["tools"] = [{"name": t["name"], "description": t["description"], "input_schema": t["parameters"]}
                                for t in tools]
         try:
-            resp = self.client.messages.create(model=model, max_tokens=MAX_OUTPUT_TOKENS, system=system,
-                                               messages=_wire_messages(messages),  # type: ignore[arg-type]
-                                               **kwargs)
+            resp = self.client.post("/v1/messages", cast_to=httpx2.Response, body={
+                "model": model, "max_tokens": MAX_OUTPUT_TOKENS, "system": system,
+                "messages": _wire_messages(messages), **kwargs})
+            body = resp.content  # read in full by the SDK (not a stream)
         except anthropic.APIStatusError as exc:
             code, transient = classify_status(exc.status_code)
             if exc.status_code == 529:
@@ -76,12 +91,49 @@ class AnthropicProvider:
             raise ProviderError("provider_unavailable", f"Anthropic unreachable: {exc}"[:500], transient=True) from None
         except anthropic.AnthropicError as exc:
             raise ProviderError("provider_bad_response", f"Anthropic: {exc}"[:500], transient=False) from None
-        texts, calls = [], []
-        for block in resp.content:
-            if block.type == "text":
-                texts.append(block.text)
-            elif block.type == "tool_use":
-                calls.append({"id": block.id, "name": block.name, "arguments": parse_arguments(block.input)})
-        return Completion(text="\n".join(texts) if texts else None, tool_calls=calls,
-                          input_tokens=resp.usage.input_tokens, output_tokens=resp.usage.output_tokens,
-                          stop_reason=resp.stop_reason)
+        return read_message(body)
+
+
+def read_message(body: bytes) -> Completion:
+    """A :class:`Completion` from a Messages API answer's body: its text blocks joined, its
+    ``tool_use`` blocks, the token usage and the stop reason. ProviderError
+    ``provider_bad_response`` when the body is not a message."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ProviderError("provider_bad_response", f"Anthropic answered with something other than JSON: "
+                                                     f"{body[:200]!r}", transient=False) from None
+    content = data.get("content") if isinstance(data, dict) else None
+    if not isinstance(content, list):
+        raise ProviderError("provider_bad_response", "Anthropic returned no content", transient=False)
+    texts: list[str] = []
+    calls = []
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            if not isinstance(block.get("text"), str):
+                raise ProviderError("provider_bad_response", "Anthropic's text block has no text", transient=False)
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+                raise ProviderError("provider_bad_response", "Anthropic returned a tool use without an id or a name",
+                                    transient=False)
+            calls.append({"id": block["id"], "name": block["name"], "arguments": parse_arguments(block.get("input"))})
+        elif not isinstance(kind, str):
+            raise ProviderError("provider_bad_response", "Anthropic returned a content block without a type",
+                                transient=False)
+        # other kinds (thinking, server tool results, …) carry nothing a run acts on
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        raise ProviderError("provider_bad_response", "Anthropic returned no usage", transient=False)
+    stop = data.get("stop_reason")
+    return Completion(text="\n".join(texts) if texts else None, tool_calls=calls,
+                      input_tokens=_tokens(usage.get("input_tokens")),
+                      output_tokens=_tokens(usage.get("output_tokens")),
+                      stop_reason=stop if isinstance(stop, str) else None)
+
+
+def _tokens(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProviderError("provider_bad_response", f"Anthropic returned a token count of {value!r}", transient=False)
+    return value
