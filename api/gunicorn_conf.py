@@ -38,3 +38,14 @@ def post_fork(server, worker):  # noqa: ARG001 - gunicorn hook signature
         from psycogreen.gevent import patch_psycopg
 
         patch_psycopg()
+
+
+def post_worker_init(worker):
+    # The app is loaded: build what its first requests would otherwise build on their way, and
+    # open their connections beside the server (api.services.Services.warm and .connect).
+    import threading
+
+    services = getattr(worker.wsgi, "extensions", {}).get("warden")
+    if services is not None:
+        services.warm()
+        threading.Thread(target=services.connect, name="warm-connections", daemon=True).start()
