@@ -10,6 +10,12 @@ answers every call after 5 s, two model calls per run (a tool call, then the ans
   worker process summed), over the most runs seen ``running`` at once (target ≤ 2).
 * ``inflight_cpu_ms_per_run``: the workers' CPU time from the first submission to the end, over
   completed runs.
+* ``inflight_cpu_ms_per_run_by_part``: the same for every part of the machine (the API, the
+  executions workers, the relay, the benchmark's own load generator and model stand-in, and the
+  rest: PostgreSQL, Redis, the kernel, whatever else runs), the rest being the machine's busy
+  time (``/proc/stat``) less the parts measured; ``inflight_cpu_to_last_start`` the same from the
+  first submission to the last run's start, with how busy the cores were meanwhile
+  (``busy_cores``): the last start waits for that CPU, and ``inflight_ratio`` with it.
 
 The executions workers are what ``make run`` starts: the Procfile's line once per CPU core
 (``WARDEN_EXECUTIONS_PROCESSES`` and ``WARDEN_EXECUTIONS_CONCURRENCY`` apply as they do to
@@ -44,7 +50,7 @@ def _log(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def fake_model(delay: float, env: dict[str, str]) -> Iterator[str]:
+def fake_model(delay: float, env: dict[str, str]) -> Iterator[subprocess.Popen]:
     proc = subprocess.Popen([sys.executable, "-m", "bench.fake_llm", "--delay", str(delay)], cwd=stack.ROOT,
                             env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -52,7 +58,8 @@ def fake_model(delay: float, env: dict[str, str]) -> Iterator[str]:
         url = proc.stdout.readline().strip()
         if not url:
             raise RuntimeError("the fake model server did not start")
-        yield url
+        proc.url = url  # type: ignore[attr-defined]
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -72,7 +79,8 @@ def run(runs: int | None = None, delay: float | None = None, give_up_s: float | 
     give_up_s = give_up_s or float(os.environ.get("BENCH_INFLIGHT_GIVE_UP_S", "180"))
     model_s = 2 * delay  # two model calls per run
 
-    with stack.services() as env, fake_model(delay, env) as model_url:
+    with stack.services() as env, fake_model(delay, env) as model:
+        model_url = model.url
         db = Database(env["DATABASE_URL"], maxconn=2)
         ws = workspaces.get_or_create_workspace(db, "bench-inflight").id
         key = workspaces.create_key(db, ws)
@@ -84,15 +92,17 @@ def run(runs: int | None = None, delay: float | None = None, give_up_s: float | 
         worker_cmd = line if copies == 1 else " & ".join(
             f"WARDEN_EXECUTIONS_NODE=executions{i} {line}" for i in range(1, copies + 1)) + " & wait"
         _log(f"executions workers: {copies} x {stack.expand(line, env)}")
-        with stack.shell(stack.procfile_command("web", env), env, ready_url=f"http://127.0.0.1:{port}/healthz"), \
-                stack.shell(stack.procfile_command("relay", env), env), \
+        ready = f"http://127.0.0.1:{port}/healthz"
+        with stack.shell(stack.procfile_command("web", env), env, ready_url=ready) as web, \
+                stack.shell(stack.procfile_command("relay", env), env) as relay, \
                 stack.shell(worker_cmd, env) as worker:
-            tree = stack.ProcessTree(worker.pid)
+            parts = CpuParts({"executions": worker.pid, "api": web.pid, "relay": relay.pid, "harness": model.pid})
             warm = _wait_worker_ready(port, key, db, delay)
-            idle_rss, cpu0 = tree.sample()
+            idle_rss, cpu0 = parts.sample(time.monotonic())
             peak_rss, peak_running = idle_rss, 0
             t0_wall, t0 = time.time(), time.monotonic()
             _log(f"T0 {t0_wall}")
+            parts.samples[-1] = (t0, parts.samples[-1][1])  # the figures count from here
             deadline = t0 + give_up_s
             submitted: list[str] = []
             submit_errors: dict[str, int] = {}
@@ -107,7 +117,7 @@ def run(runs: int | None = None, delay: float | None = None, give_up_s: float | 
             counts: dict[str, int] = {}
             cpu1 = cpu0
             while True:
-                rss, cpu1 = tree.sample()
+                rss, cpu1 = parts.sample(time.monotonic())
                 peak_rss = max(peak_rss, rss)
                 counts = {r["status"]: r["n"] for r in db.fetchall(
                     "SELECT status, count(*) AS n FROM executions WHERE workspace_id = %s AND id <> %s GROUP BY status",
@@ -161,9 +171,59 @@ def run(runs: int | None = None, delay: float | None = None, give_up_s: float | 
         "inflight_worker_peak_rss_mib": round(peak_rss, 1),
         "inflight_rss_mib_per_run": round(peak_rss / peak_running, 2) if peak_running else None,
         "inflight_cpu_ms_per_run": round((cpu1 - cpu0) * 1000 / completed, 1) if completed else None,
+        "inflight_cpu_ms_per_run_by_part": parts.per_run(None, completed),
+        "inflight_cpu_to_last_start": parts.per_run(t0 + float(timeline["last_start"]), runs)
+        if timeline.get("last_start") is not None else None,
         "inflight_worker": stack.expand(line, env),
         "inflight_executions_processes": copies,
     }
+
+
+class CpuParts:
+    """CPU seconds of the machine's parts over time: the process trees given by their root pids
+    (``executions`` among them), the benchmark process itself (its load generator's threads,
+    counted in ``harness``), and the rest of the machine's busy time (/proc/stat: PostgreSQL,
+    Redis, the kernel, …). One scan of /proc per sample."""
+
+    def __init__(self, roots: dict[str, int]) -> None:
+        self.trees = {name: stack.ProcessTree(pid) for name, pid in roots.items()}
+        self.samples: list[tuple[float, dict[str, float]]] = []
+
+    @staticmethod
+    def _busy_s() -> float:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return (sum(fields[:8]) - idle) / stack.ProcessTree._TICK  # user … steal, less idle
+
+    def sample(self, at: float) -> tuple[float, float]:
+        """Record the parts' CPU now; returns the executions workers' (resident MiB, CPU s)."""
+        children = stack.ProcessTree.children()
+        measured = {name: tree.sample(children) for name, tree in self.trees.items()}
+        cpu = {name: m[1] for name, m in measured.items()}
+        own = os.times()
+        cpu["harness"] = cpu.get("harness", 0.0) + own.user + own.system
+        cpu["all"] = self._busy_s()
+        self.samples.append((at, cpu))
+        return measured["executions"]
+
+    def per_run(self, until: float | None, runs: int) -> dict[str, float] | None:
+        """ms per run of each part from the first sample to the last one at or before ``until``
+        (None: the last sample), with ``busy_cores`` over that time."""
+        if len(self.samples) < 2 or not runs:
+            return None
+        (t_first, first) = self.samples[0]
+        t_last, last = self.samples[-1]
+        if until is not None:
+            t_last, last = max((s for s in self.samples if s[0] <= until), key=lambda s: s[0], default=self.samples[0])
+        if t_last <= t_first:
+            return None
+        spent = {k: last[k] - first[k] for k in first}
+        spent["postgres_redis_other"] = max(0.0, spent["all"] - sum(v for k, v in spent.items() if k != "all"))
+        out = {k: round(v * 1000 / runs, 2) for k, v in spent.items()}
+        out["busy_cores"] = round(spent["all"] / (t_last - t_first), 2)
+        out["seconds"] = round(t_last - t_first, 2)
+        return out
 
 
 BODY = {"task": "List my documents", "provider": "openai", "model": "bench-slow", "compliance_policy": "default",

@@ -210,14 +210,20 @@ class ProcessTree:
     def __init__(self, root_pid: int) -> None:
         self.root = root_pid
 
-    def pids(self) -> list[int]:
+    @classmethod
+    def children(cls) -> dict[int, list[int]]:
+        """Every process's children (one scan of /proc)."""
         children: dict[int, list[int]] = {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
-            stat = self._stat(int(entry))
+            stat = cls._stat(int(entry))
             if stat:
                 children.setdefault(int(stat[1]), []).append(int(entry))
+        return children
+
+    def pids(self, children: dict[int, list[int]] | None = None) -> list[int]:
+        children = self.children() if children is None else children
         out, todo = [], [self.root]
         while todo:
             pid = todo.pop()
@@ -235,10 +241,11 @@ class ProcessTree:
             return None
         return text[text.rfind(")") + 2:].split()
 
-    def sample(self) -> tuple[float, float]:
-        """(resident MiB, CPU seconds) over the tree right now."""
+    def sample(self, children: dict[int, list[int]] | None = None) -> tuple[float, float]:
+        """(resident MiB, CPU seconds) over the tree right now (``children``: a scan of /proc
+        already made, see :meth:`children`)."""
         rss = cpu = 0.0
-        for pid in self.pids():
+        for pid in self.pids(children):
             st = self._stat(pid)
             if not st:
                 continue
