@@ -7,6 +7,7 @@ lazy: the pure guard/compiler tests start nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -75,14 +76,10 @@ def _with_redis_db(url: str, index: int) -> str:
 
 
 def _drop_database(admin_url: str, dbname: str) -> None:
-    try:
-        conn = psycopg2.connect(admin_url, connect_timeout=5)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        conn.close()
-    except psycopg2.Error:
-        pass
+    from shared.migrate import drop_database
+
+    with contextlib.suppress(psycopg2.Error):
+        drop_database(admin_url, dbname)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ first executions of each prepared statement, where the server may switch to a ge
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
 import uuid
@@ -18,7 +17,7 @@ import pytest
 
 from shared.db import Database
 from shared.ids import new_id
-from shared.migrate import create_database, migrate
+from shared.migrate import create_database, drop_database, migrate
 from shared.store import executions, runs, workspaces
 
 
@@ -123,7 +122,4 @@ def test_plans_made_on_a_fresh_database_stay_right_with_a_backlog(settings: Any)
     finally:
         conn.close()
         fresh.close()
-        with contextlib.closing(psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))) as admin:
-            admin.autocommit = True
-            with admin.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(urlunsplit(parts._replace(path="/postgres")), name)
