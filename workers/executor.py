@@ -41,6 +41,7 @@ import functools
 import logging
 import os
 import random
+import secrets
 import socket
 import threading
 import time
@@ -273,24 +274,55 @@ class Abandoned(Exception):
     run over meanwhile, the message waits like any other. ``times``: how often the run was given
     up so by this message and its retries; past MAX_TAKE_BACKS the message no longer says, so a
     run that fails the same way every time is left to its lease and ``max_deliveries`` like one
-    that kills its worker."""
+    that kills its worker.
 
-    def __init__(self, execution_id: str, token: int, times: int = 1) -> None:
-        super().__init__(f"execution {execution_id} given up under token {token}: the database failed")
-        self.execution_id, self.token, self.times = execution_id, token, times
+    ``attempt``: the database failed under the message's own first statement (runs.begin), whose
+    outcome is then unknown: it may have committed a claim or a takeover whose answer was lost,
+    leaving a run under a lease nobody renews. Each begin records a random id of its own with the
+    lease it takes; the message comes back naming it, and takes back a run whose lease that
+    attempt took (runs.begin's ``lost_attempt``). ``execution_id`` and ``token`` are then those
+    the message carried before, if any (the run it was taking back, still given up if the lost
+    statement never ran)."""
+
+    def __init__(self, execution_id: str | None, token: int | None, times: int = 1,
+                 attempt: str | None = None) -> None:
+        said = f"execution {execution_id} given up under token {token}" if execution_id else "a run claim's answer lost"
+        super().__init__(f"{said}: the database failed")
+        self.execution_id, self.token, self.times, self.attempt = execution_id, token, times, attempt
 
     def message(self) -> dict[str, Any] | None:
         if self.times > MAX_TAKE_BACKS:
             return None
-        return {"execution_id": self.execution_id, "token": self.token, "times": self.times}
+        said: dict[str, Any] = {"times": self.times}
+        if self.execution_id is not None and self.token is not None:
+            said.update(execution_id=self.execution_id, token=self.token)
+        if self.attempt is not None:
+            said["attempt"] = self.attempt
+        return said
 
     @classmethod
     def from_message(cls, data: Any) -> Abandoned | None:
         """The message's ``abandoned`` kwarg read back; None when absent or not of that shape."""
         try:
-            return cls(str(data["execution_id"]), int(data["token"]), int(data["times"]))
-        except (TypeError, KeyError, ValueError):
+            attempt = data.get("attempt")
+            if "execution_id" in data:
+                return cls(str(data["execution_id"]), int(data["token"]), int(data["times"]),
+                           str(attempt) if attempt is not None else None)
+            if attempt is not None:
+                return cls(None, None, int(data["times"]), str(attempt))
+        except (AttributeError, TypeError, KeyError, ValueError):
+            pass
+        return None
+
+    @property
+    def run(self) -> tuple[str, int] | None:
+        """(execution id, token) of the run given up, when the message names one."""
+        if self.execution_id is None or self.token is None:
             return None
+        return self.execution_id, self.token
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable with its fields (Celery may pickle exceptions)
+        return (type(self), (self.execution_id, self.token, self.times, self.attempt))
 
 
 MAX_TAKE_BACKS = 10
@@ -319,9 +351,18 @@ def execute(ticket: str, db: Any, settings: Settings, abandoned: Abandoned | Non
     message's previous delivery gave up on a database failure (see :class:`Abandoned`). Raises
     Abandoned when the database fails under the run it drives."""
     worker = worker_identity(settings)
-    with db.autocommit() as cur:
-        begun = runs.begin(cur, ticket, worker=worker, lease_s=settings.lease_s, gate=_SUSPECTS,
-                           abandoned=(abandoned.execution_id, abandoned.token) if abandoned is not None else None)
+    attempt = secrets.token_hex(8)  # recorded with any lease this begin takes (see Abandoned.attempt)
+    try:
+        with db.autocommit() as cur:
+            begun = runs.begin(cur, ticket, worker=worker, lease_s=settings.lease_s, gate=_SUSPECTS,
+                               abandoned=abandoned.run if abandoned is not None else None, attempt=attempt,
+                               lost_attempt=abandoned.attempt if abandoned is not None else None)
+    except OUTAGE_ERRORS as exc:
+        # Unknown whether the statement committed (a claim or a takeover whose answer was lost):
+        # the message comes back naming this attempt, and takes back what it may have taken.
+        # (Not a give-up of a run this process drove: ``times`` stays as the message had it.)
+        before = abandoned.run if abandoned is not None else None
+        raise Abandoned(*(before or (None, None)), abandoned.times if abandoned is not None else 0, attempt) from exc
     if begun.row is None:
         return Outcome("retry" if begun.retry_in is not None else "nothing_to_run", begun.retry_in)
     given_up = abandoned.times if begun.recovered and abandoned is not None else 0  # by this message, so far

@@ -54,6 +54,7 @@ _SIGNING_KEY = """LEFT JOIN LATERAL (SELECT key_id, encrypted_seed FROM signing_
 # redelivery: its worker died), and the state of the run it names.
 _LOOK_SQL = """
 SELECT o.id AS own_id, o.live AS own_live, o.left_s AS own_left_s, o.deliveries AS own_deliveries,
+       o.token AS own_token, o.attempt AS own_attempt,
        n.status AS named_status, n.live AS named_live, n.deliveries AS named_deliveries,
        EXISTS (SELECT 1 FROM workspaces s
                  CROSS JOIN LATERAL (SELECT 1 FROM executions q
@@ -61,7 +62,8 @@ SELECT o.id AS own_id, o.live AS own_live, o.left_s AS own_left_s, o.deliveries 
                 WHERE s.max_running_executions IS NOT NULL) AS capped_waiting
   FROM (SELECT 1) one
   LEFT JOIN LATERAL (SELECT id, COALESCE(lease_expires_at > now(), false) AS live, deliveries,
-                            EXTRACT(EPOCH FROM lease_expires_at - now())::float8 AS left_s
+                            EXTRACT(EPOCH FROM lease_expires_at - now())::float8 AS left_s,
+                            lease_token AS token, lease_attempt AS attempt
                        FROM executions WHERE ticket = %(ticket)s AND status = (SELECT 'running'::text)
                       LIMIT 1) o ON true
   LEFT JOIN LATERAL (SELECT status, COALESCE(lease_expires_at > now(), false) AS live, deliveries
@@ -107,7 +109,7 @@ WITH RECURSIVE {{look}}w(workspace_id) AS (
   UPDATE executions SET status = 'running', started_at = clock_timestamp(), updated_at = now(),
          event_count = event_count + 1, lease_token = lease_token + 1,
          lease_expires_at = now() + make_interval(secs => %(lease_s)s), ticket = %(ticket)s,
-         deliveries = deliveries + 1, worker = %(worker)s::jsonb
+         deliveries = deliveries + 1, worker = %(worker)s::jsonb, lease_attempt = %(attempt)s
    WHERE ctid = (SELECT ctid FROM t) AND id = (SELECT id FROM t) AND status = 'queued'
   RETURNING id, workspace_id, event_count, provider, model, lease_token, deliveries
 ), ev AS (
@@ -155,7 +157,7 @@ WITH u AS (
   UPDATE executions SET lease_token = lease_token + 1, updated_at = now(),
          lease_expires_at = now() + make_interval(secs => %(lease_s)s), ticket = %(ticket)s,
          deliveries = deliveries + (lease_token IS DISTINCT FROM %(abandoned)s::bigint)::int,
-         worker = %(worker)s::jsonb, event_count = event_count + 1
+         worker = %(worker)s::jsonb, event_count = event_count + 1, lease_attempt = %(attempt)s
    WHERE id = %(id)s AND status = 'running'
      AND (lease_expires_at IS NULL OR lease_expires_at <= now() OR lease_token = %(abandoned)s::bigint)
   RETURNING id, event_count, lease_token, deliveries, (lease_token - 1 = %(abandoned)s::bigint) IS TRUE AS recovered
@@ -204,11 +206,11 @@ def _owned(row: dict[str, Any], type_: str) -> Begun:
 
 
 def takeover(cur: Any, execution_id: str, *, ticket: str, worker: Any, lease_s: float,
-             abandoned: int | None = None) -> Begun | None:
+             abandoned: int | None = None, attempt: str | None = None) -> Begun | None:
     """Take over a running run whose lease has expired, or that was given up under the token
     ``abandoned`` (see _TAKEOVER); None when it is not (or no longer) so."""
     _TAKEOVER.execute(cur, {"id": execution_id, "ticket": ticket, "worker": Json(worker), "lease_s": lease_s,
-                            "abandoned": abandoned})
+                            "abandoned": abandoned, "attempt": attempt})
     row = cur.fetchone()
     return _owned(row, "execution.resumed") if row is not None else None
 
@@ -231,13 +233,14 @@ class Gate(Protocol):
 
 
 def _take_over(cur: Any, execution_id: str, deliveries: int, gate: Gate | None, *, ticket: str, worker: Any,
-               lease_s: float, abandoned: int | None = None) -> Begun | None:
+               lease_s: float, abandoned: int | None = None, attempt: str | None = None) -> Begun | None:
     """takeover(), a suspect only through ``gate``; a Begun with retry_in when the gate is busy."""
     held = gate if gate is not None and deliveries >= SUSPECT_AFTER else None
     if held is not None and not held.try_acquire():
         return Begun(None, retry_in=SUSPECT_RETRY_S)
     try:
-        taken = takeover(cur, execution_id, ticket=ticket, worker=worker, lease_s=lease_s, abandoned=abandoned)
+        taken = takeover(cur, execution_id, ticket=ticket, worker=worker, lease_s=lease_s, abandoned=abandoned,
+                         attempt=attempt)
     except BaseException:
         if held is not None:
             held.release()
@@ -251,31 +254,40 @@ def _take_over(cur: Any, execution_id: str, deliveries: int, gate: Gate | None, 
 
 
 def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | None = None,
-          abandoned: tuple[str, int] | None = None) -> Begun:
+          abandoned: tuple[str, int] | None = None, attempt: str | None = None,
+          lost_attempt: str | None = None) -> Begun:
     """What a run message (named ``ticket``, its execution's id) owns now. In order:
 
     1. the run it was driving before, when its worker died (a redelivery): taken over once its
        lease has expired, otherwise come back when it will have (a suspect, one whose workers
        died twice, only through ``gate``: see SUSPECT_AFTER); at once when the message says its
        previous delivery gave that run up under the token it still has (``abandoned``, (id,
-       token): the database failed under it, see workers/executor.Abandoned);
+       token): the database failed under it, see workers/executor.Abandoned), or when the lease
+       it has was taken by ``lost_attempt``: an earlier begin of this message whose statement
+       committed but whose answer never came back (the connection dropped), so that nobody
+       drives the run under it;
     2. the run it names, when that run is running with an expired lease (its worker is gone and
        the sweep re-sent its message);
     3. the next queued run by fair share (not necessarily the one it names: every message is a
        slot's worth of work, and each queued run has one message).
 
     Nothing to own: ``row`` is None, with ``retry_in`` set when runs wait only behind their
-    workspace's cap. Run in autocommit: each statement is its own transaction."""
-    _LOOK_CLAIM.execute(cur, {"ticket": ticket, "worker": Json(worker), "lease_s": lease_s, "capped": False})
+    workspace's cap. A lease taken here is recorded with ``attempt`` (the caller's random id for
+    this call), for its ``lost_attempt`` should the answer be lost. Run in autocommit: each
+    statement is its own transaction."""
+    _LOOK_CLAIM.execute(cur, {"ticket": ticket, "worker": Json(worker), "lease_s": lease_s, "capped": False,
+                              "attempt": attempt})
     claimed = cur.fetchone()
     look = claimed.pop("look")  # what the LOOK found, one JSON object beside the claim's columns
     if claimed["lease_token"] is not None:  # the common case, claimed by the first statement
         return _owned(claimed, "execution.started")
     if look["own_id"] is not None:
         given_up = abandoned[1] if abandoned is not None and abandoned[0] == look["own_id"] else None
+        if lost_attempt is not None and look["own_attempt"] == lost_attempt:
+            given_up = int(look["own_token"])  # our own earlier claim or takeover, its answer lost
         if not look["own_live"] or given_up is not None:
             taken = _take_over(cur, look["own_id"], look["own_deliveries"], gate, ticket=ticket, worker=worker,
-                               lease_s=lease_s, abandoned=given_up)
+                               lease_s=lease_s, abandoned=given_up, attempt=attempt)
             if taken is not None:
                 return taken
         if look["own_live"]:  # another owner's (a newer token): it is theirs while they renew it
@@ -283,7 +295,7 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
     orphan = look["named_status"] == "running" and not look["named_live"]  # its worker is gone
     if orphan:
         taken = _take_over(cur, ticket, look["named_deliveries"], gate, ticket=ticket, worker=worker,
-                           lease_s=lease_s)
+                           lease_s=lease_s, attempt=attempt)
         if taken is not None:
             return taken
     capped = bool(look["capped_waiting"])
@@ -293,7 +305,7 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
                 return Begun(None)
             if not claimed["eligible"]:
                 return Begun(None, retry_in=CAPPED_RETRY_S)
-        return _claim(cur, ticket, worker=worker, lease_s=lease_s, capped=False)
+        return _claim(cur, ticket, worker=worker, lease_s=lease_s, capped=False, attempt=attempt)
     # A capped workspace has runs waiting: claims that may start one go one at a time, each in a
     # transaction holding CAP_LOCK, so each counts the running runs after the previous one
     # committed (two claims side by side each saw a run fewer, and a workspace capped at 2 ran 3).
@@ -301,7 +313,7 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
     cur.execute("BEGIN")
     try:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (CAP_LOCK,))
-        begun = _claim(cur, ticket, worker=worker, lease_s=lease_s, capped=True)
+        begun = _claim(cur, ticket, worker=worker, lease_s=lease_s, capped=True, attempt=attempt)
     except BaseException:
         with contextlib.suppress(psycopg2.Error):
             cur.execute("ROLLBACK")
@@ -315,9 +327,10 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
 CAP_LOCK = 0x77617264656E2063
 
 
-def _claim(cur: Any, ticket: str, *, worker: Any, lease_s: float, capped: bool) -> Begun:
+def _claim(cur: Any, ticket: str, *, worker: Any, lease_s: float, capped: bool, attempt: str | None) -> Begun:
     for _ in range(8):  # SKIP LOCKED: a concurrent claim may have taken the row we aimed at
-        _CLAIM.execute(cur, {"ticket": ticket, "worker": Json(worker), "lease_s": lease_s, "capped": capped})
+        _CLAIM.execute(cur, {"ticket": ticket, "worker": Json(worker), "lease_s": lease_s, "capped": capped,
+                             "attempt": attempt})
         row = cur.fetchone()
         if row["lease_token"] is not None:
             return _owned(row, "execution.started")
