@@ -10,16 +10,17 @@ from typing import Any
 
 import anthropic
 import httpx2
-import orjson
 
 from workers.providers.base import (
     MAX_OUTPUT_TOKENS,
     Completion,
     ProviderError,
     classify_status,
+    json_answer,
     parse_arguments,
     retry_after,
     shared_tls_context,
+    token_count,
 )
 
 
@@ -98,11 +99,7 @@ def read_message(body: bytes) -> Completion:
     """A :class:`Completion` from a Messages API answer's body: its text blocks joined, its
     ``tool_use`` blocks, the token usage and the stop reason. ProviderError
     ``provider_bad_response`` when the body is not a message."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ProviderError("provider_bad_response", f"Anthropic answered with something other than JSON: "
-                                                     f"{body[:200]!r}", transient=False) from None
+    data = json_answer(body, "Anthropic")
     content = data.get("content") if isinstance(data, dict) else None
     if not isinstance(content, list):
         raise ProviderError("provider_bad_response", "Anthropic returned no content", transient=False)
@@ -128,12 +125,7 @@ def read_message(body: bytes) -> Completion:
         raise ProviderError("provider_bad_response", "Anthropic returned no usage", transient=False)
     stop = data.get("stop_reason")
     return Completion(text="\n".join(texts) if texts else None, tool_calls=calls,
-                      input_tokens=_tokens(usage.get("input_tokens")),
-                      output_tokens=_tokens(usage.get("output_tokens")),
+                      input_tokens=token_count(usage.get("input_tokens"), "Anthropic"),
+                      output_tokens=token_count(usage.get("output_tokens"), "Anthropic"),
                       stop_reason=stop if isinstance(stop, str) else None)
 
-
-def _tokens(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ProviderError("provider_bad_response", f"Anthropic returned a token count of {value!r}", transient=False)
-    return value

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from shared.safehttp import retry_after_s
 
 MAX_OUTPUT_TOKENS = 1024
@@ -100,3 +102,23 @@ def shared_tls_context() -> Any:
     import httpx2
 
     return httpx2.create_ssl_context()
+
+
+def json_answer(body: bytes, vendor: str) -> Any:
+    """A vendor's answer body as JSON; ProviderError ``provider_bad_response`` (saying what came
+    back) when it is not JSON (a proxy's error page, an empty body)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ProviderError("provider_bad_response", f"{vendor} answered with something other than JSON: "
+                                                     f"{body[:200]!r}", transient=False) from None
+
+
+def token_count(value: Any, vendor: str, *, optional: bool = False) -> int:
+    """A token count from a vendor's usage object (``optional``: absent is 0); ProviderError
+    ``provider_bad_response`` for anything but a count."""
+    if value is None and optional:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProviderError("provider_bad_response", f"{vendor} returned a token count of {value!r}", transient=False)
+    return value

@@ -12,16 +12,17 @@ from typing import Any
 
 import httpx2
 import openai
-import orjson
 
 from workers.providers.base import (
     MAX_OUTPUT_TOKENS,
     Completion,
     ProviderError,
     classify_status,
+    json_answer,
     parse_arguments,
     retry_after,
     shared_tls_context,
+    token_count,
 )
 
 
@@ -97,11 +98,7 @@ def read_completion(body: bytes) -> Completion:
     """A :class:`Completion` from a chat-completion answer's body (the first choice): its text,
     its function tool calls, the token usage and the finish reason. ProviderError
     ``provider_bad_response`` when the body is not a chat completion."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ProviderError("provider_bad_response", f"OpenAI answered with something other than JSON: "
-                                                     f"{body[:200]!r}", transient=False) from None
+    data = json_answer(body, "OpenAI")
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or not choices:
         raise ProviderError("provider_bad_response", "OpenAI returned no choices", transient=False)
@@ -127,15 +124,8 @@ def read_completion(body: bytes) -> Completion:
     usage = data.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     finish = choice.get("finish_reason")
-    return Completion(text=text, tool_calls=calls, input_tokens=_tokens(usage.get("prompt_tokens")),
-                      output_tokens=_tokens(usage.get("completion_tokens")),
+    return Completion(text=text, tool_calls=calls,
+                      input_tokens=token_count(usage.get("prompt_tokens"), "OpenAI", optional=True),
+                      output_tokens=token_count(usage.get("completion_tokens"), "OpenAI", optional=True),
                       stop_reason=finish if isinstance(finish, str) else None)
 
-
-def _tokens(value: Any) -> int:
-    """A token count from the usage object; 0 when absent (as the SDK's optional ``usage``)."""
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ProviderError("provider_bad_response", f"OpenAI returned a token count of {value!r}", transient=False)
-    return value
