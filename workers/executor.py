@@ -45,7 +45,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
@@ -276,19 +276,22 @@ class Abandoned(Exception):
     run that fails the same way every time is left to its lease and ``max_deliveries`` like one
     that kills its worker.
 
-    ``attempt``: the database failed under the message's own first statement (runs.begin), whose
+    ``attempts``: the database failed under the message's own first statement (runs.begin), whose
     outcome is then unknown: it may have committed a claim or a takeover whose answer was lost,
     leaving a run under a lease nobody renews. Each begin records a random id of its own with the
-    lease it takes; the message comes back naming it, and takes back a run whose lease that
-    attempt took (runs.begin's ``lost_attempt``). ``execution_id`` and ``token`` are then those
-    the message carried before, if any (the run it was taking back, still given up if the lost
+    lease it takes; the message comes back naming it, with those of its earlier begins that
+    failed so (the last MAX_ATTEMPTS: through an outage, a begin whose statement committed may be
+    followed by several that never reached the database), and takes back a run whose lease one of
+    them took (runs.begin's ``lost_attempts``). ``execution_id`` and ``token`` are then those the
+    message carried before, if any (the run it was taking back, still given up if the lost
     statement never ran)."""
 
     def __init__(self, execution_id: str | None, token: int | None, times: int = 1,
-                 attempt: str | None = None) -> None:
+                 attempts: Sequence[str] = ()) -> None:
         said = f"execution {execution_id} given up under token {token}" if execution_id else "a run claim's answer lost"
         super().__init__(f"{said}: the database failed")
-        self.execution_id, self.token, self.times, self.attempt = execution_id, token, times, attempt
+        self.execution_id, self.token, self.times = execution_id, token, times
+        self.attempts = tuple(attempts)[-MAX_ATTEMPTS:]
 
     def message(self) -> dict[str, Any] | None:
         if self.times > MAX_TAKE_BACKS:
@@ -296,20 +299,21 @@ class Abandoned(Exception):
         said: dict[str, Any] = {"times": self.times}
         if self.execution_id is not None and self.token is not None:
             said.update(execution_id=self.execution_id, token=self.token)
-        if self.attempt is not None:
-            said["attempt"] = self.attempt
+        if self.attempts:
+            said["attempts"] = list(self.attempts)
         return said
 
     @classmethod
     def from_message(cls, data: Any) -> Abandoned | None:
         """The message's ``abandoned`` kwarg read back; None when absent or not of that shape."""
         try:
-            attempt = data.get("attempt")
+            attempts = data.get("attempts") or []
+            if not isinstance(attempts, list) or not all(isinstance(a, str) for a in attempts):
+                attempts = []
             if "execution_id" in data:
-                return cls(str(data["execution_id"]), int(data["token"]), int(data["times"]),
-                           str(attempt) if attempt is not None else None)
-            if attempt is not None:
-                return cls(None, None, int(data["times"]), str(attempt))
+                return cls(str(data["execution_id"]), int(data["token"]), int(data["times"]), attempts)
+            if attempts:
+                return cls(None, None, int(data["times"]), attempts)
         except (AttributeError, TypeError, KeyError, ValueError):
             pass
         return None
@@ -322,10 +326,11 @@ class Abandoned(Exception):
         return self.execution_id, self.token
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable with its fields (Celery may pickle exceptions)
-        return (type(self), (self.execution_id, self.token, self.times, self.attempt))
+        return (type(self), (self.execution_id, self.token, self.times, self.attempts))
 
 
 MAX_TAKE_BACKS = 10
+MAX_ATTEMPTS = 16  # lost begins a message remembers (Abandoned.attempts)
 
 
 @dataclass(frozen=True)
@@ -351,18 +356,21 @@ def execute(ticket: str, db: Any, settings: Settings, abandoned: Abandoned | Non
     message's previous delivery gave up on a database failure (see :class:`Abandoned`). Raises
     Abandoned when the database fails under the run it drives."""
     worker = worker_identity(settings)
-    attempt = secrets.token_hex(8)  # recorded with any lease this begin takes (see Abandoned.attempt)
+    attempt = secrets.token_hex(8)  # recorded with any lease this begin takes (see Abandoned.attempts)
+    lost = abandoned.attempts if abandoned is not None else ()
     try:
         with db.autocommit() as cur:
             begun = runs.begin(cur, ticket, worker=worker, lease_s=settings.lease_s, gate=_SUSPECTS,
                                abandoned=abandoned.run if abandoned is not None else None, attempt=attempt,
-                               lost_attempt=abandoned.attempt if abandoned is not None else None)
+                               lost_attempts=lost)
     except OUTAGE_ERRORS as exc:
         # Unknown whether the statement committed (a claim or a takeover whose answer was lost):
-        # the message comes back naming this attempt, and takes back what it may have taken.
-        # (Not a give-up of a run this process drove: ``times`` stays as the message had it.)
+        # the message comes back naming this attempt beside the earlier ones, and takes back what
+        # any of them may have taken. (Not a give-up of a run this process drove: ``times`` stays
+        # as the message had it.)
         before = abandoned.run if abandoned is not None else None
-        raise Abandoned(*(before or (None, None)), abandoned.times if abandoned is not None else 0, attempt) from exc
+        raise Abandoned(*(before or (None, None)), abandoned.times if abandoned is not None else 0,
+                        (*lost, attempt)) from exc
     if begun.row is None:
         return Outcome("retry" if begun.retry_in is not None else "nothing_to_run", begun.retry_in)
     given_up = abandoned.times if begun.recovered and abandoned is not None else 0  # by this message, so far

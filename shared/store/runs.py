@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -255,7 +256,7 @@ def _take_over(cur: Any, execution_id: str, deliveries: int, gate: Gate | None, 
 
 def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | None = None,
           abandoned: tuple[str, int] | None = None, attempt: str | None = None,
-          lost_attempt: str | None = None) -> Begun:
+          lost_attempts: Collection[str] = ()) -> Begun:
     """What a run message (named ``ticket``, its execution's id) owns now. In order:
 
     1. the run it was driving before, when its worker died (a redelivery): taken over once its
@@ -263,7 +264,7 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
        died twice, only through ``gate``: see SUSPECT_AFTER); at once when the message says its
        previous delivery gave that run up under the token it still has (``abandoned``, (id,
        token): the database failed under it, see workers/executor.Abandoned), or when the lease
-       it has was taken by ``lost_attempt``: an earlier begin of this message whose statement
+       it has was taken by one of ``lost_attempts``: an earlier begin of this message whose statement
        committed but whose answer never came back (the connection dropped), so that nobody
        drives the run under it;
     2. the run it names, when that run is running with an expired lease (its worker is gone and
@@ -273,7 +274,7 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
 
     Nothing to own: ``row`` is None, with ``retry_in`` set when runs wait only behind their
     workspace's cap. A lease taken here is recorded with ``attempt`` (the caller's random id for
-    this call), for its ``lost_attempt`` should the answer be lost. Run in autocommit: each
+    this call), for a later ``lost_attempts`` should the answer be lost. Run in autocommit: each
     statement is its own transaction."""
     _LOOK_CLAIM.execute(cur, {"ticket": ticket, "worker": Json(worker), "lease_s": lease_s, "capped": False,
                               "attempt": attempt})
@@ -283,7 +284,7 @@ def begin(cur: Any, ticket: str, *, worker: Any, lease_s: float, gate: Gate | No
         return _owned(claimed, "execution.started")
     if look["own_id"] is not None:
         given_up = abandoned[1] if abandoned is not None and abandoned[0] == look["own_id"] else None
-        if lost_attempt is not None and look["own_attempt"] == lost_attempt:
+        if look["own_attempt"] is not None and look["own_attempt"] in lost_attempts:
             given_up = int(look["own_token"])  # our own earlier claim or takeover, its answer lost
         if not look["own_live"] or given_up is not None:
             taken = _take_over(cur, look["own_id"], look["own_deliveries"], gate, ticket=ticket, worker=worker,

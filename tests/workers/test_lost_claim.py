@@ -2,8 +2,9 @@
 one) commits, but its answer never reaches the worker: the connection drops right then (a real
 TCP connection to PostgreSQL, cut by a proxy after the server said the statement was done). The
 run is left ``running`` under a lease nobody renews. The message comes back naming the attempt
-that took that lease (workers.executor.Abandoned.attempt) and takes the run back at once, instead
-of waiting out the lease (60 s here); a message that does not name it, or names another, waits.
+that took that lease (workers.executor.Abandoned.attempts, kept through a begin that then failed
+without reaching the database) and takes the run back at once, instead of waiting out the lease
+(60 s here); a message that does not name it, or names another, waits.
 The run then ends once: one start, one take-back, one terminal event, its certificates valid."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from shared.ids import new_id
 from shared.migrate import create_database, drop_database, migrate
 from shared.store import executions, runs, signing_keys, workspaces
 from tests.fakes.pgcut import AnswerCut
-from workers.executor import Abandoned, execute
+from workers.executor import MAX_ATTEMPTS, Abandoned, execute
 
 LEASE_S = 60.0
 
@@ -86,12 +87,20 @@ def test_a_run_whose_claim_answer_was_lost_is_taken_back_at_once(stack, fresh_db
     # The statement committed: the run is taken, under a lease of 60 s that nobody renews.
     assert row["status"] == "running" and row["live"] and row["deliveries"] == before + 1, row
     said = lost.message()
-    assert said is not None and said["attempt"] == lost.attempt and "execution_id" not in said
+    assert said is not None and len(said["attempts"]) == 1 and "execution_id" not in said
+
+    # The database is still down when the message comes back: that begin fails too, without
+    # reaching it, and the message keeps naming the first attempt beside its own.
+    unreachable = Database("postgresql://nobody@127.0.0.1:9/none", maxconn=1)
+    with pytest.raises(Abandoned) as again:
+        execute(eid, unreachable, settings, Abandoned.from_message(said))
+    said = again.value.message()
+    assert said is not None and said["attempts"][0] == lost.attempts[0] and len(said["attempts"]) == 2
 
     # The message as it was, or naming another attempt: the run is someone's, for all it knows.
     waits = execute(eid, db, settings)
     assert waits.status == "retry" and waits.retry_in > 50, waits
-    other = execute(eid, db, settings, Abandoned.from_message({"times": 0, "attempt": "0" * 16}))
+    other = execute(eid, db, settings, Abandoned.from_message({"times": 0, "attempts": ["0" * 16]}))
     assert other.status == "retry" and other.retry_in > 50, other
 
     # Naming its attempt: taken back at once, not counted as another delivery.
@@ -111,13 +120,17 @@ def test_a_run_whose_claim_answer_was_lost_is_taken_back_at_once(stack, fresh_db
     assert certs and verify_chain([c["certificate"] for c in certs], keys) == []
 
 
-def test_the_attempt_survives_the_message_round_trip():
+def test_the_attempts_survive_the_message_round_trip():
     """What the task puts in the retried message reads back the same (a run given up before, and
-    the attempt of a begin whose answer was lost); malformed values are ignored."""
-    both = Abandoned("exec_1", 7, 2, "ab" * 8)
+    the attempts of begins whose answers were lost, the last MAX_ATTEMPTS); malformed values are
+    ignored."""
+    both = Abandoned("exec_1", 7, 2, ["ab" * 8])
     back = Abandoned.from_message(both.message())
-    assert back is not None and (back.run, back.times, back.attempt) == (("exec_1", 7), 2, "ab" * 8)
-    alone = Abandoned.from_message(Abandoned(None, None, 0, "cd" * 8).message())
-    assert alone is not None and alone.run is None and alone.attempt == "cd" * 8
-    for bad in (None, [], {"times": "x", "attempt": "a"}, {"execution_id": "e"}, {"times": 1}):
+    assert back is not None and (back.run, back.times, back.attempts) == (("exec_1", 7), 2, ("ab" * 8,))
+    alone = Abandoned.from_message(Abandoned(None, None, 0, ["cd" * 8, "ef" * 8]).message())
+    assert alone is not None and alone.run is None and alone.attempts == ("cd" * 8, "ef" * 8)
+    many = Abandoned(None, None, 0, [f"{i:016x}" for i in range(MAX_ATTEMPTS + 3)])
+    assert many.attempts[0] == f"{3:016x}" and len(many.attempts) == MAX_ATTEMPTS
+    for bad in (None, [], {"times": "x", "attempts": ["a"]}, {"attempts": "a", "times": 1}, {"execution_id": "e"},
+                {"times": 1}, {"times": 1, "attempts": [1]}):
         assert Abandoned.from_message(bad) is None
