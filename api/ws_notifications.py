@@ -9,8 +9,8 @@ client closes it.
 No duplicate: ids already sent are remembered (notification ids are time-ordered but created by
 several workers, so a later publish may carry a smaller id; a set, not a high-water mark). No
 gap: after the hub reconnects (RESYNC) the store is read again from the connect-time ``after``.
-A client more than 1 MiB behind is closed with 1013, its reason naming the ``after`` to reconnect
-with (the highest id it was sent).
+A client more than 1 MiB behind, or whose replay cannot be read (PostgreSQL down), is closed with
+1013, its reason naming the ``after`` to reconnect with (the highest id it was sent).
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ class NotificationStream:
                 with self.state.db_gate:
                     page = notifications.list_after(self.db, self.workspace_id, cursor, PAGE)
             except (psycopg2.Error, ServiceUnavailable):
-                if self.ws.connected:
-                    self.ws.close(1013, "notifications temporarily unavailable; reconnect")
+                if self.ws.connected:  # where to resume: the highest id sent, as for a client behind
+                    self.ws.close(1013, f"notifications temporarily unavailable; reconnect with after={self.newest}")
                 return False
             for n in page:
                 self._send(n["notification_id"], json.dumps(n, separators=(",", ":")))

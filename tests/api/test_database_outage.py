@@ -94,3 +94,22 @@ def test_restart_between_requests_costs_no_request(own_db_api: OwnDatabaseApi):
     api.stop_db()
     api.start_db()
     assert [r.status_code for r in _burst(client, 24)] == [200] * 24
+
+
+def test_a_notification_stream_that_cannot_catch_up_says_where_to_resume(own_db_api: OwnDatabaseApi):
+    """A /ws/notifications stream re-reads the store after its hub reconnects to Redis; with
+    PostgreSQL down then, it closes 1013 (try again later) naming the ``after`` to reconnect with,
+    as a client closed for falling behind is told."""
+    import websocket
+
+    from tests.api.test_ws import read_until_close_reason
+
+    api, client = own_db_api, own_db_api.client
+    after = "ntf_01m99000000000000000000000"
+    ws = websocket.create_connection(f"{api.server.url.replace('http', 'ws', 1)}/ws/notifications?after={after}",
+                                     timeout=10, header=[f"Authorization: Bearer {client.key}"])
+    api.stop_db()
+    api.redis.stop()  # the hub loses Redis; once back, every stream re-reads the store
+    api.redis.start()
+    got, code, reason = read_until_close_reason(ws, timeout=30)
+    assert got == [] and code == 1013 and reason.endswith(f"reconnect with after={after}"), (code, reason)
