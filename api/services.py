@@ -108,13 +108,17 @@ class Services:
         does not wait on their handshakes. Best effort, meant to run beside the server (a thread:
         under gevent a greenlet): a service that is down is left to the request that needs it.
         Returns what connected."""
+        def database() -> None:
+            if not self.db.ping():
+                raise ConnectionError("PostgreSQL did not answer")
+
         def producer() -> None:
             with self.celery.producer_or_acquire() as p:  # back to the pool, connected
                 p.connection.ensure_connection(max_retries=1)
                 p.channel  # noqa: B018 - its channel made now
 
         return _each({
-            "database": lambda: self.db.ping() or _raise(ConnectionError("PostgreSQL did not answer")),
+            "database": database,
             "rate limiter": lambda: self.bucket.client.call(pack(b"PING")),
             "broker": producer,
         })
@@ -130,10 +134,6 @@ def _each(steps: dict[str, Callable[[], Any]]) -> list[str]:
             continue
         done.append(name)
     return done
-
-
-def _raise(exc: Exception) -> None:
-    raise exc
 
 
 def services() -> Services:

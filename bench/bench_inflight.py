@@ -194,7 +194,7 @@ class CpuParts:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return (sum(fields[:8]) - idle) / stack.ProcessTree._TICK  # user … steal, less idle
+        return (sum(fields[:8]) - idle) / stack.ProcessTree.TICK  # user … steal, less idle
 
     def sample(self, at: float) -> tuple[float, float]:
         """Record the parts' CPU now; returns the executions workers' (resident MiB, CPU s)."""

@@ -204,7 +204,7 @@ class ProcessTree:
     ``cpu_s`` counts each process's user+system time plus that of its children it has reaped
     (a prefork pool replaces children: their CPU stays counted in the parent)."""
 
-    _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
     def __init__(self, root_pid: int) -> None:
@@ -251,6 +251,6 @@ class ProcessTree:
                 continue
             # after the name: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
             # utime(11) stime(12) cutime(13) cstime(14) … rss(21)
-            cpu += sum(int(x) for x in st[11:15]) / self._TICK
+            cpu += sum(int(x) for x in st[11:15]) / self.TICK
             rss += int(st[21]) * self._PAGE / (1 << 20)
         return rss, cpu
