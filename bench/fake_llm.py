@@ -9,17 +9,21 @@ The test suite serves the fake with the standard library's threaded HTTP server,
 connection. A benchmark holds a thousand calls open at once on the same two cores as the stack it
 measures, where a real vendor's servers cost the host nothing, so here the same answers come from
 one asyncio loop (HTTP/1.1 with keep-alive, as the vendors' APIs): a call waiting on its delay
-costs a timer, not a thread, and the stand-in's CPU stays a small share of the measurement.
+costs a timer, not a thread, and the stand-in's CPU stays a small share of the measurement. The
+loop is uvloop's where installed (the dev extra), with orjson for the bodies: 0.14 ms of CPU a
+call against 0.21 with the standard library's loop and json (2,000 calls of a run's size over 400
+keep-alive connections), CPU that ``bench_inflight`` counts as ``harness``, not as the stack's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 from typing import Any
+
+import orjson
 
 from tests.fakes.llm import FakeLLM, wire_for
 
@@ -30,7 +34,7 @@ REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Reque
 
 def _respond(fake: FakeLLM, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any], float]:
     try:
-        body = json.loads(raw or b"{}")
+        body = orjson.loads(raw or b"{}")
     except ValueError:
         return 400, {"error": {"message": "the body is not JSON", "type": "invalid_request_error"}}, 0.0
     return fake.respond(wire_for(path), body, headers)
@@ -55,7 +59,7 @@ async def _serve_connection(fake: FakeLLM, reader: asyncio.StreamReader, writer:
             if delay:
                 await asyncio.sleep(delay)
             extra = "".join(f"{k}: {v}\r\n" for k, v in payload.pop("_headers", {}).items())
-            data = payload["_raw"] if "_raw" in payload else json.dumps(payload).encode()
+            data = payload["_raw"] if "_raw" in payload else orjson.dumps(payload)
             writer.write(f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\ncontent-type: application/json\r\n"
                          f"content-length: {len(data)}\r\n{extra}\r\n".encode("latin-1") + data)
             await writer.drain()
@@ -84,7 +88,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--delay", type=float, default=5.0, help="seconds each model call takes")
     args = ap.parse_args()
-    asyncio.run(_main(args.delay))
+    try:
+        import uvloop  # the dev extra has it (not on Windows)
+    except ImportError:
+        asyncio.run(_main(args.delay))
+    else:
+        uvloop.run(_main(args.delay))
     sys.exit(0)
 
 

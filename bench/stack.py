@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import requests
 
@@ -191,6 +191,26 @@ def expand(cmd: str, env: dict[str, str]) -> str:
     """``cmd`` with its ``${VAR:-default}`` expansions done as ``sh -c`` would do them in ``env``."""
     return subprocess.run(["/bin/sh", "-c", f"echo {cmd}"], env=env, capture_output=True, text=True,
                           check=True).stdout.strip()
+
+
+def service_pids(env: dict[str, str]) -> dict[str, int]:
+    """The PostgreSQL and Redis servers :func:`services` started (embedded), by their root pids:
+    the postmaster from its data directory's ``postmaster.pid``, Redis by the port it serves.
+    Empty when the user's own servers are used (``DATABASE_URL``, ``REDIS_URL``)."""
+    found: dict[str, int] = {}
+    query = dict(parse_qsl(urlsplit(env.get("DATABASE_URL", "")).query))
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        if "warden-bench-" in query.get("host", ""):
+            found["postgres"] = int((Path(query["host"]) / "postmaster.pid").read_text().split()[0])
+    redis_url = urlsplit(env.get("REDIS_URL", ""))
+    if redis_url.port and not os.environ.get("REDIS_URL"):
+        for entry in os.listdir("/proc"):
+            with contextlib.suppress(OSError):
+                if entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().strip() == "redis-server" \
+                        and f":{redis_url.port}" in Path(f"/proc/{entry}/cmdline").read_text():
+                    found["redis"] = int(entry)
+                    break
+    return found
 
 
 def shell(cmd: str, env: dict[str, str], **kw: object) -> contextlib.AbstractContextManager[subprocess.Popen]:
