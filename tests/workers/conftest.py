@@ -147,12 +147,39 @@ def stop_consuming_executions(celery_app: Any, worker: Any) -> None:
         queues = inspect.active_queues() or {}
         if worker.hostname not in queues or any(q["name"] == "executions" for q in queues[worker.hostname]):
             return False
-        held = [*((inspect.active() or {}).get(worker.hostname, [])),
-                *((inspect.reserved() or {}).get(worker.hostname, [])),
-                *(s.get("request", {}) for s in (inspect.scheduled() or {}).get(worker.hostname, []))]
-        return not [t for t in held if str(t.get("name", "")).startswith("workers.executions.")]
+        return not _held_run_messages(inspect, worker)
 
     wait_for(stopped, timeout=30, interval=0.5, what="the in-process worker no longer consuming executions")
+
+
+def _held_run_messages(inspect: Any, worker: Any) -> list[dict[str, Any]]:
+    """The run messages the in-process worker holds: running, reserved or scheduled to retry."""
+    held = [*((inspect.active() or {}).get(worker.hostname, [])),
+            *((inspect.reserved() or {}).get(worker.hostname, [])),
+            *(s.get("request", {}) for s in (inspect.scheduled() or {}).get(worker.hostname, []))]
+    return [t for t in held if str(t.get("name", "")).startswith("workers.executions.")]
+
+
+def wait_no_run_messages(celery_app: Any, worker: Any, db: Any, broker_url: str) -> None:
+    """No run message anywhere: none unpublished in the outbox, none in the broker's queue, none
+    held by the in-process worker. A run message starts whichever run is oldest (fair share), so
+    one left over from an earlier test (coming back to retry, say) would start a run a test means
+    to leave queued."""
+    import redis as redis_lib
+
+    broker = redis_lib.Redis.from_url(broker_url)
+
+    def quiet() -> bool:
+        if db.fetchone("SELECT count(*) AS n FROM outbox WHERE dispatched_at IS NULL AND queue = 'executions'")["n"]:
+            return False
+        if broker.llen("executions"):
+            return False
+        return not _held_run_messages(celery_app.control.inspect(destination=[worker.hostname], timeout=5), worker)
+
+    try:
+        wait_for(quiet, timeout=30, interval=0.2, what="no run message in the outbox, the broker or the worker")
+    finally:
+        broker.close()
 
 
 @pytest.fixture()

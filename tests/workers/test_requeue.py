@@ -9,7 +9,7 @@ from guard import load_policy
 from shared import outbox
 from shared.ids import new_id
 from shared.store import executions
-from tests.workers.conftest import wait_terminal
+from tests.workers.conftest import wait_no_run_messages, wait_terminal
 
 
 def _lost(db: Any, workspace_id: str, *, status: str = "queued", age_s: int = 0) -> str:
@@ -29,7 +29,11 @@ def _lost(db: Any, workspace_id: str, *, status: str = "queued", age_s: int = 0)
     return eid
 
 
-def test_lost_queued_and_orphaned_running_executions_are_requeued(stack, client, db, settings, workspace) -> None:
+def test_lost_queued_and_orphaned_running_executions_are_requeued(stack, client, db, settings, workspace, celery_app,
+                                                                   worker) -> None:
+    # A run message left over from an earlier test would start the stale queued run before the
+    # pass finds it (a message starts the oldest queued run): none may be about.
+    wait_no_run_messages(celery_app, worker, db, settings.broker_url)
     stale_queued = _lost(db, workspace[0], age_s=3600)
     orphaned_running = _lost(db, workspace[0], status="running", age_s=3600)
     fresh = _lost(db, workspace[0])
