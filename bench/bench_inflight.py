@@ -245,7 +245,7 @@ class CpuParts:
             return None
         spent = {k: last[k] - first[k] for k in first}
         rest = max(0.0, spent["all"] - sum(v for k, v in spent.items() if k != "all"))
-        spent["other" if "postgres" in spent else "postgres_redis_other"] = rest
+        spent["other" if "postgres" in spent or "redis" in spent else "postgres_redis_other"] = rest
         out = {k: round(v * 1000 / runs, 2) for k, v in spent.items()}
         out["busy_cores"] = round(spent["all"] / (t_last - t_first), 2)
         out["seconds"] = round(t_last - t_first, 2)
