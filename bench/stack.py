@@ -13,12 +13,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+# The servers each services() block started, by its DATABASE_URL (see service_pids).
+_STARTED_PIDS: dict[str, dict[str, int]] = {}
 
 
 @contextlib.contextmanager
@@ -40,11 +44,13 @@ def services() -> Iterator[dict[str, str]]:
             made = (env["DATABASE_URL"], name)
             env["DATABASE_URL"] = urlunsplit(parts._replace(path="/" + name))
         migrate(env["DATABASE_URL"])
+        _STARTED_PIDS[env["DATABASE_URL"]] = svc.pids()
         env.update({"WARDEN_LOG_LEVEL": "WARNING", "WARDEN_ALLOW_PRIVATE_WEBHOOKS": "1",
                     "WARDEN_SECRET_KEY": "bench", "WARDEN_RATE_LIMIT_PER_S": "1000000",
                     "WARDEN_RATE_LIMIT_BURST": "1000000", "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"})
         yield env
     finally:
+        _STARTED_PIDS.pop(env.get("DATABASE_URL", ""), None)
         if made is not None:
             _drop_database(*made)
         svc.stop()
@@ -194,23 +200,9 @@ def expand(cmd: str, env: dict[str, str]) -> str:
 
 
 def service_pids(env: dict[str, str]) -> dict[str, int]:
-    """The PostgreSQL and Redis servers :func:`services` started (embedded), by their root pids:
-    the postmaster from its data directory's ``postmaster.pid``, Redis by the port it serves.
-    Empty when the user's own servers are used (``DATABASE_URL``, ``REDIS_URL``)."""
-    found: dict[str, int] = {}
-    query = dict(parse_qsl(urlsplit(env.get("DATABASE_URL", "")).query))
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        if "warden-bench-" in query.get("host", ""):
-            found["postgres"] = int((Path(query["host"]) / "postmaster.pid").read_text().split()[0])
-    redis_url = urlsplit(env.get("REDIS_URL", ""))
-    if redis_url.port and not os.environ.get("REDIS_URL"):
-        for entry in os.listdir("/proc"):
-            with contextlib.suppress(OSError):
-                if entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().strip() == "redis-server" \
-                        and f":{redis_url.port}" in Path(f"/proc/{entry}/cmdline").read_text():
-                    found["redis"] = int(entry)
-                    break
-    return found
+    """The root pids of the PostgreSQL and Redis servers :func:`services` started for ``env``
+    (embedded); empty for the user's own servers (``DATABASE_URL``, ``REDIS_URL``)."""
+    return dict(_STARTED_PIDS.get(env.get("DATABASE_URL", ""), {}))
 
 
 def shell(cmd: str, env: dict[str, str], **kw: object) -> contextlib.AbstractContextManager[subprocess.Popen]:

@@ -169,6 +169,17 @@ class ServiceSet:
             self.described.append(f"Redis       REDIS_URL ({_without_password(env['REDIS_URL'])})")
         return out
 
+    def pids(self) -> dict[str, int]:
+        """The root process of each server this set started: the postmaster (its data directory's
+        ``postmaster.pid``) and redis-server."""
+        found: dict[str, int] = {}
+        if "postgres" in self.started:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                found["postgres"] = int((self.pg.data_dir / "postmaster.pid").read_text().split()[0])
+        if "redis" in self.started and self.redis.proc is not None:
+            found["redis"] = self.redis.proc.pid
+        return found
+
     def stop(self) -> None:
         self.redis.stop()
         self.pg.stop()
