@@ -136,7 +136,9 @@ def test_slow_runs_wait_together_and_hold_no_connection_while_waiting(stack, cli
     # bounds, so a later batch may add a few (7 seen once on a loaded machine); a leak would add
     # one per run, 700, and one per ten runs 70.
     assert last[1] - first[1] <= 20 and last[1] <= 64 + 10 + 4, counts
-    assert last[2] - first[2] <= 5 and last[3] - first[3] <= 10, counts
+    # The totals: the others' pools (the API's, the test's) may open a few more too; what the
+    # worker's own Redis pools opened is bounded above.
+    assert last[2] - first[2] <= 5 and (last[3] - first[3]) - (last[1] - first[1]) <= 10, counts
     keys = client.get("/api/v1/compliance/keys").json()
     for eid in ids[::30]:
         evs = events(client, eid)
