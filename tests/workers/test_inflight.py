@@ -100,6 +100,7 @@ def test_slow_runs_wait_together_and_hold_no_connection_while_waiting(stack, cli
         wait_for(lambda: _all_terminal(db, [warm]), timeout=60)
         # 1,000 runs in three batches: the connections after the first (the pools opened towards
         # their bounds) must be those after the last.
+        peak_all = 0
         for batch, size in enumerate((300, 300, 400)):
             peak_db = 0
             start = time.monotonic()
@@ -121,6 +122,7 @@ def test_slow_runs_wait_together_and_hold_no_connection_while_waiting(stack, cli
             assert done - submitted < 10, f"{done - submitted:.1f} s"
             # The worker's pool is bounded (8) however many runs wait: a waiting run holds none.
             assert 1 <= peak_db <= 8, peak_db
+            peak_all = max(peak_all, peak_db)
             time.sleep(1.0)  # the last acknowledgements and event publishes settle
             counts.append((_db_connections(db, proc.pid), _redis_clients(settings, proc.pid), _db_connections(db),
                            _redis_clients(settings)))
@@ -129,9 +131,14 @@ def test_slow_runs_wait_together_and_hold_no_connection_while_waiting(stack, cli
     # No leak: 700 more runs leave the worker's database connections and Redis connections where
     # they were, within its bounds. (The totals may gain a few as the API's and the test's own
     # pools open lazily towards their bounds; a leak would add one per run.)
-    print(f"connections after each batch (worker's database, worker's redis, database total, redis total): {counts}")
+    print(f"connections after each batch (worker's database, worker's redis, database total, redis total): {counts}; "
+          f"the worker's peak database connections {peak_all}")
     first, last = counts[0], counts[-1]
-    assert last[0] == first[0] <= 8, counts
+    # The worker's database pool opens lazily towards its bound (8): a later batch may find it one
+    # or two short of the bound after the first (7 then 8 seen in CI). What it keeps after the
+    # last batch is no more than it held at its busiest, and within the bound; a connection opened
+    # outside the pool would show above that, and one not given back would starve the later batches.
+    assert last[0] <= peak_all <= 8 and first[0] <= last[0], (counts, peak_all)
     # Redis: its pools (broker 10 + consumer, event publishing up to 64) open lazily towards their
     # bounds, so a later batch may add a few (7 seen once on a loaded machine); a leak would add
     # one per run, 700, and one per ten runs 70.
