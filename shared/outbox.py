@@ -27,6 +27,7 @@ import redis
 
 from shared.celery_publish import Publisher, Row
 from shared.db import Database
+from shared.redis_client import pack
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ def wake(client: redis.Redis) -> None:
     """Tell relays there is something to publish (after commit). Best effort by design."""
     with contextlib.suppress(redis.RedisError):
         client.publish(CHANNEL, b"")
+
+
+#: :func:`wake` pre-packed, for a :class:`~shared.redis_client.LeanRedis` (the API's waker).
+WAKE = pack(b"PUBLISH", CHANNEL.encode(), b"")
 
 
 def publish_rows(celery_app: Any, rows: list[Row]) -> tuple[list[int], str | None]:
