@@ -2,15 +2,14 @@
 
 After committing an outbox row a request used to PUBLISH ``warden:outbox`` itself: a second Redis
 round trip on every intake request. Instead the request flags this process's :class:`OutboxWaker`
-and answers; a background sender PUBLISHes (through :func:`shared.outbox.wake`) at once when it
-was idle, then waits ``interval_s`` before the next PUBLISH, so a burst of N commits costs a
-couple of PUBLISHes instead of N, and a lone commit still wakes the relays within well under a
+and answers; a background sender PUBLISHes (``shared.outbox.WAKE``) at once when it was idle,
+then waits ``interval_s`` before the next PUBLISH, so a burst of N commits costs a couple of
+PUBLISHes instead of N, and a lone commit still wakes the relays within well under a
 millisecond. The PUBLISH goes out pre-packed on a connection of the sender's own
 (:class:`~shared.redis_client.LeanRedis`) without waiting for Redis's reply, which is read with
-the next one: at 1,500 submissions a second the two API processes sent about 400 PUBLISHes a
-second, and redis-py's ``publish``, waiting for each reply, was 5% of their CPU. A wake-up is only a hint: the relays poll every ``sweep_s`` and drain everything
-pending on each wake-up, so a coalesced or lost PUBLISH delays a row by at most ``interval_s``
-(or the sweep), never loses it.
+the next one (45 against redis-py's ``publish`` 90 µs of CPU here). A wake-up is only a hint: the
+relays poll every ``sweep_s`` and drain everything pending on each wake-up, so a coalesced or
+lost PUBLISH delays a row by at most ``interval_s`` (or the sweep), never loses it.
 
 Under gunicorn's gevent worker ``threading`` is monkey-patched, so the sender is a greenlet and
 its Event is cooperative; elsewhere (the Flask test server, a sync worker) it is a daemon thread.
