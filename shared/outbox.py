@@ -46,13 +46,8 @@ SELECT id, task_name, args, queue FROM outbox
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
-def wake(client: redis.Redis) -> None:
-    """Tell relays there is something to publish (after commit). Best effort by design."""
-    with contextlib.suppress(redis.RedisError):
-        client.publish(CHANNEL, b"")
-
-
-#: :func:`wake` pre-packed, for a :class:`~shared.redis_client.LeanRedis` (the API's waker).
+#: Tells relays there is something to publish (after commit; best effort by design), pre-packed
+#: for a :class:`~shared.redis_client.LeanRedis` (the API's waker, api/wakeup.py).
 WAKE = pack(b"PUBLISH", CHANNEL.encode(), b"")
 
 
