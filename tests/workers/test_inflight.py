@@ -140,12 +140,12 @@ def test_slow_runs_wait_together_and_hold_no_connection_while_waiting(stack, cli
     # outside the pool would show above that, and one not given back would starve the later batches.
     assert last[0] <= peak_all <= 8 and first[0] <= last[0], (counts, peak_all)
     # Redis: its pools (broker 10 + consumer, event publishing up to 64) open lazily towards their
-    # bounds, so a later batch may add a few (7 seen once on a loaded machine); a leak would add
-    # one per run, 700, and one per ten runs 70.
-    assert last[1] - first[1] <= 20 and last[1] <= 64 + 10 + 4, counts
+    # bounds, so a later batch may add some (2, 7 and 15 seen); a leak would add one per run, 700,
+    # and one per ten runs 70: past the bound.
+    assert last[1] - first[1] <= 40 and last[1] <= 64 + 10 + 4, counts
     # The totals: the others' pools (the API's, the test's) may open a few more too; what the
     # worker's own Redis pools opened is bounded above.
-    assert last[2] - first[2] <= 5 and (last[3] - first[3]) - (last[1] - first[1]) <= 10, counts
+    assert last[2] - first[2] <= 8 and (last[3] - first[3]) - (last[1] - first[1]) <= 10, counts
     keys = client.get("/api/v1/compliance/keys").json()
     for eid in ids[::30]:
         evs = events(client, eid)
