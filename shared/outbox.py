@@ -46,8 +46,13 @@ SELECT id, task_name, args, queue FROM outbox
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
-#: Tells relays there is something to publish (after commit; best effort by design), pre-packed
-#: for a :class:`~shared.redis_client.LeanRedis` (the API's waker, api/wakeup.py).
+def wake(client: redis.Redis) -> None:
+    """Tell relays there is something to publish (after commit). Best effort by design."""
+    with contextlib.suppress(redis.RedisError):
+        client.publish(CHANNEL, b"")
+
+
+#: :func:`wake` pre-packed, for a :class:`~shared.redis_client.LeanRedis` (the API's waker).
 WAKE = pack(b"PUBLISH", CHANNEL.encode(), b"")
 
 

@@ -40,7 +40,7 @@ def test_lost_queued_and_orphaned_running_executions_are_requeued(stack, client,
 
     ids = executions.requeue_stale(db, queued_s=600, running_s=1800)
     assert stale_queued in ids and orphaned_running in ids and fresh not in ids
-    __import__("redis").Redis.from_url(settings.redis_url).publish(outbox.CHANNEL, b"")  # wake the relay
+    outbox.wake(__import__("redis").Redis.from_url(settings.redis_url))
 
     for eid in (stale_queued, orphaned_running):
         e = wait_terminal(client, eid)
