@@ -40,9 +40,8 @@ INTERVAL_S = 0.02
 
 class OutboxWaker:
     def __init__(self, redis: RedisHandle, interval_s: float = INTERVAL_S) -> None:
-        self.redis = redis
-        # One connection: the sender is one greenlet (or thread) per process; LeanRedis reopens
-        # it after a fork.
+        # One connection of its own (only the URL is taken from the handle): the sender is one
+        # greenlet (or thread) per process; LeanRedis reopens it after a fork.
         self._lean = LeanRedis(redis.url, max_idle=1, timeout_s=2.0)
         self.interval_s = interval_s
         self.published = 0  # PUBLISHes sent by this process (tests, debugging)

@@ -98,8 +98,8 @@ def test_slow_runs_wait_together_and_hold_no_connection_while_waiting(stack, cli
         # Warm: the worker is up and consuming before the clock starts.
         warm = submit(client, task="warm up", provider="openai", model=fake_llm.script(model_name(), [{"text": "ok"}]))
         wait_for(lambda: _all_terminal(db, [warm]), timeout=60)
-        # 1,000 runs in three batches: the connections after the first (the pools opened towards
-        # their bounds) must be those after the last.
+        # 1,000 runs in three batches: after the last the connections are within the pools' bounds
+        # and no more than they were at their busiest (see the assertions below).
         peak_all = 0
         for batch, size in enumerate((300, 300, 400)):
             peak_db = 0
